@@ -1,0 +1,417 @@
+//! `Store`: the content-addressed store under `.pipe/cas-v1/`.
+//!
+//! ```text
+//! .pipe/cas-v1/objects/ab/abcdef…      file blobs by sha256, read-only (`…-x`: executable copy)
+//! .pipe/cas-v1/runs/<key>.json         RunRecord: key record + output tree, one per key
+//! .pipe/cas-v1/tmp/                    staging dirs of running stages (same filesystem)
+//! ```
+//!
+//! Commit order, so that a SIGKILL at any moment leaves no partial entry:
+//! 1. the stage writes into a staging dir under `tmp/`;
+//! 2. each file is fsynced, made read-only and renamed into `objects/`
+//!    (an object is complete the moment it has its name);
+//! 3. the run record is written atomically (temp file, fsync, rename).
+//!
+//! A run record therefore only ever names objects that are complete. Objects
+//! without a record (a crash between 2 and 3) are harmless and `gc` drops them.
+//! Staging dirs left by a crash are removed by [`Store::clean_tmp`] under the
+//! workspace lock.
+//!
+//! Outputs are materialised as hard links to the read-only objects (a copy where
+//! links are impossible), so restoring a cached multi-GB output costs one link
+//! per file, and checking that it is still intact costs one `stat` per file.
+
+use std::collections::HashSet;
+use std::fs::{self, Metadata};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::atomic::{sync_dir, write_atomic};
+use crate::error::{Error, IoContext, Result};
+use crate::stat_cache::StatCache;
+use crate::tree::{EntryKind, FileHasher, Tree};
+use crate::{Digest, Key, KeyRecord};
+
+/// On-disk layout version: bump on any format change.
+pub const LAYOUT: &str = "cas-v1";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub key: Key,
+    pub record: KeyRecord,
+    pub output_hash: Digest,
+    pub output: Tree,
+    /// Wall time of the run that produced it.
+    pub seconds: f64,
+}
+
+pub struct Store {
+    cas: PathBuf,
+    stat: StatCache,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GcStats {
+    pub records_removed: usize,
+    pub objects_removed: usize,
+    pub objects_kept: usize,
+    pub bytes_freed: u64,
+}
+
+impl Store {
+    /// Open (creating if needed) the store inside a workspace's `.pipe` dir.
+    pub fn open(pipe_dir: &Path) -> Result<Store> {
+        let cas = pipe_dir.join(LAYOUT);
+        for sub in ["objects", "runs", "tmp"] {
+            let d = cas.join(sub);
+            fs::create_dir_all(&d).ctx("create directory", &d)?;
+        }
+        Ok(Store { stat: StatCache::load(pipe_dir.join("stat-cache-v1.json")), cas })
+    }
+
+    /// The stat cache, for hashing workspace inputs.
+    pub fn stat_cache(&self) -> &StatCache {
+        &self.stat
+    }
+
+    /// Persist machine-local state (the stat cache).
+    pub fn save(&self) -> Result<()> {
+        self.stat.save()
+    }
+
+    /// A fresh staging dir for a running stage; removed when dropped.
+    pub fn staging_dir(&self) -> Result<tempfile::TempDir> {
+        let tmp = self.cas.join("tmp");
+        tempfile::Builder::new().prefix("stage-").tempdir_in(&tmp).ctx("create a staging dir in", tmp)
+    }
+
+    /// Remove staging dirs left behind by killed runs. Call with the workspace lock held.
+    pub fn clean_tmp(&self) -> Result<()> {
+        let tmp = self.cas.join("tmp");
+        for e in fs::read_dir(&tmp).ctx("list", &tmp)? {
+            let p = e.ctx("list", &tmp)?.path();
+            make_writable(&p);
+            let _ = fs::remove_dir_all(&p).or_else(|_| fs::remove_file(&p));
+        }
+        Ok(())
+    }
+
+    fn record_path(&self, key: &Key) -> PathBuf {
+        self.cas.join("runs").join(format!("{}.json", key.to_hex()))
+    }
+
+    fn object_path(&self, digest: &Digest, executable: bool) -> PathBuf {
+        let hex = digest.to_hex();
+        let name = if executable { format!("{hex}-x") } else { hex.clone() };
+        self.cas.join("objects").join(&hex[..2]).join(name)
+    }
+
+    /// The run record of `key`, if one was committed.
+    pub fn get(&self, key: &Key) -> Result<Option<RunRecord>> {
+        let path = self.record_path(key);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| Error::Json { path, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).ctx("read", path),
+        }
+    }
+
+    /// Drop the run record of `key` (e.g. its output was found corrupt).
+    pub fn remove(&self, key: &Key) -> Result<()> {
+        let path = self.record_path(key);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).ctx("remove", path),
+            _ => Ok(()),
+        }
+    }
+
+    /// Move the staged output of a finished stage into the store and write its
+    /// run record (in that order; see the module docs).
+    pub fn commit(&self, key: Key, record: KeyRecord, staged: &Path, seconds: f64) -> Result<RunRecord> {
+        let output = Tree::scan(staged, &self.stat)?;
+        let mut touched = HashSet::new();
+        for (rel, digest, executable, _) in output.files() {
+            let obj = self.object_path(&digest, executable);
+            if obj.exists() {
+                continue;
+            }
+            let src = staged.join(rel);
+            let dir = obj.parent().unwrap_or(&self.cas);
+            fs::create_dir_all(dir).ctx("create directory", dir)?;
+            let mode = if executable { 0o555 } else { 0o444 };
+            fs::set_permissions(&src, fs::Permissions::from_mode(mode)).ctx("set permissions of", &src)?;
+            fs::File::open(&src).and_then(|f| f.sync_all()).ctx("sync", &src)?;
+            if fs::rename(&src, &obj).is_err() {
+                // Staging is inside the store, so this only happens for odd mounts.
+                let tmp = obj.with_extension("partial");
+                fs::copy(&src, &tmp).ctx("copy into the store", &tmp)?;
+                fs::File::open(&tmp).and_then(|f| f.sync_all()).ctx("sync", &tmp)?;
+                fs::rename(&tmp, &obj).ctx("rename into the store", &obj)?;
+            }
+            touched.insert(dir.to_path_buf());
+        }
+        for dir in touched {
+            sync_dir(&dir)?;
+        }
+        let run = RunRecord { key, output_hash: output.hash(), record, output, seconds };
+        let bytes = serde_json::to_vec_pretty(&run).unwrap_or_default();
+        write_atomic(&self.record_path(&key), &bytes)?;
+        Ok(run)
+    }
+
+    /// Check one object against its name, using the stat cache to skip
+    /// re-hashing objects that have not been touched since they were checked.
+    fn check_object(&self, digest: &Digest, executable: bool) -> Result<(PathBuf, Metadata)> {
+        let path = self.object_path(digest, executable);
+        let meta = fs::metadata(&path).ctx("read store object", &path)?;
+        let actual = self.stat.hash(&path, &meta)?;
+        if actual != *digest {
+            self.stat.forget(&path);
+            make_writable(&path);
+            let _ = fs::remove_file(&path);
+            return Err(Error::Corrupt { digest: *digest, actual });
+        }
+        Ok((path, meta))
+    }
+
+    /// Check every object of a run record. A corrupt object is deleted so that
+    /// rerunning the stage stores a good copy.
+    pub fn verify(&self, run: &RunRecord) -> Result<()> {
+        for (_, digest, executable, _) in run.output.files() {
+            self.check_object(&digest, executable)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `dest` holds exactly the output of `run`, linked to intact objects.
+    pub fn is_materialized(&self, run: &RunRecord, dest: &Path) -> Result<bool> {
+        let mut listed = Vec::new();
+        if list(dest, dest, String::new(), &mut listed).is_err() {
+            return Ok(false);
+        }
+        listed.sort_by(|a, b| a.0.cmp(&b.0));
+        if listed.len() != run.output.entries.len() {
+            return Ok(false);
+        }
+        for (entry, (rel, meta)) in run.output.entries.iter().zip(&listed) {
+            if entry.path != *rel {
+                return Ok(false);
+            }
+            let ok = match &entry.kind {
+                EntryKind::Dir => meta.is_dir(),
+                EntryKind::Symlink { target } => {
+                    meta.file_type().is_symlink()
+                        && fs::read_link(dest.join(rel)).ok().as_deref() == Some(Path::new(target))
+                }
+                EntryKind::File { executable, size, sha256 } => {
+                    let (_, obj) = self.check_object(sha256, *executable)?;
+                    meta.is_file()
+                        && meta.len() == *size
+                        && meta.ino() == obj.ino()
+                        && meta.dev() == obj.dev()
+                }
+            };
+            if !ok {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Restore the output of `run` at `dest`, replacing whatever is there.
+    /// Objects are verified first; files are read-only hard links to them.
+    pub fn materialize(&self, run: &RunRecord, dest: &Path) -> Result<()> {
+        self.verify(run)?;
+        let parent = dest.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(parent).ctx("create directory", parent)?;
+        let build = tempfile::Builder::new()
+            .prefix(".materialize-")
+            .tempdir_in(parent)
+            .ctx("create a temp dir in", parent)?;
+        let root = build.path().join("out");
+        for entry in &run.output.entries {
+            let path = if entry.path.is_empty() { root.clone() } else { root.join(&entry.path) };
+            match &entry.kind {
+                EntryKind::Dir => fs::create_dir_all(&path).ctx("create directory", &path)?,
+                EntryKind::Symlink { target } => {
+                    std::os::unix::fs::symlink(target, &path).ctx("create link", &path)?
+                }
+                EntryKind::File { executable, sha256, .. } => {
+                    let obj = self.object_path(sha256, *executable);
+                    if fs::hard_link(&obj, &path).is_err() {
+                        fs::copy(&obj, &path).ctx("copy store object to", &path)?;
+                    }
+                }
+            }
+        }
+        // Swap in: move the old output aside, the new one in, then delete the old.
+        let old = build.path().join("old");
+        if fs::symlink_metadata(dest).is_ok() {
+            fs::rename(dest, &old).ctx("move aside", dest)?;
+        }
+        fs::rename(&root, dest).ctx("move output into", dest)?;
+        if old.exists() {
+            make_writable(&old);
+            fs::remove_dir_all(&old).ctx("remove old output", &old)?;
+        }
+        Ok(())
+    }
+
+    /// Delete run records not in `keep` (when given), then every object no
+    /// remaining run record names, and stale staging dirs.
+    pub fn gc(&self, keep: Option<&HashSet<Key>>) -> Result<GcStats> {
+        let mut stats = GcStats::default();
+        let runs = self.cas.join("runs");
+        let mut referenced = HashSet::new();
+        for e in fs::read_dir(&runs).ctx("list", &runs)? {
+            let path = e.ctx("list", &runs)?.path();
+            let key = path.file_stem().and_then(|s| s.to_str()).and_then(Digest::from_hex);
+            let Some(key) = key else { continue };
+            if keep.is_some_and(|k| !k.contains(&key)) {
+                fs::remove_file(&path).ctx("remove", &path)?;
+                stats.records_removed += 1;
+                continue;
+            }
+            match self.get(&key) {
+                Ok(Some(run)) => {
+                    for (_, d, x, _) in run.output.files() {
+                        referenced.insert(self.object_path(&d, x));
+                    }
+                }
+                // An unreadable record is useless: drop it so its objects can go.
+                _ => {
+                    fs::remove_file(&path).ctx("remove", &path)?;
+                    stats.records_removed += 1;
+                }
+            }
+        }
+        let objects = self.cas.join("objects");
+        for shard in fs::read_dir(&objects).ctx("list", &objects)? {
+            let shard = shard.ctx("list", &objects)?.path();
+            for obj in fs::read_dir(&shard).ctx("list", &shard)? {
+                let obj = obj.ctx("list", &shard)?.path();
+                if referenced.contains(&obj) {
+                    stats.objects_kept += 1;
+                } else {
+                    stats.bytes_freed += fs::metadata(&obj).map(|m| m.len()).unwrap_or(0);
+                    fs::remove_file(&obj).ctx("remove", &obj)?;
+                    self.stat.forget(&obj);
+                    stats.objects_removed += 1;
+                }
+            }
+        }
+        self.clean_tmp()?;
+        Ok(stats)
+    }
+}
+
+/// List a materialised output without hashing, sorted like `Tree::scan`.
+fn list(root: &Path, path: &Path, rel: String, out: &mut Vec<(String, Metadata)>) -> std::io::Result<()> {
+    let meta = fs::symlink_metadata(path)?;
+    let is_dir = meta.is_dir();
+    out.push((rel.clone(), meta));
+    if is_dir {
+        for e in fs::read_dir(path)? {
+            let name = e?.file_name();
+            let name = name.to_string_lossy();
+            let child = if rel.is_empty() { name.to_string() } else { format!("{rel}/{name}") };
+            list(root, &path.join(&*name), child, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Give the owner write access to everything below `path`, so it can be removed.
+pub fn make_writable(path: &Path) {
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        if meta.file_type().is_symlink() {
+            return;
+        }
+        let mode = meta.permissions().mode();
+        let _ = fs::set_permissions(path, fs::Permissions::from_mode(mode | 0o200));
+        if meta.is_dir() {
+            if let Ok(rd) = fs::read_dir(path) {
+                for e in rd.flatten() {
+                    make_writable(&e.path());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn record(n: u32) -> KeyRecord {
+        KeyRecord {
+            kind: "test".into(),
+            kind_version: n,
+            params: BTreeMap::new(),
+            with: serde_json::Value::Null,
+            inputs: BTreeMap::new(),
+            env: BTreeMap::new(),
+            fingerprints: BTreeMap::new(),
+        }
+    }
+
+    fn commit(store: &Store, n: u32, files: &[(&str, &str)]) -> RunRecord {
+        let staged = store.staging_dir().unwrap();
+        for (p, c) in files {
+            let p = staged.path().join(p);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, c).unwrap();
+        }
+        let rec = record(n);
+        store.commit(rec.key(), rec, staged.path(), 0.0).unwrap()
+    }
+
+    #[test]
+    fn commit_materialize_round_trip() {
+        let ws = tempfile::tempdir().unwrap();
+        let store = Store::open(ws.path()).unwrap();
+        let run = commit(&store, 1, &[("a.txt", "a"), ("d/b.txt", "b")]);
+        assert_eq!(store.get(&run.key).unwrap().unwrap().output_hash, run.output_hash);
+        let dest = ws.path().join("out/s");
+        assert!(!store.is_materialized(&run, &dest).unwrap());
+        store.materialize(&run, &dest).unwrap();
+        assert_eq!(fs::read_to_string(dest.join("d/b.txt")).unwrap(), "b");
+        assert!(store.is_materialized(&run, &dest).unwrap());
+        assert_eq!(Tree::scan(&dest, &crate::PlainHasher).unwrap().hash(), run.output_hash);
+        // A stray file makes it stale.
+        fs::write(dest.join("extra"), "x").unwrap();
+        assert!(!store.is_materialized(&run, &dest).unwrap());
+        store.materialize(&run, &dest).unwrap();
+        assert!(store.is_materialized(&run, &dest).unwrap());
+    }
+
+    #[test]
+    fn corrupt_object_is_detected_and_dropped() {
+        let ws = tempfile::tempdir().unwrap();
+        let store = Store::open(ws.path()).unwrap();
+        let run = commit(&store, 1, &[("a.txt", "hello")]);
+        let obj = store.object_path(&Digest::of(b"hello"), false);
+        fs::set_permissions(&obj, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&obj, "HELLO").unwrap();
+        assert!(matches!(store.verify(&run), Err(Error::Corrupt { .. })));
+        assert!(!obj.exists());
+    }
+
+    #[test]
+    fn gc_keeps_referenced_objects() {
+        let ws = tempfile::tempdir().unwrap();
+        let store = Store::open(ws.path()).unwrap();
+        let keep = commit(&store, 1, &[("a", "kept")]);
+        let drop = commit(&store, 2, &[("a", "dropped")]);
+        let stats = store.gc(Some(&[keep.key].into())).unwrap();
+        assert_eq!(stats.records_removed, 1);
+        assert_eq!(stats.objects_removed, 1);
+        assert!(store.get(&drop.key).unwrap().is_none());
+        store.verify(&keep).unwrap();
+    }
+}

@@ -1,0 +1,298 @@
+//! `Tree`: the listing of a stage output (or any input path) and its Merkle hash.
+//!
+//! A tree is a sorted list of entries with `/`-separated relative paths. A file
+//! contributes its content sha256 and its executable bit (the only mode bit we
+//! keep: owners, groups and umask differ between machines); a symbolic link its
+//! target; a directory the hashes of its children by name. The root of a tree
+//! may itself be a file, so a single input file and a whole directory are hashed
+//! the same way.
+
+use std::collections::BTreeMap;
+use std::fs::Metadata;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+use crate::Digest;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum EntryKind {
+    File {
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        executable: bool,
+        size: u64,
+        sha256: Digest,
+    },
+    Dir,
+    Symlink {
+        target: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Relative path with `/` separators; `""` is the root itself.
+    pub path: String,
+    #[serde(flatten)]
+    pub kind: EntryKind,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tree {
+    pub entries: Vec<Entry>,
+}
+
+/// How a tree scan hashes one file: plain hashing, or a stat cache.
+pub trait FileHasher: Sync {
+    fn hash(&self, path: &Path, meta: &Metadata) -> Result<Digest>;
+}
+
+/// Hash every file from scratch.
+pub struct PlainHasher;
+
+impl FileHasher for PlainHasher {
+    fn hash(&self, path: &Path, _meta: &Metadata) -> Result<Digest> {
+        Digest::of_file(path).ctx("read", path)
+    }
+}
+
+impl Tree {
+    /// List and hash `root` (a file or a directory). Files are hashed in
+    /// parallel; symbolic links must stay inside `root`.
+    pub fn scan(root: &Path, hasher: &dyn FileHasher) -> Result<Tree> {
+        let mut pending: Vec<(String, PathBuf, Metadata)> = Vec::new();
+        let mut entries = Vec::new();
+        walk(root, root, String::new(), &mut entries, &mut pending)?;
+        let hashed: Vec<Entry> = pending
+            .into_par_iter()
+            .map(|(rel, path, meta)| {
+                let sha256 = hasher.hash(&path, &meta)?;
+                Ok(Entry {
+                    path: rel,
+                    kind: EntryKind::File {
+                        executable: meta.permissions().mode() & 0o111 != 0,
+                        size: meta.len(),
+                        sha256,
+                    },
+                })
+            })
+            .collect::<Result<_>>()?;
+        entries.extend(hashed);
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(Tree { entries })
+    }
+
+    /// The Merkle hash of the whole tree.
+    pub fn hash(&self) -> Digest {
+        self.node_hash("").unwrap_or_else(|| Digest::of(b"empty\0"))
+    }
+
+    /// The Merkle hash of the file or directory at `path` inside the tree.
+    pub fn node_hash(&self, path: &str) -> Option<Digest> {
+        let path = path.trim_matches('/');
+        let idx = self.entries.iter().position(|e| e.path == path)?;
+        Some(self.hash_at(idx))
+    }
+
+    /// The entries below `path` (inclusive), re-rooted so that `path` becomes `""`.
+    pub fn subtree(&self, path: &str) -> Option<Tree> {
+        let path = path.trim_matches('/');
+        if path.is_empty() {
+            return Some(self.clone());
+        }
+        let prefix = format!("{path}/");
+        let entries: Vec<Entry> = self
+            .entries
+            .iter()
+            .filter_map(|e| {
+                if e.path == path {
+                    Some(Entry { path: String::new(), kind: e.kind.clone() })
+                } else {
+                    e.path.strip_prefix(&prefix).map(|rest| Entry {
+                        path: rest.to_string(),
+                        kind: e.kind.clone(),
+                    })
+                }
+            })
+            .collect();
+        (!entries.is_empty()).then_some(Tree { entries })
+    }
+
+    /// Files of the tree with their digests and exec bits.
+    pub fn files(&self) -> impl Iterator<Item = (&str, Digest, bool, u64)> {
+        self.entries.iter().filter_map(|e| match &e.kind {
+            EntryKind::File { executable, size, sha256 } => {
+                Some((e.path.as_str(), *sha256, *executable, *size))
+            }
+            _ => None,
+        })
+    }
+
+    fn hash_at(&self, idx: usize) -> Digest {
+        let entry = &self.entries[idx];
+        match &entry.kind {
+            EntryKind::File { executable, sha256, .. } => Digest::of_parts([
+                b"file\0".as_slice(),
+                if *executable { b"x\0" } else { b"-\0" },
+                &sha256.0,
+            ]),
+            EntryKind::Symlink { target } => {
+                Digest::of_parts([b"link\0".as_slice(), target.as_bytes()])
+            }
+            EntryKind::Dir => {
+                // Entries are sorted by path, so the children of `entry` follow it
+                // contiguously; direct children are those without a further `/`.
+                let prefix = if entry.path.is_empty() { String::new() } else { format!("{}/", entry.path) };
+                let mut parts: Vec<Vec<u8>> = vec![b"dir\0".to_vec()];
+                let mut children: BTreeMap<&str, usize> = BTreeMap::new();
+                for (i, e) in self.entries.iter().enumerate().skip(idx + 1) {
+                    let Some(rest) = e.path.strip_prefix(&prefix) else {
+                        if entry.path.is_empty() { continue } else { break }
+                    };
+                    if !rest.is_empty() && !rest.contains('/') {
+                        children.insert(rest, i);
+                    }
+                }
+                for (name, i) in children {
+                    let mut part = name.as_bytes().to_vec();
+                    part.push(0);
+                    part.extend_from_slice(&self.hash_at(i).0);
+                    parts.push(part);
+                }
+                Digest::of_parts(parts.iter().map(|p| p.as_slice()))
+            }
+        }
+    }
+}
+
+fn walk(
+    root: &Path,
+    path: &Path,
+    rel: String,
+    entries: &mut Vec<Entry>,
+    pending: &mut Vec<(String, PathBuf, Metadata)>,
+) -> Result<()> {
+    let meta = std::fs::symlink_metadata(path).ctx("read metadata of", path)?;
+    let ft = meta.file_type();
+    if ft.is_file() {
+        pending.push((rel, path.to_path_buf(), meta));
+    } else if ft.is_symlink() {
+        let target = std::fs::read_link(path).ctx("read link", path)?;
+        if !link_stays_inside(root, path, &target) {
+            return Err(Error::UnsafeLink {
+                path: path.to_path_buf(),
+                target: target.display().to_string(),
+            });
+        }
+        let target = target
+            .to_str()
+            .ok_or_else(|| Error::NonUtf8Path { path: path.to_path_buf() })?
+            .to_string();
+        entries.push(Entry { path: rel, kind: EntryKind::Symlink { target } });
+    } else if ft.is_dir() {
+        entries.push(Entry { path: rel.clone(), kind: EntryKind::Dir });
+        let mut children: Vec<_> = std::fs::read_dir(path)
+            .ctx("list", path)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()
+            .ctx("list", path)?;
+        children.sort();
+        for name in children {
+            let name_str = name
+                .to_str()
+                .ok_or_else(|| Error::NonUtf8Path { path: path.join(&name) })?;
+            let child_rel = if rel.is_empty() { name_str.to_string() } else { format!("{rel}/{name_str}") };
+            walk(root, &path.join(&name), child_rel, entries, pending)?;
+        }
+    } else {
+        return Err(Error::Special { path: path.to_path_buf() });
+    }
+    Ok(())
+}
+
+/// Whether a relative link target, resolved lexically from the link's folder,
+/// stays inside `root`. Absolute targets never do.
+pub fn link_stays_inside(root: &Path, link: &Path, target: &Path) -> bool {
+    if target.is_absolute() {
+        return false;
+    }
+    let Ok(rel_dir) = link.parent().unwrap_or(Path::new("")).strip_prefix(root) else {
+        return false;
+    };
+    let mut depth: i64 = rel_dir.components().count() as i64;
+    for c in target.components() {
+        match c {
+            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            _ => return false,
+        }
+        if depth < 0 {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn scan(p: &Path) -> Tree {
+        Tree::scan(p, &PlainHasher).unwrap()
+    }
+
+    #[test]
+    fn same_content_same_hash_anywhere() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        for d in [a.path(), b.path()] {
+            fs::create_dir(d.join("sub")).unwrap();
+            fs::write(d.join("sub/x.txt"), "x").unwrap();
+            fs::write(d.join("y.txt"), "y").unwrap();
+        }
+        assert_eq!(scan(a.path()).hash(), scan(b.path()).hash());
+        fs::write(b.path().join("y.txt"), "Y").unwrap();
+        assert_ne!(scan(a.path()).hash(), scan(b.path()).hash());
+    }
+
+    #[test]
+    fn exec_bit_and_names_matter() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("a"), "1").unwrap();
+        let h1 = scan(d.path()).hash();
+        fs::set_permissions(d.path().join("a"), fs::Permissions::from_mode(0o755)).unwrap();
+        let h2 = scan(d.path()).hash();
+        assert_ne!(h1, h2);
+        fs::rename(d.path().join("a"), d.path().join("b")).unwrap();
+        assert_ne!(scan(d.path()).hash(), h2);
+    }
+
+    #[test]
+    fn subtree_hash_equals_scanning_the_subdir() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("a/b")).unwrap();
+        fs::write(d.path().join("a/b/f"), "f").unwrap();
+        fs::write(d.path().join("a/g"), "g").unwrap();
+        fs::write(d.path().join("ab"), "not a child of a").unwrap();
+        let whole = scan(d.path());
+        assert_eq!(whole.node_hash("a"), Some(scan(&d.path().join("a")).hash()));
+        assert_eq!(whole.node_hash("a/b/f"), Some(scan(&d.path().join("a/b/f")).hash()));
+        assert_eq!(whole.subtree("a").unwrap().hash(), scan(&d.path().join("a")).hash());
+        assert_eq!(whole.node_hash("missing"), None);
+    }
+
+    #[test]
+    fn links_outside_are_rejected() {
+        let d = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("../../etc/passwd", d.path().join("bad")).unwrap();
+        assert!(matches!(Tree::scan(d.path(), &PlainHasher), Err(Error::UnsafeLink { .. })));
+        assert!(link_stays_inside(d.path(), &d.path().join("x/l"), Path::new("../y")));
+        assert!(!link_stays_inside(d.path(), &d.path().join("l"), Path::new("/etc")));
+    }
+}
