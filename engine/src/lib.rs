@@ -1,1 +1,18 @@
+//! The engine: from a manifest to executed, cached stages.
+//!
+//! ```text
+//! manifest::load ──▶ Pipeline { stages, Dag } ──▶ plan (keys, reasons) ──▶ scheduler ──▶ StageKind::run
+//!                                                      │                        │
+//!                                                      └──── pipe_cache::Store ◀┘ (commit, materialise)
+//! ```
+//!
+//! Start reading at [`manifest`], then [`scheduler::run`]. The engine knows
+//! stage kinds only through [`stage::StageKind`]; it never prints, it emits
+//! [`event::Event`]s for a reporter.
 
+pub mod dag;
+pub mod manifest;
+pub mod pipeline;
+pub mod stage;
+
+pub use pipe_cache as cache;

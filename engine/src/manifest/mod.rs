@@ -1,0 +1,403 @@
+//! Reading a manifest: YAML → raw structs (serde_yaml, unknown keys rejected
+//! with their line and column) → [`Pipeline`] (params interpolated, references
+//! resolved, kinds checked, DAG built). Nothing runs and nothing is written
+//! unless this succeeds.
+//!
+//! `mod.rs` holds the schema and the checks; [`locate`] finds keys in the text
+//! for errors serde cannot place; [`diagnostic`] renders them.
+
+pub mod diagnostic;
+mod interpolate;
+pub mod locate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+
+use crate::dag::Dag;
+use crate::pipeline::{Input, InputRef, Pipeline, Stage};
+use crate::stage::Registry;
+pub use diagnostic::{did_you_mean, ManifestError};
+use locate::{locate, locate_value, Span};
+
+/// The only schema version so far.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    version: u32,
+    name: String,
+    #[serde(default)]
+    params: Ordered<serde_yaml::Value>,
+    stages: Ordered<RawStage>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStage {
+    kind: String,
+    #[serde(default)]
+    inputs: Ordered<String>,
+    #[serde(default)]
+    with: serde_yaml::Value,
+    #[serde(default)]
+    after: Vec<String>,
+    #[serde(default = "yes")]
+    cache: bool,
+    #[serde(default)]
+    resources: Resources,
+    #[serde(default)]
+    env: Ordered<serde_yaml::Value>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Resources {
+    #[serde(default)]
+    gpu: u32,
+}
+
+/// A YAML mapping read in order, with duplicate keys rejected.
+struct Ordered<T>(Vec<(String, T)>);
+
+impl<T> Default for Ordered<T> {
+    fn default() -> Self {
+        Ordered(Vec::new())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ordered<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Ordered<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Ordered(Vec::new()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out: Vec<(String, T)> = Vec::new();
+                while let Some(k) = map.next_key::<String>()? {
+                    if out.iter().any(|(n, _)| *n == k) {
+                        return Err(de::Error::custom(format!("duplicate key `{k}`")));
+                    }
+                    let v = map.next_value()?;
+                    out.push((k, v));
+                }
+                Ok(Ordered(out))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// The workspace root for a manifest: the nearest ancestor of its folder that
+/// holds `.pipe` or `.git`, else the manifest's own folder.
+pub fn workspace_root(manifest: &Path) -> PathBuf {
+    let abs = std::path::absolute(manifest).unwrap_or_else(|_| manifest.to_path_buf());
+    let dir = abs.parent().unwrap_or(Path::new("/")).to_path_buf();
+    dir.ancestors()
+        .find(|d| d.join(".pipe").is_dir() || d.join(".git").exists())
+        .map(Path::to_path_buf)
+        .unwrap_or(dir)
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn to_json(v: &serde_yaml::Value) -> Result<Value, String> {
+    serde_json::to_value(v).map_err(|e| e.to_string())
+}
+
+/// Parse a `--set` value the way YAML would read it (numbers stay numbers).
+pub fn parse_scalar(s: &str) -> Value {
+    serde_yaml::from_str::<serde_yaml::Value>(s)
+        .ok()
+        .filter(|v| !v.is_mapping() && !v.is_sequence())
+        .and_then(|v| to_json(&v).ok())
+        .unwrap_or_else(|| Value::String(s.to_string()))
+}
+
+/// Load and validate a manifest.
+pub fn load(file: &Path, sets: &[(String, String)], registry: &Registry) -> Result<Pipeline, ManifestError> {
+    let src = std::fs::read_to_string(file)
+        .map_err(|e| ManifestError::new(file, format!("cannot read manifest: {e}")))?;
+    let root = workspace_root(file);
+    parse(file, &src, &root, sets, registry)
+}
+
+/// Validate manifest text (`file` is only used in messages and for `pipe.lock`).
+pub fn parse(
+    file: &Path,
+    src: &str,
+    root: &Path,
+    sets: &[(String, String)],
+    registry: &Registry,
+) -> Result<Pipeline, ManifestError> {
+    let err = |msg: String| ManifestError::new(file, msg);
+    let at = |path: &[&str]| locate(src, path);
+
+    let raw: RawManifest = serde_yaml::from_str(src).map_err(|e| {
+        let text = e.to_string();
+        let message = match text.rfind(" at line ") {
+            Some(i) => text[..i].to_string(),
+            None => text.clone(),
+        };
+        let hint = unknown_field_hint(&message);
+        let span = e.location().map(|l| Span { line: l.line(), col: l.column(), len: 1 });
+        err(message).at(src, span).hint(hint)
+    })?;
+
+    if raw.version != SCHEMA_VERSION {
+        return Err(err(format!("unsupported manifest version {} (this pipe reads version {SCHEMA_VERSION})", raw.version))
+            .at(src, at(&["version"])));
+    }
+    if !is_name(&raw.name) {
+        return Err(err(format!("invalid pipeline name `{}`: use letters, digits, `-` and `_`", raw.name))
+            .at(src, at(&["name"])));
+    }
+
+    // Params, then --set overrides.
+    let mut params = BTreeMap::new();
+    for (k, v) in &raw.params.0 {
+        let v = to_json(v).map_err(|m| err(format!("param `{k}`: {m}")).at(src, at(&["params", k])))?;
+        params.insert(k.clone(), v);
+    }
+    for (k, v) in sets {
+        if !params.contains_key(k) {
+            return Err(err(format!("--set {k}: no such param"))
+                .at(src, at(&["params"]))
+                .hint(did_you_mean(k, params.keys().map(String::as_str))));
+        }
+        params.insert(k.clone(), parse_scalar(v));
+    }
+
+    let names: Vec<&str> = raw.stages.0.iter().map(|(n, _)| n.as_str()).collect();
+    if names.is_empty() {
+        return Err(err("the manifest has no stages".into()).at(src, at(&["stages"])));
+    }
+    let mut stages = Vec::new();
+    let mut edges = Vec::new();
+    for (i, (name, rs)) in raw.stages.0.iter().enumerate() {
+        let here = |sub: &[&str]| {
+            let mut p = vec!["stages", name.as_str()];
+            p.extend_from_slice(sub);
+            at(&p)
+        };
+        let serr = |msg: String, sub: &[&str]| err(msg).at(src, here(sub)).stage(name);
+        if !is_name(name) {
+            return Err(serr("invalid stage name: use letters, digits, `-` and `_`".into(), &[]));
+        }
+        let Some(kind) = registry.get(&rs.kind) else {
+            let known: Vec<&str> = registry.names().collect();
+            return Err(serr(format!("unknown stage kind `{}`", rs.kind), &["kind"]).hint(
+                did_you_mean(&rs.kind, known.iter().copied())
+                    .or_else(|| Some(format!("known kinds: {}", known.join(", ")))),
+            ));
+        };
+        let mut used = BTreeMap::new();
+        let unknown_param = |u: interpolate::Unknown, sub: &[&str]| {
+            serr(format!("unknown param `{}` in ${{params.{}}}", u.0, u.0), sub)
+                .hint(did_you_mean(&u.0, params.keys().map(String::as_str)))
+        };
+        let with = to_json(&rs.with).map_err(|m| serr(m, &["with"]))?;
+        let with = interpolate::interpolate(&with, &params, &mut used).map_err(|u| unknown_param(u, &["with"]))?;
+        kind.check(&with).map_err(|e| {
+            let sub: Vec<&str> = match &e.field {
+                Some(f) => vec!["with", f.as_str()],
+                None => vec!["with"],
+            };
+            let field_names = with.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
+            let hint = unknown_field_hint(&e.message)
+                .or_else(|| e.field.as_deref().and_then(|f| did_you_mean(f, field_names.iter().map(String::as_str))));
+            serr(format!("invalid `with`: {}", e.message), &sub).hint(hint)
+        })?;
+
+        let mut env = BTreeMap::new();
+        for (k, v) in &rs.env.0 {
+            let v = to_json(v).map_err(|m| serr(m, &["env", k]))?;
+            let v = interpolate::interpolate(&v, &params, &mut used).map_err(|u| unknown_param(u, &["env", k]))?;
+            env.insert(k.clone(), interpolate::text(&v));
+        }
+
+        let mut inputs = Vec::new();
+        for (in_name, reference) in &rs.inputs.0 {
+            let sub = ["inputs", in_name.as_str()];
+            if in_name.is_empty() || !in_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(serr(format!("invalid input name `{in_name}`: use letters, digits and `_`"), &sub));
+            }
+            let reference = interpolate::interpolate_str(reference, &params, &mut used)
+                .map_err(|u| unknown_param(u, &sub))?;
+            let reference = interpolate::text(&reference);
+            let target = match reference.split_once(':') {
+                Some((up, path)) => {
+                    let Some(j) = names.iter().position(|n| *n == up) else {
+                        return Err(serr(format!("input `{in_name}` refers to unknown stage `{up}`"), &sub)
+                            .at(src, locate_value(src, &["stages", name, "inputs", in_name], up))
+                            .hint(did_you_mean(up, names.iter().copied())));
+                    };
+                    if j == i {
+                        return Err(serr(format!("input `{in_name}` refers to the stage itself"), &sub));
+                    }
+                    if Path::new(path).is_absolute() || path.split('/').any(|c| c == "..") {
+                        return Err(serr(format!("input `{in_name}`: `{path}` must be a relative path inside `{up}`'s output"), &sub));
+                    }
+                    edges.push((j, i));
+                    InputRef::Stage { stage: up.to_string(), path: path.trim_matches('/').to_string() }
+                }
+                None => {
+                    let rel = PathBuf::from(&reference);
+                    if rel.is_absolute() || rel.components().any(|c| c == std::path::Component::ParentDir) {
+                        return Err(serr(format!("input `{in_name}`: workspace path `{reference}` must be relative and inside the workspace"), &sub));
+                    }
+                    if !root.join(&rel).exists() {
+                        return Err(serr(format!("input `{in_name}`: `{reference}` does not exist in the workspace {}", root.display()), &sub)
+                            .hint(Some("workspace paths are relative to the workspace root; use STAGE:PATH for another stage's output".into())));
+                    }
+                    InputRef::Workspace(rel)
+                }
+            };
+            inputs.push(Input { name: in_name.clone(), source: reference, target });
+        }
+        for a in &rs.after {
+            let Some(j) = names.iter().position(|n| n == a) else {
+                return Err(serr(format!("`after` names unknown stage `{a}`"), &["after"])
+                    .at(src, locate_value(src, &["stages", name, "after"], a))
+                    .hint(did_you_mean(a, names.iter().copied())));
+            };
+            edges.push((j, i));
+        }
+        stages.push(Stage {
+            name: name.clone(),
+            kind: rs.kind.clone(),
+            with,
+            inputs,
+            after: rs.after.clone(),
+            cache: rs.cache,
+            gpus: rs.resources.gpu,
+            env,
+            params_used: used,
+        });
+    }
+
+    let dag = Dag::build(stages.len(), &edges).map_err(|cycle| {
+        let path: Vec<&str> = cycle.iter().map(|&i| stages[i].name.as_str()).collect();
+        let first = path.first().copied().unwrap_or_default();
+        err(format!("dependency cycle: {}", path.join(" → "))).at(src, at(&["stages", first])).stage(first)
+    })?;
+
+    Ok(Pipeline {
+        file: file.to_path_buf(),
+        name: raw.name,
+        root: root.to_path_buf(),
+        params,
+        stages,
+        dag,
+    })
+}
+
+/// For serde's "unknown field `x`, expected one of `a`, `b`": a did-you-mean.
+fn unknown_field_hint(message: &str) -> Option<String> {
+    let (_, rest) = message.split_once("unknown field `")?;
+    let (field, rest) = rest.split_once('`')?;
+    let expected: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    did_you_mean(field, expected.iter().copied())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stage::{StageContext, StageError, StageKind, WithError};
+
+    struct Shellish;
+    impl StageKind for Shellish {
+        fn name(&self) -> &'static str {
+            "shell"
+        }
+        fn version(&self) -> u32 {
+            1
+        }
+        fn check(&self, with: &Value) -> Result<(), WithError> {
+            match with.get("cmd") {
+                Some(Value::String(_)) => Ok(()),
+                _ => Err(WithError { field: Some("cmd".into()), message: "missing field `cmd`".into() }),
+            }
+        }
+        fn run(&self, _: &StageContext) -> Result<(), StageError> {
+            Ok(())
+        }
+    }
+
+    fn parse_src(src: &str) -> Result<Pipeline, ManifestError> {
+        let mut reg = Registry::new();
+        reg.register(Box::new(Shellish));
+        parse(Path::new("m.yaml"), src, Path::new("/nonexistent"), &[], &reg)
+    }
+
+    const GOOD: &str = "version: 1\nname: demo\nparams:\n  greeting: hello\nstages:\n  make:\n    kind: shell\n    with:\n      cmd: echo ${params.greeting} > $PIPE_OUT/g.txt\n  upper:\n    kind: shell\n    inputs:\n      src: make:g.txt\n    with:\n      cmd: tr a-z A-Z < $PIPE_IN_SRC > $PIPE_OUT/u.txt\n";
+
+    #[test]
+    fn good_manifest() {
+        let p = parse_src(GOOD).unwrap();
+        assert_eq!(p.stages.len(), 2);
+        assert_eq!(p.stages[0].with["cmd"], "echo hello > $PIPE_OUT/g.txt");
+        assert_eq!(p.stages[0].params_used.len(), 1);
+        assert!(p.stages[1].params_used.is_empty());
+        assert_eq!(p.dag.edges(), vec![(0, 1)]);
+    }
+
+    #[test]
+    fn unknown_key_points_at_it() {
+        let e = parse_src(&GOOD.replace("    inputs:", "    inptus:")).unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("unknown field `inptus`"), "{s}");
+        assert_eq!(e.span.map(|s| s.line), Some(12), "{s}");
+        assert!(s.contains("did you mean `inputs`?"), "{s}");
+    }
+
+    #[test]
+    fn dangling_reference() {
+        let e = parse_src(&GOOD.replace("src: make:", "src: mkae:")).unwrap_err();
+        assert_eq!(e.span.map(|s| (s.line, s.col)), Some((13, 12)));
+        assert!(e.to_string().contains("did you mean `make`?"), "{e}");
+    }
+
+    #[test]
+    fn unknown_kind() {
+        let e = parse_src(&GOOD.replacen("kind: shell", "kind: shel", 1)).unwrap_err();
+        assert_eq!(e.span.map(|s| s.line), Some(7));
+        assert!(e.to_string().contains("did you mean `shell`?"));
+    }
+
+    #[test]
+    fn cycle_is_reported_with_path() {
+        let src = GOOD.replace("    kind: shell\n    with:\n      cmd: echo", "    kind: shell\n    after: [upper]\n    with:\n      cmd: echo");
+        let e = parse_src(&src).unwrap_err();
+        assert!(e.message.contains("make → upper → make"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_stage() {
+        let src = format!("{GOOD}  make:\n    kind: shell\n    with: {{cmd: x}}\n");
+        let e = parse_src(&src).unwrap_err();
+        assert!(e.message.contains("duplicate key `make`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_param() {
+        let e = parse_src(&GOOD.replace("${params.greeting}", "${params.greting}")).unwrap_err();
+        assert!(e.to_string().contains("did you mean `greeting`?"), "{e}");
+    }
+}

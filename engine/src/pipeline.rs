@@ -1,0 +1,85 @@
+//! `Pipeline`: a validated manifest — stages with resolved params, typed input
+//! references and the DAG between them. Everything downstream works on this.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::dag::Dag;
+
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// The manifest file as given on the command line.
+    pub file: PathBuf,
+    pub name: String,
+    /// The workspace root: workspace paths are relative to it and `.pipe/` lives in it.
+    pub root: PathBuf,
+    /// Parameters after `--set`.
+    pub params: BTreeMap<String, Value>,
+    /// Stages in manifest order.
+    pub stages: Vec<Stage>,
+    pub dag: Dag,
+}
+
+#[derive(Debug, Clone)]
+pub struct Stage {
+    pub name: String,
+    pub kind: String,
+    /// `with:` after `${params.*}` interpolation.
+    pub with: Value,
+    pub inputs: Vec<Input>,
+    pub after: Vec<String>,
+    pub cache: bool,
+    pub gpus: u32,
+    pub env: BTreeMap<String, String>,
+    /// The params this stage reads, with their values.
+    pub params_used: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    /// The input's name: `$PIPE_IN_<NAME>` for shell stages.
+    pub name: String,
+    /// The reference as written, e.g. `make:greeting.txt`.
+    pub source: String,
+    pub target: InputRef,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputRef {
+    /// A file or folder inside another stage's output (`path` empty: all of it).
+    Stage { stage: String, path: String },
+    /// A path relative to the workspace root.
+    Workspace(PathBuf),
+}
+
+impl Pipeline {
+    pub fn stage(&self, name: &str) -> Option<&Stage> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.stages.iter().position(|s| s.name == name)
+    }
+
+    /// `.pipe/` of the workspace.
+    pub fn pipe_dir(&self) -> PathBuf {
+        self.root.join(".pipe")
+    }
+
+    /// Where a stage's output is materialised.
+    pub fn output_dir(&self, stage: &str) -> PathBuf {
+        self.pipe_dir().join("out").join(&self.name).join(stage)
+    }
+
+    /// Where a stage's log goes.
+    pub fn log_file(&self, stage: &str) -> PathBuf {
+        self.pipe_dir().join("logs").join(&self.name).join(format!("{stage}.log"))
+    }
+
+    /// `pipe.lock` beside the manifest.
+    pub fn lock_file(&self) -> PathBuf {
+        self.file.parent().unwrap_or(Path::new(".")).join("pipe.lock")
+    }
+}

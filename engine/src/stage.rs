@@ -1,0 +1,109 @@
+//! The stage interface: what a stage kind implements, and the context it runs in.
+//!
+//! Kinds live in the `pipe-stages` crate; the engine only sees this trait. A
+//! kind never prints: it writes its log to `ctx.log` and reports progress
+//! through `ctx.progress`, and the reporter decides what reaches the terminal.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use serde_json::Value;
+
+use crate::pipeline::{Pipeline, Stage};
+
+pub type StageError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A problem with a stage's `with:` block, found before anything runs.
+#[derive(Debug, Clone)]
+pub struct WithError {
+    /// The offending key inside `with:`, when known.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl WithError {
+    /// From a serde error; picks the field out of "unknown field `x`" / "missing field `x`".
+    pub fn from_serde(e: impl std::fmt::Display) -> WithError {
+        let message = e.to_string();
+        let field = ["unknown field `", "missing field `", "invalid value for `"]
+            .iter()
+            .find_map(|p| message.split_once(p).and_then(|(_, r)| r.split_once('`')).map(|(f, _)| f.to_string()));
+        WithError { field, message }
+    }
+}
+
+/// Everything a running stage may touch.
+pub struct StageContext<'a> {
+    pub pipeline: &'a Pipeline,
+    pub stage: &'a Stage,
+    /// The workspace root (working directory of commands).
+    pub workspace: &'a Path,
+    /// The empty directory the stage must write its output into (for `verify`:
+    /// the restored receipt, read-only).
+    pub out: &'a Path,
+    /// Each input's name and the path it resolved to.
+    pub inputs: BTreeMap<String, PathBuf>,
+    /// Where the stage's log goes (created empty before the run).
+    pub log: &'a Path,
+    /// Set when the run is interrupted; long stages check it.
+    pub cancel: &'a AtomicBool,
+    /// One-line progress messages for the reporter.
+    pub progress: &'a (dyn Fn(&str) + Sync),
+}
+
+pub trait StageKind: Send + Sync {
+    /// The name used as `kind:` in manifests.
+    fn name(&self) -> &'static str;
+
+    /// Bump whenever the kind's output for the same inputs changes.
+    fn version(&self) -> u32;
+
+    /// Check `with:` before anything runs.
+    fn check(&self, with: &Value) -> Result<(), WithError>;
+
+    /// Facts about this machine that change the result (go into the key).
+    fn fingerprints(&self, _stage: &Stage) -> Result<BTreeMap<String, String>, StageError> {
+        Ok(BTreeMap::new())
+    }
+
+    /// Whether the stage acts on the outside world. An effect's output is a
+    /// receipt; on a cache hit the engine calls [`StageKind::verify`] instead of
+    /// trusting it.
+    fn is_effect(&self, _stage: &Stage) -> bool {
+        false
+    }
+
+    /// Produce the output in `ctx.out`.
+    fn run(&self, ctx: &StageContext) -> Result<(), StageError>;
+
+    /// For effects: whether the receipt in `ctx.out` still holds. `Ok(None)`:
+    /// it does; `Ok(Some(why))`: the world drifted and the stage must run again.
+    fn verify(&self, _ctx: &StageContext) -> Result<Option<String>, StageError> {
+        Ok(None)
+    }
+}
+
+/// The stage kinds a binary knows.
+#[derive(Default)]
+pub struct Registry {
+    kinds: BTreeMap<&'static str, Box<dyn StageKind>>,
+}
+
+impl Registry {
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    pub fn register(&mut self, kind: Box<dyn StageKind>) {
+        self.kinds.insert(kind.name(), kind);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&dyn StageKind> {
+        self.kinds.get(name).map(|k| k.as_ref())
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.kinds.keys().copied()
+    }
+}
