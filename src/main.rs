@@ -1,1 +1,326 @@
-fn main(){}
+//! `pipe`: the command line. Parses arguments, loads the manifest, hands it to
+//! the engine with the built-in stage kinds, and reports. Exit codes: see [`exit`].
+
+mod exit;
+mod reporter;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use pipe_engine::{Force, Pipeline, Registry, RunOptions, Status};
+
+use exit::Failure;
+
+#[derive(Parser)]
+#[command(name = "pipe", version, about = "Declarative, content-hashed ML pipelines from YAML manifests")]
+struct Cli {
+    /// Print only failures.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Also print stage progress messages.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ManifestArgs {
+    /// The pipeline manifest (YAML).
+    manifest: PathBuf,
+    /// Override a pipeline param: --set KEY=VALUE (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
+    sets: Vec<(String, String)>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the stages whose results are not cached.
+    Run {
+        #[command(flatten)]
+        m: ManifestArgs,
+        /// Run this stage even if cached (repeatable).
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+        /// Run every stage even if cached.
+        #[arg(long)]
+        force_all: bool,
+        /// Run only this stage; what it depends on must be cached.
+        #[arg(long, value_name = "STAGE", conflicts_with = "until")]
+        only: Option<String>,
+        /// Run this stage and what it depends on.
+        #[arg(long, value_name = "STAGE")]
+        until: Option<String>,
+        /// Show what would run, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Stages to run at once (default: number of cores).
+        #[arg(short, long)]
+        jobs: Option<usize>,
+        /// Print one JSON document with every stage's result on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show, for each stage, whether it is cached or why it will run.
+    Status {
+        #[command(flatten)]
+        m: ManifestArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the stage graph.
+    Dag {
+        #[command(flatten)]
+        m: ManifestArgs,
+        #[arg(long, value_enum, default_value_t = DagFormat::Text)]
+        format: DagFormat,
+    },
+    /// Check a manifest without running anything.
+    Validate {
+        #[command(flatten)]
+        m: ManifestArgs,
+    },
+    /// Show a stage's output: its directory, hash and files.
+    Show {
+        #[command(flatten)]
+        m: ManifestArgs,
+        stage: String,
+    },
+    /// Delete store objects that no run record references. With manifests,
+    /// also delete run records their pipe.lock files do not reference.
+    Gc {
+        manifests: Vec<PathBuf>,
+        /// Workspace whose store to clean (default: the current directory).
+        #[arg(long, default_value = ".")]
+        workspace: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DagFormat {
+    Text,
+    Dot,
+    Mermaid,
+}
+
+fn parse_set(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected KEY=VALUE, got `{s}`"))
+}
+
+fn load(m: &ManifestArgs, registry: &Registry) -> Result<Pipeline, Failure> {
+    Ok(pipe_engine::load(&m.manifest, &m.sets, registry)?)
+}
+
+fn gpus() -> u32 {
+    std::fs::read_dir("/proc/driver/nvidia/gpus").map(|d| d.count() as u32).unwrap_or(0)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::BAD_INPUT as u8 } else { 0 });
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(f) => {
+            eprintln!("error: {:#}", f.error);
+            ExitCode::from(f.code as u8)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<i32, Failure> {
+    let registry = pipe_stages::registry();
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Run { m, force, force_all, only, until, dry_run, jobs, json } => {
+            let p = load(&m, &registry)?;
+            let opts = RunOptions {
+                force: if force_all {
+                    Force::All
+                } else if force.is_empty() {
+                    Force::None
+                } else {
+                    Force::Stages(force.into_iter().collect::<BTreeSet<_>>())
+                },
+                only,
+                until,
+                dry_run,
+                jobs: jobs.unwrap_or(RunOptions::default().jobs),
+                gpus: gpus(),
+            };
+            let started = Instant::now();
+            let human = reporter::Human::new(cli.quiet || json, cli.verbose);
+            let summary = if json {
+                pipe_engine::run(&p, &registry, &opts, &reporter::Json)?
+            } else {
+                pipe_engine::run(&p, &registry, &opts, &human)?
+            };
+            if json {
+                let _ = writeln!(out, "{}", reporter::json_summary(&summary));
+            } else if dry_run {
+                human.finish(&summary, started.elapsed().as_secs_f64());
+                print_status(&mut out, &summary);
+            } else {
+                human.finish(&summary, started.elapsed().as_secs_f64());
+            }
+            if summary.failed() {
+                let failed: Vec<&str> = summary.results.iter().filter(|r| r.status == Status::Failed).map(|r| r.name.as_str()).collect();
+                if !json {
+                    eprintln!("error: stage{} failed: {}", if failed.len() == 1 { "" } else { "s" }, failed.join(", "));
+                }
+                return Ok(exit::STAGE_FAILED);
+            }
+            Ok(exit::OK)
+        }
+        Command::Status { m, json } => {
+            let p = load(&m, &registry)?;
+            let opts = RunOptions { dry_run: true, ..RunOptions::default() };
+            let summary = pipe_engine::run(&p, &registry, &opts, &pipe_engine::event::Silent)?;
+            if json {
+                let _ = writeln!(out, "{}", reporter::json_summary(&summary));
+            } else {
+                print_status(&mut out, &summary);
+            }
+            Ok(exit::OK)
+        }
+        Command::Dag { m, format } => {
+            let p = load(&m, &registry)?;
+            let _ = write!(out, "{}", render_dag(&p, format));
+            Ok(exit::OK)
+        }
+        Command::Validate { m } => {
+            let p = load(&m, &registry)?;
+            if !cli.quiet {
+                eprintln!("{}: ok ({} stages)", m.manifest.display(), p.stages.len());
+            }
+            Ok(exit::OK)
+        }
+        Command::Show { m, stage } => {
+            let p = load(&m, &registry)?;
+            show(&mut out, &p, &stage)?;
+            Ok(exit::OK)
+        }
+        Command::Gc { manifests, workspace } => {
+            let mut keep = None;
+            let mut root = workspace;
+            for m in &manifests {
+                let p = pipe_engine::load(m, &[], &registry)?;
+                root = p.root.clone();
+                let lock = pipe_engine::lockfile::LockFile::load(&p.lock_file());
+                keep.get_or_insert_with(std::collections::HashSet::new).extend(lock.stages.values().map(|e| e.key));
+            }
+            let pipe_dir = root.join(".pipe");
+            if !pipe_dir.is_dir() {
+                return Err(Failure::usage(anyhow::anyhow!("no pipe store in {}", root.display())));
+            }
+            let _lock = pipe_engine::cache::WorkspaceLock::acquire(&pipe_dir.join("lock"), |_| {
+                eprintln!("{:>12} waiting for another pipe run on this workspace", "Blocking");
+            })
+            .context("cannot lock the workspace")?;
+            let store = pipe_engine::cache::Store::open(&pipe_dir).context("cannot open the store")?;
+            let stats = store.gc(keep.as_ref()).context("gc failed")?;
+            store.save().context("cannot save the stat cache")?;
+            eprintln!(
+                "{:>12} {} objects ({:.1} MB) and {} run records; kept {} objects",
+                "Removed",
+                stats.objects_removed,
+                stats.bytes_freed as f64 / 1e6,
+                stats.records_removed,
+                stats.objects_kept
+            );
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn print_status(out: &mut impl Write, summary: &pipe_engine::RunSummary) {
+    let width = summary.results.iter().map(|r| r.name.len()).max().unwrap_or(0);
+    for r in &summary.results {
+        let state = match r.status {
+            Status::Cached => format!("cached ({})", r.output_hash.map(|h| h.short()).unwrap_or_default()),
+            Status::Pending => format!("will run: {}", r.reason.as_ref().map(|r| r.to_string()).unwrap_or_default()),
+            Status::Failed | Status::Skipped => format!("error: {}", r.error.as_deref().unwrap_or("")),
+            Status::Ran => "ran".into(),
+        };
+        let _ = writeln!(out, "{:<width$}  {state}", r.name);
+    }
+}
+
+fn render_dag(p: &Pipeline, format: DagFormat) -> String {
+    let names: Vec<&str> = p.stages.iter().map(|s| s.name.as_str()).collect();
+    let mut s = String::new();
+    match format {
+        DagFormat::Text => {
+            for i in p.dag.topo() {
+                let deps: Vec<&str> = p.dag.deps(i).into_iter().map(|d| names[d]).collect();
+                let kind = &p.stages[i].kind;
+                if deps.is_empty() {
+                    s += &format!("{} ({kind})\n", names[i]);
+                } else {
+                    s += &format!("{} ({kind}) <- {}\n", names[i], deps.join(", "));
+                }
+            }
+        }
+        DagFormat::Dot => {
+            s += &format!("digraph \"{}\" {{\n", p.name);
+            for (i, n) in names.iter().enumerate() {
+                s += &format!("  \"{n}\" [label=\"{n}\\n{}\"];\n", p.stages[i].kind);
+            }
+            for (a, b) in p.dag.edges() {
+                s += &format!("  \"{}\" -> \"{}\";\n", names[a], names[b]);
+            }
+            s += "}\n";
+        }
+        DagFormat::Mermaid => {
+            s += "graph TD\n";
+            for (i, n) in names.iter().enumerate() {
+                s += &format!("  {n}[\"{n} ({})\"]\n", p.stages[i].kind);
+            }
+            for (a, b) in p.dag.edges() {
+                s += &format!("  {} --> {}\n", names[a], names[b]);
+            }
+        }
+    }
+    s
+}
+
+fn show(out: &mut impl Write, p: &Pipeline, stage: &str) -> Result<(), Failure> {
+    if p.stage(stage).is_none() {
+        return Err(Failure::usage(anyhow::anyhow!("no stage named `{stage}` in {}", p.file.display())));
+    }
+    let lock = pipe_engine::lockfile::LockFile::load(&p.lock_file());
+    let entry = lock.stages.get(stage).ok_or_else(|| Failure::usage(anyhow::anyhow!("stage `{stage}` has not run yet")))?;
+    let dir = p.output_dir(stage);
+    let _ = writeln!(out, "stage:  {stage}\nkind:   {}\nkey:    {}\noutput: {}\npath:   {}", entry.kind, entry.key, entry.output, display(&dir));
+    let store = pipe_engine::cache::Store::open(&p.pipe_dir()).context("cannot open the store")?;
+    if let Some(run) = store.get(&entry.key).context("cannot read the run record")? {
+        let _ = writeln!(out, "files:");
+        for (path, digest, exec, size) in run.output.files() {
+            let _ = writeln!(out, "  {path}  {size} bytes  {}{}", digest.short(), if exec { "  (executable)" } else { "" });
+        }
+    }
+    Ok(())
+}
+
+fn display(path: &Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(|p| p.display().to_string()))
+        .unwrap_or_else(|| path.display().to_string())
+}

@@ -8,7 +8,10 @@ use crate::error::{IoContext, Result};
 /// Replace `path` with `bytes` so that a crash leaves either the old or the new
 /// content, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     std::fs::create_dir_all(dir).ctx("create directory", dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).ctx("create a temp file in", dir)?;
     tmp.write_all(bytes).ctx("write", tmp.path().to_path_buf())?;

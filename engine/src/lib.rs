@@ -16,3 +16,13 @@ pub mod pipeline;
 pub mod stage;
 
 pub use pipe_cache as cache;
+pub mod event;
+pub mod executor;
+pub mod lockfile;
+pub mod scheduler;
+
+pub use event::{Event, Reporter, StageResult, Status};
+pub use manifest::{load, ManifestError};
+pub use pipeline::{Input, InputRef, Pipeline, Stage};
+pub use scheduler::{run, EngineError, Force, RunOptions, RunSummary};
+pub use stage::{Registry, StageContext, StageError, StageKind, WithError};

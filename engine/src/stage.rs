@@ -2,7 +2,7 @@
 //!
 //! Kinds live in the `pipe-stages` crate; the engine only sees this trait. A
 //! kind never prints: it writes its log to `ctx.log` and reports progress
-//! through `ctx.progress`, and the reporter decides what reaches the terminal.
+//! through `ctx.progress()`, and the reporter decides what reaches the terminal.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicBool;
 
 use serde_json::Value;
 
+use crate::event::{Event, Reporter};
 use crate::pipeline::{Pipeline, Stage};
 
 pub type StageError = Box<dyn std::error::Error + Send + Sync>;
@@ -48,8 +49,15 @@ pub struct StageContext<'a> {
     pub log: &'a Path,
     /// Set when the run is interrupted; long stages check it.
     pub cancel: &'a AtomicBool,
-    /// One-line progress messages for the reporter.
-    pub progress: &'a (dyn Fn(&str) + Sync),
+    /// Where progress messages go (see [`StageContext::progress`]).
+    pub reporter: &'a dyn Reporter,
+}
+
+impl StageContext<'_> {
+    /// A one-line progress message for the reporter (e.g. a training step).
+    pub fn progress(&self, message: &str) {
+        self.reporter.event(Event::Progress { stage: &self.stage.name, message });
+    }
 }
 
 pub trait StageKind: Send + Sync {

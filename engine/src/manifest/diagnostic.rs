@@ -31,7 +31,13 @@ impl ManifestError {
     }
 
     pub fn at(mut self, src: &str, span: Option<Span>) -> ManifestError {
-        if let Some(span) = span {
+        if let Some(mut span) = span {
+            let line = src.lines().nth(span.line.saturating_sub(1)).unwrap_or("");
+            if span.len <= 1 {
+                // serde_yaml points at the first character: underline the whole word.
+                let word = line.chars().skip(span.col - 1).take_while(|c| c.is_alphanumeric() || "_-.".contains(*c)).count();
+                span.len = word.max(1);
+            }
             self.source_line = src.lines().nth(span.line.saturating_sub(1)).map(str::to_string);
             self.span = Some(span);
         }

@@ -1,0 +1,79 @@
+//! What the engine tells a reporter. The engine never prints.
+
+use std::path::PathBuf;
+
+use pipe_cache::{Digest, DirtyReason, Key};
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ran,
+    Cached,
+    Failed,
+    Skipped,
+    /// `--dry-run` / `status`: would run.
+    Pending,
+}
+
+/// The outcome of one stage, as `--json` prints it.
+#[derive(Clone, Debug, Serialize)]
+pub struct StageResult {
+    pub name: String,
+    pub status: Status,
+    pub key: Option<Key>,
+    pub output_hash: Option<Digest>,
+    pub output_dir: Option<PathBuf>,
+    pub seconds: f64,
+    /// Why it ran (or would run).
+    #[serde(serialize_with = "display_opt", skip_serializing_if = "Option::is_none")]
+    pub reason: Option<DirtyReason>,
+    /// Why it failed or was skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The end of the stage's log, for failures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_tail: Option<String>,
+}
+
+fn display_opt<S: serde::Serializer>(r: &Option<DirtyReason>, s: S) -> Result<S::Ok, S::Error> {
+    match r {
+        Some(r) => s.serialize_str(&r.to_string()),
+        None => s.serialize_none(),
+    }
+}
+
+impl StageResult {
+    pub fn new(name: &str, status: Status) -> StageResult {
+        StageResult {
+            name: name.to_string(),
+            status,
+            key: None,
+            output_hash: None,
+            output_dir: None,
+            seconds: 0.0,
+            reason: None,
+            error: None,
+            log_tail: None,
+        }
+    }
+}
+
+pub enum Event<'a> {
+    /// Another `pipe run` holds the workspace; we wait for it.
+    WaitingForLock { pid: Option<u32> },
+    Started { stage: &'a str, reason: &'a DirtyReason },
+    Progress { stage: &'a str, message: &'a str },
+    Finished(&'a StageResult),
+}
+
+pub trait Reporter: Sync {
+    fn event(&self, event: Event<'_>);
+}
+
+/// A reporter that drops everything.
+pub struct Silent;
+
+impl Reporter for Silent {
+    fn event(&self, _: Event<'_>) {}
+}

@@ -1,0 +1,268 @@
+//! Running one stage: resolve its inputs to content hashes, build its key,
+//! serve it from the store if possible, otherwise run it in a staging dir and
+//! commit the result.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use pipe_cache::{DirtyReason, Error as CacheError, InputDigest, KeyRecord, RunRecord, Store, Tree};
+
+use crate::event::{Event, Reporter, StageResult, Status};
+use crate::lockfile::LockFile;
+use crate::pipeline::{InputRef, Pipeline, Stage};
+use crate::stage::{Registry, StageContext, StageError};
+
+/// How far to go with a stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Serve from cache or run.
+    Run,
+    /// Run even if cached.
+    Force,
+    /// Serve from cache, else fail: the stage is upstream of a `--only` selection.
+    CacheOnly,
+    /// Report what would happen; touch nothing (`status`, `--dry-run`).
+    Plan,
+}
+
+pub struct Executor<'a> {
+    pub pipeline: &'a Pipeline,
+    pub registry: &'a Registry,
+    pub store: Option<&'a Store>,
+    pub old_lock: &'a LockFile,
+    pub reporter: &'a dyn Reporter,
+    pub cancel: &'a AtomicBool,
+}
+
+/// Inputs resolved to paths and digests.
+struct Resolved {
+    paths: BTreeMap<String, PathBuf>,
+    digests: BTreeMap<String, InputDigest>,
+}
+
+impl Executor<'_> {
+    /// Execute stage `stage`; `upstream` holds the run records of its finished
+    /// dependencies. Returns the result and, on success, the run record.
+    pub fn execute(
+        &self,
+        stage: &Stage,
+        mode: Mode,
+        upstream: &HashMap<String, RunRecord>,
+    ) -> (StageResult, Option<RunRecord>) {
+        let started = Instant::now();
+        let mut result = StageResult::new(&stage.name, Status::Failed);
+        let outcome = self.try_execute(stage, mode, upstream, &mut result);
+        result.seconds = started.elapsed().as_secs_f64();
+        match outcome {
+            Ok(run) => {
+                if let Some(run) = &run {
+                    result.key = Some(run.key);
+                    result.output_hash = Some(run.output_hash);
+                    result.output_dir = Some(self.pipeline.output_dir(&stage.name));
+                }
+                (result, run)
+            }
+            Err(e) => {
+                result.status = Status::Failed;
+                result.error = Some(error_chain(e.as_ref()));
+                (result, None)
+            }
+        }
+    }
+
+    fn try_execute(
+        &self,
+        stage: &Stage,
+        mode: Mode,
+        upstream: &HashMap<String, RunRecord>,
+        result: &mut StageResult,
+    ) -> Result<Option<RunRecord>, StageError> {
+        let p = self.pipeline;
+        let kind = self.registry.get(&stage.kind).ok_or_else(|| format!("unknown stage kind `{}`", stage.kind))?;
+        let resolved = self.resolve_inputs(stage, upstream)?;
+        let record = KeyRecord {
+            kind: stage.kind.clone(),
+            kind_version: kind.version(),
+            params: stage.params_used.clone(),
+            with: stage.with.clone(),
+            inputs: resolved.digests.clone(),
+            env: stage.env.clone(),
+            fingerprints: kind.fingerprints(stage)?,
+        };
+        let key = record.key();
+        result.key = Some(key);
+        let out_dir = p.output_dir(&stage.name);
+        let log = p.log_file(&stage.name);
+
+        let mut reason = match mode {
+            Mode::Force => Some(DirtyReason::Forced),
+            _ if !stage.cache => Some(DirtyReason::NotCached),
+            _ => None,
+        };
+        if reason.is_none() {
+            let hit = match self.store {
+                Some(store) => store.get(&key)?,
+                None => None,
+            };
+            match hit {
+                Some(run) if mode == Mode::Plan => {
+                    result.status = Status::Cached;
+                    return Ok(Some(run));
+                }
+                Some(run) => match self.restore(&run, &out_dir) {
+                    Ok(()) => {
+                        let drift = if kind.is_effect(stage) {
+                            let ctx = self.context(stage, &resolved, &out_dir, &log);
+                            kind.verify(&ctx)?
+                        } else {
+                            None
+                        };
+                        match drift {
+                            None => {
+                                result.status = Status::Cached;
+                                return Ok(Some(run));
+                            }
+                            Some(detail) => reason = Some(DirtyReason::Drift { detail }),
+                        }
+                    }
+                    Err(CacheError::Corrupt { digest, .. }) => {
+                        if let Some(store) = self.store {
+                            store.remove(&key)?;
+                        }
+                        reason = Some(DirtyReason::OutputCorrupt { detail: format!("object {} failed its hash check", digest.short()) });
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+                None => reason = Some(self.explain(stage, &record)),
+            }
+        }
+        let reason = reason.unwrap_or(DirtyReason::NeverRun);
+        result.reason = Some(reason.clone());
+        match mode {
+            Mode::Plan => {
+                result.status = Status::Pending;
+                return Ok(None);
+            }
+            Mode::CacheOnly => {
+                result.status = Status::Skipped;
+                return Err(format!("not selected and not cached ({reason}); run it first").into());
+            }
+            Mode::Run | Mode::Force => {}
+        }
+        let store = self.store.ok_or("no store")?;
+
+        self.reporter.event(Event::Started { stage: &stage.name, reason: &reason });
+        let staging = store.staging_dir()?;
+        let out = staging.path().join("out");
+        std::fs::create_dir_all(&out).map_err(|e| io_err("create", &out, e))?;
+        if let Some(dir) = log.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| io_err("create", dir, e))?;
+        }
+        std::fs::write(&log, b"").map_err(|e| io_err("create", &log, e))?;
+        let started = Instant::now();
+        let ctx = self.context(stage, &resolved, &out, &log);
+        if let Err(e) = kind.run(&ctx) {
+            result.log_tail = log_tail(&log, 20);
+            return Err(e);
+        }
+        let run = store.commit(key, record, &out, started.elapsed().as_secs_f64())?;
+        store.materialize(&run, &out_dir)?;
+        result.status = Status::Ran;
+        Ok(Some(run))
+    }
+
+    fn context<'b>(
+        &'b self,
+        stage: &'b Stage,
+        resolved: &Resolved,
+        out: &'b std::path::Path,
+        log: &'b std::path::Path,
+    ) -> StageContext<'b> {
+        StageContext {
+            pipeline: self.pipeline,
+            stage,
+            workspace: &self.pipeline.root,
+            out,
+            inputs: resolved.paths.clone(),
+            log,
+            cancel: self.cancel,
+            reporter: self.reporter,
+        }
+    }
+
+    /// Make sure `out_dir` holds `run`'s output, re-linking if needed.
+    fn restore(&self, run: &RunRecord, out_dir: &std::path::Path) -> Result<(), CacheError> {
+        let Some(store) = self.store else { return Ok(()) };
+        if store.is_materialized(run, out_dir)? {
+            return Ok(());
+        }
+        store.materialize(run, out_dir)
+    }
+
+    fn resolve_inputs(&self, stage: &Stage, upstream: &HashMap<String, RunRecord>) -> Result<Resolved, StageError> {
+        let p = self.pipeline;
+        let mut paths = BTreeMap::new();
+        let mut digests = BTreeMap::new();
+        for input in &stage.inputs {
+            let (path, hash) = match &input.target {
+                InputRef::Stage { stage: up, path } => {
+                    let run = upstream.get(up).ok_or_else(|| format!("input `{}`: stage `{up}` has no output", input.name))?;
+                    let hash = run.output.node_hash(path).ok_or_else(|| {
+                        format!("input `{}`: the output of stage `{up}` has no `{path}`", input.name)
+                    })?;
+                    let dir = p.output_dir(up);
+                    (if path.is_empty() { dir } else { dir.join(path) }, hash)
+                }
+                InputRef::Workspace(rel) => {
+                    let abs = p.root.join(rel);
+                    let hash = match self.store {
+                        Some(store) => Tree::scan(&abs, store.stat_cache())?.hash(),
+                        None => Tree::scan(&abs, &pipe_cache::PlainHasher)?.hash(),
+                    };
+                    (abs, hash)
+                }
+            };
+            paths.insert(input.name.clone(), path);
+            digests.insert(input.name.clone(), InputDigest { source: input.source.clone(), hash });
+        }
+        Ok(Resolved { paths, digests })
+    }
+
+    /// Why a stage whose key is not in the store must run.
+    fn explain(&self, stage: &Stage, record: &KeyRecord) -> DirtyReason {
+        let Some(entry) = self.old_lock.stages.get(&stage.name) else { return DirtyReason::NeverRun };
+        let old = self.store.and_then(|s| s.get(&entry.key).ok().flatten());
+        match old {
+            Some(old) => record.compare(&old.record).unwrap_or(DirtyReason::NeverRun),
+            None => DirtyReason::NeverRun,
+        }
+    }
+}
+
+fn io_err(op: &str, path: &std::path::Path, e: std::io::Error) -> StageError {
+    format!("cannot {op} {}: {e}", path.display()).into()
+}
+
+/// `a: b: c` from an error and its sources.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        let msg = src.to_string();
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        cur = src.source();
+    }
+    s
+}
+
+fn log_tail(path: &std::path::Path, lines: usize) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let all: Vec<&str> = text.lines().collect();
+    let tail = all[all.len().saturating_sub(lines)..].join("\n");
+    (!tail.trim().is_empty()).then_some(tail)
+}

@@ -1,0 +1,253 @@
+//! `run`: walk the DAG, start ready stages on up to `jobs` threads, hold GPU
+//! tokens, stop the dependents of a failure and let other branches finish.
+//!
+//! Downstream keys are computed from the *actual* output hashes of finished
+//! upstream stages, when a stage becomes ready: a rerun that produces identical
+//! bytes leaves everything below it cached (early cutoff).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc;
+
+use pipe_cache::{RunRecord, Store, WorkspaceLock};
+
+use crate::event::{Event, Reporter, StageResult, Status};
+use crate::executor::{Executor, Mode};
+use crate::lockfile::{LockEntry, LockFile};
+use crate::pipeline::Pipeline;
+use crate::stage::Registry;
+
+#[derive(Clone, Debug, Default)]
+pub enum Force {
+    #[default]
+    None,
+    All,
+    Stages(BTreeSet<String>),
+}
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub force: Force,
+    /// Run only this stage; its upstream must be cached.
+    pub only: Option<String>,
+    /// Run this stage and what it depends on.
+    pub until: Option<String>,
+    /// Report what would run; change nothing.
+    pub dry_run: bool,
+    pub jobs: usize,
+    /// GPUs on this machine.
+    pub gpus: u32,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            force: Force::None,
+            only: None,
+            until: None,
+            dry_run: false,
+            jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            gpus: 0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("no stage named `{0}` in this manifest")]
+    UnknownStage(String),
+    #[error(transparent)]
+    Cache(#[from] pipe_cache::Error),
+}
+
+/// Results in manifest order.
+#[derive(Debug)]
+pub struct RunSummary {
+    pub results: Vec<StageResult>,
+}
+
+impl RunSummary {
+    pub fn failed(&self) -> bool {
+        self.results.iter().any(|r| matches!(r.status, Status::Failed | Status::Skipped))
+    }
+}
+
+enum State {
+    Pending,
+    Running,
+    Done(Box<StageResult>, Option<RunRecord>),
+}
+
+/// Which stages take part, and how.
+fn selection(p: &Pipeline, opts: &RunOptions) -> Result<Vec<Option<Mode>>, EngineError> {
+    let index = |name: &str| p.index(name).ok_or_else(|| EngineError::UnknownStage(name.to_string()));
+    let forced = |i: usize| match &opts.force {
+        Force::None => false,
+        Force::All => true,
+        Force::Stages(s) => s.contains(&p.stages[i].name),
+    };
+    if let Force::Stages(names) = &opts.force {
+        for n in names {
+            index(n)?;
+        }
+    }
+    let base = |i: usize| {
+        if opts.dry_run {
+            Mode::Plan
+        } else if forced(i) {
+            Mode::Force
+        } else {
+            Mode::Run
+        }
+    };
+    let mut modes: Vec<Option<Mode>> = (0..p.stages.len()).map(|i| Some(base(i))).collect();
+    if let Some(until) = &opts.until {
+        let keep = p.dag.ancestors(index(until)?);
+        for (i, m) in modes.iter_mut().enumerate() {
+            if !keep.contains(&i) {
+                *m = None;
+            }
+        }
+    }
+    if let Some(only) = &opts.only {
+        let i = index(only)?;
+        let ancestors = p.dag.ancestors(i);
+        for (j, m) in modes.iter_mut().enumerate() {
+            *m = if j == i {
+                *m
+            } else if ancestors.contains(&j) {
+                Some(if opts.dry_run { Mode::Plan } else { Mode::CacheOnly })
+            } else {
+                None
+            };
+        }
+    }
+    Ok(modes)
+}
+
+/// Run (or, with `dry_run`, plan) a pipeline.
+pub fn run(p: &Pipeline, registry: &Registry, opts: &RunOptions, reporter: &dyn Reporter) -> Result<RunSummary, EngineError> {
+    let modes = selection(p, opts)?;
+    let old_lock = LockFile::load(&p.lock_file());
+    let pipe_dir = p.pipe_dir();
+
+    // Planning touches nothing: no lock, no store created.
+    let (_lock, store) = if opts.dry_run {
+        let store = if pipe_dir.join(pipe_cache::store::LAYOUT).is_dir() { Some(Store::open(&pipe_dir)?) } else { None };
+        (None, store)
+    } else {
+        std::fs::create_dir_all(&pipe_dir).map_err(|source| pipe_cache::Error::Io {
+            op: "create directory",
+            path: pipe_dir.clone(),
+            source,
+        })?;
+        let lock = WorkspaceLock::acquire(&pipe_dir.join("lock"), |pid| reporter.event(Event::WaitingForLock { pid }))?;
+        let store = Store::open(&pipe_dir)?;
+        store.clean_tmp()?;
+        (Some(lock), Some(store))
+    };
+
+    let cancel = AtomicBool::new(false);
+    let exec = Executor { pipeline: p, registry, store: store.as_ref(), old_lock: &old_lock, reporter, cancel: &cancel };
+    let n = p.stages.len();
+    let mut states: Vec<State> = (0..n).map(|_| State::Pending).collect();
+    let topo = p.dag.topo();
+    let jobs = opts.jobs.max(1);
+
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::channel::<(usize, StageResult, Option<RunRecord>)>();
+        let mut running = 0usize;
+        let mut gpus_in_use = 0u32;
+        loop {
+            for &i in &topo {
+                let Some(mode) = modes[i] else { continue };
+                if !matches!(states[i], State::Pending) {
+                    continue;
+                }
+                let deps: Vec<usize> = p.dag.deps(i).into_iter().filter(|&d| modes[d].is_some()).collect();
+                let mut upstream = HashMap::new();
+                let mut blocked = None;
+                let mut waiting = false;
+                for &d in &deps {
+                    match &states[d] {
+                        State::Done(r, Some(run)) if matches!(r.status, Status::Ran | Status::Cached) => {
+                            upstream.insert(p.stages[d].name.clone(), run.clone());
+                        }
+                        State::Done(r, _) if r.status == Status::Pending => {
+                            blocked = Some((Status::Pending, r.name.clone()));
+                        }
+                        State::Done(r, _) => {
+                            blocked.get_or_insert((Status::Skipped, r.name.clone()));
+                        }
+                        _ => waiting = true,
+                    }
+                }
+                if waiting {
+                    continue;
+                }
+                if let Some((status, up)) = blocked {
+                    let mut r = StageResult::new(&p.stages[i].name, status);
+                    if status == Status::Pending {
+                        r.reason = Some(pipe_cache::DirtyReason::UpstreamWillRun { stage: up });
+                    } else {
+                        r.error = Some(format!("upstream stage `{up}` did not complete"));
+                        reporter.event(Event::Finished(&r));
+                    }
+                    states[i] = State::Done(Box::new(r), None);
+                    continue;
+                }
+                let need = p.stages[i].gpus;
+                let gpu_ok = need == 0 || gpus_in_use == 0 || gpus_in_use + need <= opts.gpus;
+                if running >= jobs || !gpu_ok {
+                    continue;
+                }
+                running += 1;
+                gpus_in_use += need;
+                states[i] = State::Running;
+                let tx = tx.clone();
+                let exec = &exec;
+                let stage = &p.stages[i];
+                scope.spawn(move || {
+                    let (r, run) = exec.execute(stage, mode, &upstream);
+                    let _ = tx.send((i, r, run));
+                });
+            }
+            if running == 0 {
+                break;
+            }
+            let Ok((i, r, run)) = rx.recv() else { break };
+            running -= 1;
+            gpus_in_use -= p.stages[i].gpus;
+            if r.status != Status::Pending {
+                reporter.event(Event::Finished(&r));
+            }
+            states[i] = State::Done(Box::new(r), run);
+        }
+    });
+
+    let mut results = Vec::new();
+    let mut lock = old_lock.clone();
+    for (i, state) in states.into_iter().enumerate() {
+        if let State::Done(r, run) = state {
+            if let (Some(run), true) = (&run, matches!(r.status, Status::Ran | Status::Cached)) {
+                lock.stages.insert(
+                    p.stages[i].name.clone(),
+                    LockEntry {
+                        kind: run.record.kind.clone(),
+                        key: run.key,
+                        params: run.record.params.clone(),
+                        inputs: run.record.inputs.clone(),
+                        output: run.output_hash,
+                    },
+                );
+            }
+            results.push(*r);
+        }
+    }
+    if let (Some(store), false) = (&store, opts.dry_run) {
+        lock.stages.retain(|name, _| p.stage(name).is_some());
+        lock.save(p)?;
+        store.save()?;
+    }
+    Ok(RunSummary { results })
+}

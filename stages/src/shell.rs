@@ -1,0 +1,94 @@
+//! `kind: shell`: run a command with `sh -ec` (the first failing command fails the stage).
+//!
+//! The command runs in the workspace root with `$PIPE_OUT` (its output dir),
+//! `$PIPE_IN_<NAME>` for each input, and the stage's `env:`; stdout and stderr
+//! go to the stage log. With `verify:`, the stage is an effect: on a cache hit
+//! the verify command runs with `$PIPE_OUT` pointing at the stored receipt, and
+//! a non-zero exit makes the stage run again.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use pipe_engine::{Stage, StageContext, StageError, StageKind, WithError};
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct With {
+    cmd: String,
+    #[serde(default)]
+    verify: Option<String>,
+}
+
+fn with(v: &Value) -> Result<With, WithError> {
+    serde_json::from_value(v.clone()).map_err(WithError::from_serde)
+}
+
+pub struct Shell;
+
+impl Shell {
+    fn command(ctx: &StageContext, script: &str) -> Result<Command, StageError> {
+        let log = File::options().append(true).open(ctx.log)?;
+        let mut cmd = Command::new("sh");
+        cmd.arg("-ec")
+            .arg(script)
+            .current_dir(ctx.workspace)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .env("PIPE_OUT", ctx.out)
+            .env("PIPE_STAGE", &ctx.stage.name)
+            .env("PIPE_WORKSPACE", ctx.workspace);
+        for (name, path) in &ctx.inputs {
+            cmd.env(format!("PIPE_IN_{}", name.to_uppercase()), path);
+        }
+        cmd.envs(&ctx.stage.env);
+        // Die with pipe: a killed run must not leave commands writing into the store.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        Ok(cmd)
+    }
+}
+
+impl StageKind for Shell {
+    fn name(&self) -> &'static str {
+        "shell"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn check(&self, v: &Value) -> Result<(), WithError> {
+        with(v).map(|_| ())
+    }
+
+    fn is_effect(&self, stage: &Stage) -> bool {
+        with(&stage.with).is_ok_and(|w| w.verify.is_some())
+    }
+
+    fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
+        let w = with(&ctx.stage.with).map_err(|e| e.message)?;
+        let status = Self::command(ctx, &w.cmd)?.status()?;
+        if !status.success() {
+            return Err(match status.code() {
+                Some(code) => format!("command exited with status {code}").into(),
+                None => format!("command was killed ({status})").into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn verify(&self, ctx: &StageContext) -> Result<Option<String>, StageError> {
+        let w = with(&ctx.stage.with).map_err(|e| e.message)?;
+        let Some(verify) = w.verify else { return Ok(None) };
+        let status = Self::command(ctx, &verify)?.status()?;
+        Ok((!status.success()).then(|| format!("verify command exited with {status}")))
+    }
+}
