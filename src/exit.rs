@@ -21,7 +21,10 @@ pub struct Failure {
 
 impl Failure {
     pub fn usage(error: impl Into<anyhow::Error>) -> Failure {
-        Failure { code: BAD_INPUT, error: error.into() }
+        Failure {
+            code: BAD_INPUT,
+            error: error.into(),
+        }
     }
 }
 
@@ -31,18 +34,27 @@ impl From<pipe_engine::EngineError> for Failure {
             pipe_engine::EngineError::UnknownStage(_) => BAD_INPUT,
             pipe_engine::EngineError::Cache(_) => INTERNAL,
         };
-        Failure { code, error: e.into() }
+        Failure {
+            code,
+            error: e.into(),
+        }
     }
 }
 
 impl From<pipe_engine::ManifestError> for Failure {
     fn from(e: pipe_engine::ManifestError) -> Failure {
-        Failure { code: BAD_INPUT, error: e.into() }
+        Failure {
+            code: BAD_INPUT,
+            error: e.into(),
+        }
     }
 }
 
 impl From<anyhow::Error> for Failure {
     fn from(error: anyhow::Error) -> Failure {
-        Failure { code: INTERNAL, error }
+        Failure {
+            code: INTERNAL,
+            error,
+        }
     }
 }

@@ -17,7 +17,11 @@ use pipe_engine::{Force, Pipeline, Registry, RunOptions, Status};
 use exit::Failure;
 
 #[derive(Parser)]
-#[command(name = "pipe", version, about = "Declarative, content-hashed ML pipelines from YAML manifests")]
+#[command(
+    name = "pipe",
+    version,
+    about = "Declarative, content-hashed ML pipelines from YAML manifests"
+)]
 struct Cli {
     /// Print only failures.
     #[arg(short, long, global = true)]
@@ -120,7 +124,9 @@ fn load(m: &ManifestArgs, registry: &Registry) -> Result<Pipeline, Failure> {
 }
 
 fn gpus() -> u32 {
-    std::fs::read_dir("/proc/driver/nvidia/gpus").map(|d| d.count() as u32).unwrap_or(0)
+    std::fs::read_dir("/proc/driver/nvidia/gpus")
+        .map(|d| d.count() as u32)
+        .unwrap_or(0)
 }
 
 fn main() -> ExitCode {
@@ -128,11 +134,17 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::BAD_INPUT as u8 } else { 0 });
+            return ExitCode::from(if e.use_stderr() {
+                exit::BAD_INPUT as u8
+            } else {
+                0
+            });
         }
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match run(cli) {
@@ -148,7 +160,16 @@ fn run(cli: Cli) -> Result<i32, Failure> {
     let registry = pipe_stages::registry();
     let mut out = std::io::stdout().lock();
     match cli.command {
-        Command::Run { m, force, force_all, only, until, dry_run, jobs, json } => {
+        Command::Run {
+            m,
+            force,
+            force_all,
+            only,
+            until,
+            dry_run,
+            jobs,
+            json,
+        } => {
             let p = load(&m, &registry)?;
             let opts = RunOptions {
                 force: if force_all {
@@ -180,9 +201,18 @@ fn run(cli: Cli) -> Result<i32, Failure> {
                 human.finish(&summary, started.elapsed().as_secs_f64());
             }
             if summary.failed() {
-                let failed: Vec<&str> = summary.results.iter().filter(|r| r.status == Status::Failed).map(|r| r.name.as_str()).collect();
+                let failed: Vec<&str> = summary
+                    .results
+                    .iter()
+                    .filter(|r| r.status == Status::Failed)
+                    .map(|r| r.name.as_str())
+                    .collect();
                 if !json {
-                    eprintln!("error: stage{} failed: {}", if failed.len() == 1 { "" } else { "s" }, failed.join(", "));
+                    eprintln!(
+                        "error: stage{} failed: {}",
+                        if failed.len() == 1 { "" } else { "s" },
+                        failed.join(", ")
+                    );
                 }
                 return Ok(exit::STAGE_FAILED);
             }
@@ -190,7 +220,10 @@ fn run(cli: Cli) -> Result<i32, Failure> {
         }
         Command::Status { m, json } => {
             let p = load(&m, &registry)?;
-            let opts = RunOptions { dry_run: true, ..RunOptions::default() };
+            let opts = RunOptions {
+                dry_run: true,
+                ..RunOptions::default()
+            };
             let summary = pipe_engine::run(&p, &registry, &opts, &pipe_engine::event::Silent)?;
             if json {
                 let _ = writeln!(out, "{}", reporter::json_summary(&summary));
@@ -216,24 +249,35 @@ fn run(cli: Cli) -> Result<i32, Failure> {
             show(&mut out, &p, &stage)?;
             Ok(exit::OK)
         }
-        Command::Gc { manifests, workspace } => {
+        Command::Gc {
+            manifests,
+            workspace,
+        } => {
             let mut keep = None;
             let mut root = workspace;
             for m in &manifests {
                 let p = pipe_engine::load(m, &[], &registry)?;
                 root = p.root.clone();
                 let lock = pipe_engine::lockfile::LockFile::load(&p.lock_file());
-                keep.get_or_insert_with(std::collections::HashSet::new).extend(lock.stages.values().map(|e| e.key));
+                keep.get_or_insert_with(std::collections::HashSet::new)
+                    .extend(lock.stages.values().map(|e| e.key));
             }
             let pipe_dir = root.join(".pipe");
             if !pipe_dir.is_dir() {
-                return Err(Failure::usage(anyhow::anyhow!("no pipe store in {}", root.display())));
+                return Err(Failure::usage(anyhow::anyhow!(
+                    "no pipe store in {}",
+                    root.display()
+                )));
             }
             let _lock = pipe_engine::cache::WorkspaceLock::acquire(&pipe_dir.join("lock"), |_| {
-                eprintln!("{:>12} waiting for another pipe run on this workspace", "Blocking");
+                eprintln!(
+                    "{:>12} waiting for another pipe run on this workspace",
+                    "Blocking"
+                );
             })
             .context("cannot lock the workspace")?;
-            let store = pipe_engine::cache::Store::open(&pipe_dir).context("cannot open the store")?;
+            let store =
+                pipe_engine::cache::Store::open(&pipe_dir).context("cannot open the store")?;
             let stats = store.gc(keep.as_ref()).context("gc failed")?;
             store.save().context("cannot save the stat cache")?;
             eprintln!(
@@ -250,12 +294,25 @@ fn run(cli: Cli) -> Result<i32, Failure> {
 }
 
 fn print_status(out: &mut impl Write, summary: &pipe_engine::RunSummary) {
-    let width = summary.results.iter().map(|r| r.name.len()).max().unwrap_or(0);
+    let width = summary
+        .results
+        .iter()
+        .map(|r| r.name.len())
+        .max()
+        .unwrap_or(0);
     for r in &summary.results {
         let state = match r.status {
-            Status::Cached => format!("cached ({})", r.output_hash.map(|h| h.short()).unwrap_or_default()),
-            Status::Pending => format!("will run: {}", r.reason.as_ref().map(|r| r.to_string()).unwrap_or_default()),
-            Status::Failed | Status::Skipped => format!("error: {}", r.error.as_deref().unwrap_or("")),
+            Status::Cached => format!(
+                "cached ({})",
+                r.output_hash.map(|h| h.short()).unwrap_or_default()
+            ),
+            Status::Pending => format!(
+                "will run: {}",
+                r.reason.as_ref().map(|r| r.to_string()).unwrap_or_default()
+            ),
+            Status::Failed | Status::Skipped => {
+                format!("error: {}", r.error.as_deref().unwrap_or(""))
+            }
             Status::Ran => "ran".into(),
         };
         let _ = writeln!(out, "{:<width$}  {state}", r.name);
@@ -302,17 +359,38 @@ fn render_dag(p: &Pipeline, format: DagFormat) -> String {
 
 fn show(out: &mut impl Write, p: &Pipeline, stage: &str) -> Result<(), Failure> {
     if p.stage(stage).is_none() {
-        return Err(Failure::usage(anyhow::anyhow!("no stage named `{stage}` in {}", p.file.display())));
+        return Err(Failure::usage(anyhow::anyhow!(
+            "no stage named `{stage}` in {}",
+            p.file.display()
+        )));
     }
     let lock = pipe_engine::lockfile::LockFile::load(&p.lock_file());
-    let entry = lock.stages.get(stage).ok_or_else(|| Failure::usage(anyhow::anyhow!("stage `{stage}` has not run yet")))?;
+    let entry = lock
+        .stages
+        .get(stage)
+        .ok_or_else(|| Failure::usage(anyhow::anyhow!("stage `{stage}` has not run yet")))?;
     let dir = p.output_dir(stage);
-    let _ = writeln!(out, "stage:  {stage}\nkind:   {}\nkey:    {}\noutput: {}\npath:   {}", entry.kind, entry.key, entry.output, display(&dir));
+    let _ = writeln!(
+        out,
+        "stage:  {stage}\nkind:   {}\nkey:    {}\noutput: {}\npath:   {}",
+        entry.kind,
+        entry.key,
+        entry.output,
+        display(&dir)
+    );
     let store = pipe_engine::cache::Store::open(&p.pipe_dir()).context("cannot open the store")?;
-    if let Some(run) = store.get(&entry.key).context("cannot read the run record")? {
+    if let Some(run) = store
+        .get(&entry.key)
+        .context("cannot read the run record")?
+    {
         let _ = writeln!(out, "files:");
         for (path, digest, exec, size) in run.output.files() {
-            let _ = writeln!(out, "  {path}  {size} bytes  {}{}", digest.short(), if exec { "  (executable)" } else { "" });
+            let _ = writeln!(
+                out,
+                "  {path}  {size} bytes  {}{}",
+                digest.short(),
+                if exec { "  (executable)" } else { "" }
+            );
         }
     }
     Ok(())

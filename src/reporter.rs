@@ -24,13 +24,21 @@ impl Human {
     pub fn new(quiet: bool, verbose: bool) -> Human {
         let bar = if std::io::stderr().is_terminal() && !quiet {
             let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-            bar.set_style(ProgressStyle::with_template("{spinner} {elapsed:>4} {wide_msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {elapsed:>4} {wide_msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         } else {
             ProgressBar::hidden()
         };
-        Human { quiet, verbose, bar, running: Mutex::new(Vec::new()) }
+        Human {
+            quiet,
+            verbose,
+            bar,
+            running: Mutex::new(Vec::new()),
+        }
     }
 
     fn print(&self, text: &str) {
@@ -42,7 +50,11 @@ impl Human {
     fn set_running(&self, f: impl FnOnce(&mut Vec<String>)) {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut running);
-        self.bar.set_message(if running.is_empty() { String::new() } else { format!("running {}", running.join(", ")) });
+        self.bar.set_message(if running.is_empty() {
+            String::new()
+        } else {
+            format!("running {}", running.join(", "))
+        });
     }
 
     pub fn finish(&self, summary: &RunSummary, seconds: f64) {
@@ -52,7 +64,13 @@ impl Human {
         }
         let count = |s: Status| summary.results.iter().filter(|r| r.status == s).count();
         let mut parts = vec![];
-        for (s, word) in [(Status::Cached, "cached"), (Status::Ran, "ran"), (Status::Failed, "failed"), (Status::Skipped, "skipped"), (Status::Pending, "would run")] {
+        for (s, word) in [
+            (Status::Cached, "cached"),
+            (Status::Ran, "ran"),
+            (Status::Failed, "failed"),
+            (Status::Skipped, "skipped"),
+            (Status::Pending, "would run"),
+        ] {
             let n = count(s);
             if n > 0 {
                 parts.push(format!("{n} {word}"));
@@ -60,7 +78,10 @@ impl Human {
         }
         let n = summary.results.len();
         let plural = if n == 1 { "" } else { "s" };
-        self.print(&format!("{n} stage{plural}: {} in {seconds:.2}s", parts.join(", ")));
+        self.print(&format!(
+            "{n} stage{plural}: {} in {seconds:.2}s",
+            parts.join(", ")
+        ));
     }
 }
 
@@ -69,7 +90,10 @@ impl Reporter for Human {
         match event {
             Event::WaitingForLock { pid } => {
                 let who = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
-                self.print(&line("Blocking", &format!("waiting for another pipe run on this workspace{who}")));
+                self.print(&line(
+                    "Blocking",
+                    &format!("waiting for another pipe run on this workspace{who}"),
+                ));
             }
             Event::Started { stage, reason } => {
                 self.set_running(|r| r.push(stage.to_string()));
@@ -88,10 +112,17 @@ impl Reporter for Human {
                 self.set_running(|run| run.retain(|s| *s != r.name));
                 let short = r.output_hash.map(|h| h.short()).unwrap_or_default();
                 let text = match r.status {
-                    Status::Cached if !self.quiet => line("Cached", &format!("{} ({short})", r.name)),
-                    Status::Ran if !self.quiet => line("Ran", &format!("{} ({short}) in {:.2}s", r.name, r.seconds)),
+                    Status::Cached if !self.quiet => {
+                        line("Cached", &format!("{} ({short})", r.name))
+                    }
+                    Status::Ran if !self.quiet => {
+                        line("Ran", &format!("{} ({short}) in {:.2}s", r.name, r.seconds))
+                    }
                     Status::Failed => {
-                        let mut t = line("Failed", &format!("{}: {}", r.name, r.error.as_deref().unwrap_or("failed")));
+                        let mut t = line(
+                            "Failed",
+                            &format!("{}: {}", r.name, r.error.as_deref().unwrap_or("failed")),
+                        );
                         if let Some(tail) = &r.log_tail {
                             for l in tail.lines() {
                                 t.push_str(&format!("\n{:>12} {l}", "|"));
@@ -99,7 +130,10 @@ impl Reporter for Human {
                         }
                         t
                     }
-                    Status::Skipped => line("Skipped", &format!("{}: {}", r.name, r.error.as_deref().unwrap_or(""))),
+                    Status::Skipped => line(
+                        "Skipped",
+                        &format!("{}: {}", r.name, r.error.as_deref().unwrap_or("")),
+                    ),
                     _ => return,
                 };
                 self.print(&text);
@@ -108,13 +142,19 @@ impl Reporter for Human {
     }
 }
 
-/// Collects nothing while running; `main` prints the summary as JSON at the end.
+/// Stays quiet while running (but for waiting on the lock, which stderr must
+/// explain); `main` prints the summary as JSON at the end.
 pub struct Json;
 
 impl Reporter for Json {
-    fn event(&self, _: Event<'_>) {}
+    fn event(&self, event: Event<'_>) {
+        if let Event::WaitingForLock { pid } = event {
+            Human::new(true, false).event(Event::WaitingForLock { pid });
+        }
+    }
 }
 
 pub fn json_summary(summary: &RunSummary) -> String {
-    serde_json::to_string_pretty(&serde_json::json!({ "stages": summary.results })).unwrap_or_default()
+    serde_json::to_string_pretty(&serde_json::json!({ "stages": summary.results }))
+        .unwrap_or_default()
 }

@@ -14,13 +14,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     };
     std::fs::create_dir_all(dir).ctx("create directory", dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).ctx("create a temp file in", dir)?;
-    tmp.write_all(bytes).ctx("write", tmp.path().to_path_buf())?;
-    tmp.as_file().sync_all().ctx("sync", tmp.path().to_path_buf())?;
-    tmp.persist(path).map_err(|e| e.error).ctx("rename into", path)?;
+    tmp.write_all(bytes)
+        .ctx("write", tmp.path().to_path_buf())?;
+    tmp.as_file()
+        .sync_all()
+        .ctx("sync", tmp.path().to_path_buf())?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .ctx("rename into", path)?;
     sync_dir(dir)
 }
 
 /// fsync a directory so that renames inside it are durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir).and_then(|f| f.sync_all()).ctx("sync directory", dir)
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .ctx("sync directory", dir)
 }

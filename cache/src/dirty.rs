@@ -9,21 +9,54 @@ pub enum DirtyReason {
     NeverRun,
     Forced,
     NotCached,
-    KindChanged { old: String, new: String },
-    KindVersionChanged { old: u32, new: u32 },
-    ParamChanged { name: String, old: Option<Value>, new: Option<Value> },
-    WithChanged { field: String, old: Option<Value>, new: Option<Value> },
-    InputAdded { name: String },
-    InputRemoved { name: String },
-    InputChanged { name: String, source: String },
-    EnvChanged { name: String },
-    FingerprintChanged { name: String, old: Option<String>, new: Option<String> },
+    KindChanged {
+        old: String,
+        new: String,
+    },
+    KindVersionChanged {
+        old: u32,
+        new: u32,
+    },
+    ParamChanged {
+        name: String,
+        old: Option<Value>,
+        new: Option<Value>,
+    },
+    WithChanged {
+        field: String,
+        old: Option<Value>,
+        new: Option<Value>,
+    },
+    InputAdded {
+        name: String,
+    },
+    InputRemoved {
+        name: String,
+    },
+    InputChanged {
+        name: String,
+        source: String,
+    },
+    EnvChanged {
+        name: String,
+    },
+    FingerprintChanged {
+        name: String,
+        old: Option<String>,
+        new: Option<String>,
+    },
     /// An upstream stage will run first, so this stage's inputs are not known yet.
-    UpstreamWillRun { stage: String },
+    UpstreamWillRun {
+        stage: String,
+    },
     /// The stored output failed verification.
-    OutputCorrupt { detail: String },
+    OutputCorrupt {
+        detail: String,
+    },
     /// An effect's receipt no longer matches the outside world.
-    Drift { detail: String },
+    Drift {
+        detail: String,
+    },
 }
 
 fn show(v: &Option<Value>) -> String {

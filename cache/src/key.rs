@@ -56,7 +56,10 @@ impl KeyRecord {
     /// in a fixed order; `None` when the records are equal.
     pub fn compare(&self, old: &KeyRecord) -> Option<DirtyReason> {
         if self.kind != old.kind {
-            return Some(DirtyReason::KindChanged { old: old.kind.clone(), new: self.kind.clone() });
+            return Some(DirtyReason::KindChanged {
+                old: old.kind.clone(),
+                new: self.kind.clone(),
+            });
         }
         if self.kind_version != old.kind_version {
             return Some(DirtyReason::KindVersionChanged {
@@ -161,7 +164,10 @@ mod tests {
             with: json!({"cmd": "echo hello > $PIPE_OUT/greeting.txt"}),
             inputs: [(
                 "src".to_string(),
-                InputDigest { source: "make:greeting.txt".into(), hash: Digest::of(b"hello\n") },
+                InputDigest {
+                    source: "make:greeting.txt".into(),
+                    hash: Digest::of(b"hello\n"),
+                },
             )]
             .into(),
             env: BTreeMap::new(),
@@ -208,7 +214,10 @@ mod tests {
         let mut new = record();
         new.params.insert("greeting".into(), json!("hi"));
         new.with = json!({"cmd": "echo hi > $PIPE_OUT/greeting.txt"});
-        assert_eq!(new.compare(&old).unwrap().to_string(), "param greeting changed: hello → hi");
+        assert_eq!(
+            new.compare(&old).unwrap().to_string(),
+            "param greeting changed: hello → hi"
+        );
         assert_eq!(old.compare(&old), None);
     }
 
@@ -217,6 +226,9 @@ mod tests {
         let old = record();
         let mut new = record();
         new.inputs.get_mut("src").unwrap().hash = Digest::of(b"other");
-        assert_eq!(new.compare(&old).unwrap().to_string(), "input make:greeting.txt changed");
+        assert_eq!(
+            new.compare(&old).unwrap().to_string(),
+            "input make:greeting.txt changed"
+        );
     }
 }

@@ -53,7 +53,10 @@ fn ctime_ns(m: &Metadata) -> i128 {
 }
 
 fn now_ns() -> i128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
 }
 
 /// A persistent map from absolute path to the hash of its content at a given stat.
@@ -71,7 +74,11 @@ impl StatCache {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        StatCache { file, entries: Mutex::new(entries), dirty: Mutex::new(false) }
+        StatCache {
+            file,
+            entries: Mutex::new(entries),
+            dirty: Mutex::new(false),
+        }
     }
 
     /// Write back if anything changed.
@@ -90,7 +97,13 @@ impl StatCache {
     /// Forget `path`, e.g. after it was found corrupt.
     pub fn forget(&self, path: &Path) {
         let key = path.to_string_lossy().into_owned();
-        if self.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(&key).is_some() {
+        if self
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key)
+            .is_some()
+        {
             *self.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
         }
     }
@@ -99,7 +112,12 @@ impl StatCache {
 impl FileHasher for StatCache {
     fn hash(&self, path: &Path, meta: &Metadata) -> Result<Digest> {
         let key = path.to_string_lossy().into_owned();
-        if let Some(e) = self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if let Some(e) = self
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
             if e.matches(meta) {
                 return Ok(e.sha256);
             }
@@ -118,7 +136,10 @@ impl FileHasher for StatCache {
                 recorded_ns,
                 sha256,
             };
-            self.entries.lock().unwrap_or_else(|e| e.into_inner()).insert(key, entry);
+            self.entries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, entry);
             *self.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
         }
         Ok(sha256)

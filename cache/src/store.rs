@@ -68,7 +68,10 @@ impl Store {
             let d = cas.join(sub);
             fs::create_dir_all(&d).ctx("create directory", &d)?;
         }
-        Ok(Store { stat: StatCache::load(pipe_dir.join("stat-cache-v1.json")), cas })
+        Ok(Store {
+            stat: StatCache::load(pipe_dir.join("stat-cache-v1.json")),
+            cas,
+        })
     }
 
     /// The stat cache, for hashing workspace inputs.
@@ -84,7 +87,10 @@ impl Store {
     /// A fresh staging dir for a running stage; removed when dropped.
     pub fn staging_dir(&self) -> Result<tempfile::TempDir> {
         let tmp = self.cas.join("tmp");
-        tempfile::Builder::new().prefix("stage-").tempdir_in(&tmp).ctx("create a staging dir in", tmp)
+        tempfile::Builder::new()
+            .prefix("stage-")
+            .tempdir_in(&tmp)
+            .ctx("create a staging dir in", tmp)
     }
 
     /// Remove staging dirs left behind by killed runs. Call with the workspace lock held.
@@ -104,7 +110,11 @@ impl Store {
 
     fn object_path(&self, digest: &Digest, executable: bool) -> PathBuf {
         let hex = digest.to_hex();
-        let name = if executable { format!("{hex}-x") } else { hex.clone() };
+        let name = if executable {
+            format!("{hex}-x")
+        } else {
+            hex.clone()
+        };
         self.cas.join("objects").join(&hex[..2]).join(name)
     }
 
@@ -131,7 +141,13 @@ impl Store {
 
     /// Move the staged output of a finished stage into the store and write its
     /// run record (in that order; see the module docs).
-    pub fn commit(&self, key: Key, record: KeyRecord, staged: &Path, seconds: f64) -> Result<RunRecord> {
+    pub fn commit(
+        &self,
+        key: Key,
+        record: KeyRecord,
+        staged: &Path,
+        seconds: f64,
+    ) -> Result<RunRecord> {
         let output = Tree::scan(staged, &self.stat)?;
         let mut touched = HashSet::new();
         for (rel, digest, executable, _) in output.files() {
@@ -143,13 +159,18 @@ impl Store {
             let dir = obj.parent().unwrap_or(&self.cas);
             fs::create_dir_all(dir).ctx("create directory", dir)?;
             let mode = if executable { 0o555 } else { 0o444 };
-            fs::set_permissions(&src, fs::Permissions::from_mode(mode)).ctx("set permissions of", &src)?;
-            fs::File::open(&src).and_then(|f| f.sync_all()).ctx("sync", &src)?;
+            fs::set_permissions(&src, fs::Permissions::from_mode(mode))
+                .ctx("set permissions of", &src)?;
+            fs::File::open(&src)
+                .and_then(|f| f.sync_all())
+                .ctx("sync", &src)?;
             if fs::rename(&src, &obj).is_err() {
                 // Staging is inside the store, so this only happens for odd mounts.
                 let tmp = obj.with_extension("partial");
                 fs::copy(&src, &tmp).ctx("copy into the store", &tmp)?;
-                fs::File::open(&tmp).and_then(|f| f.sync_all()).ctx("sync", &tmp)?;
+                fs::File::open(&tmp)
+                    .and_then(|f| f.sync_all())
+                    .ctx("sync", &tmp)?;
                 fs::rename(&tmp, &obj).ctx("rename into the store", &obj)?;
             }
             touched.insert(dir.to_path_buf());
@@ -157,7 +178,13 @@ impl Store {
         for dir in touched {
             sync_dir(&dir)?;
         }
-        let run = RunRecord { key, output_hash: output.hash(), record, output, seconds };
+        let run = RunRecord {
+            key,
+            output_hash: output.hash(),
+            record,
+            output,
+            seconds,
+        };
         let bytes = serde_json::to_vec_pretty(&run).unwrap_or_default();
         write_atomic(&self.record_path(&key), &bytes)?;
         Ok(run)
@@ -173,7 +200,10 @@ impl Store {
             self.stat.forget(&path);
             make_writable(&path);
             let _ = fs::remove_file(&path);
-            return Err(Error::Corrupt { digest: *digest, actual });
+            return Err(Error::Corrupt {
+                digest: *digest,
+                actual,
+            });
         }
         Ok((path, meta))
     }
@@ -190,7 +220,7 @@ impl Store {
     /// Whether `dest` holds exactly the output of `run`, linked to intact objects.
     pub fn is_materialized(&self, run: &RunRecord, dest: &Path) -> Result<bool> {
         let mut listed = Vec::new();
-        if list(dest, dest, String::new(), &mut listed).is_err() {
+        if list(dest, String::new(), &mut listed).is_err() {
             return Ok(false);
         }
         listed.sort_by(|a, b| a.0.cmp(&b.0));
@@ -207,7 +237,11 @@ impl Store {
                     meta.file_type().is_symlink()
                         && fs::read_link(dest.join(rel)).ok().as_deref() == Some(Path::new(target))
                 }
-                EntryKind::File { executable, size, sha256 } => {
+                EntryKind::File {
+                    executable,
+                    size,
+                    sha256,
+                } => {
                     let (_, obj) = self.check_object(sha256, *executable)?;
                     meta.is_file()
                         && meta.len() == *size
@@ -234,13 +268,19 @@ impl Store {
             .ctx("create a temp dir in", parent)?;
         let root = build.path().join("out");
         for entry in &run.output.entries {
-            let path = if entry.path.is_empty() { root.clone() } else { root.join(&entry.path) };
+            let path = if entry.path.is_empty() {
+                root.clone()
+            } else {
+                root.join(&entry.path)
+            };
             match &entry.kind {
                 EntryKind::Dir => fs::create_dir_all(&path).ctx("create directory", &path)?,
                 EntryKind::Symlink { target } => {
                     std::os::unix::fs::symlink(target, &path).ctx("create link", &path)?
                 }
-                EntryKind::File { executable, sha256, .. } => {
+                EntryKind::File {
+                    executable, sha256, ..
+                } => {
                     let obj = self.object_path(sha256, *executable);
                     if fs::hard_link(&obj, &path).is_err() {
                         fs::copy(&obj, &path).ctx("copy store object to", &path)?;
@@ -269,7 +309,10 @@ impl Store {
         let mut referenced = HashSet::new();
         for e in fs::read_dir(&runs).ctx("list", &runs)? {
             let path = e.ctx("list", &runs)?.path();
-            let key = path.file_stem().and_then(|s| s.to_str()).and_then(Digest::from_hex);
+            let key = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(Digest::from_hex);
             let Some(key) = key else { continue };
             if keep.is_some_and(|k| !k.contains(&key)) {
                 fs::remove_file(&path).ctx("remove", &path)?;
@@ -310,7 +353,7 @@ impl Store {
 }
 
 /// List a materialised output without hashing, sorted like `Tree::scan`.
-fn list(root: &Path, path: &Path, rel: String, out: &mut Vec<(String, Metadata)>) -> std::io::Result<()> {
+fn list(path: &Path, rel: String, out: &mut Vec<(String, Metadata)>) -> std::io::Result<()> {
     let meta = fs::symlink_metadata(path)?;
     let is_dir = meta.is_dir();
     out.push((rel.clone(), meta));
@@ -318,8 +361,12 @@ fn list(root: &Path, path: &Path, rel: String, out: &mut Vec<(String, Metadata)>
         for e in fs::read_dir(path)? {
             let name = e?.file_name();
             let name = name.to_string_lossy();
-            let child = if rel.is_empty() { name.to_string() } else { format!("{rel}/{name}") };
-            list(root, &path.join(&*name), child, out)?;
+            let child = if rel.is_empty() {
+                name.to_string()
+            } else {
+                format!("{rel}/{name}")
+            };
+            list(&path.join(&*name), child, out)?;
         }
     }
     Ok(())
@@ -376,13 +423,19 @@ mod tests {
         let ws = tempfile::tempdir().unwrap();
         let store = Store::open(ws.path()).unwrap();
         let run = commit(&store, 1, &[("a.txt", "a"), ("d/b.txt", "b")]);
-        assert_eq!(store.get(&run.key).unwrap().unwrap().output_hash, run.output_hash);
+        assert_eq!(
+            store.get(&run.key).unwrap().unwrap().output_hash,
+            run.output_hash
+        );
         let dest = ws.path().join("out/s");
         assert!(!store.is_materialized(&run, &dest).unwrap());
         store.materialize(&run, &dest).unwrap();
         assert_eq!(fs::read_to_string(dest.join("d/b.txt")).unwrap(), "b");
         assert!(store.is_materialized(&run, &dest).unwrap());
-        assert_eq!(Tree::scan(&dest, &crate::PlainHasher).unwrap().hash(), run.output_hash);
+        assert_eq!(
+            Tree::scan(&dest, &crate::PlainHasher).unwrap().hash(),
+            run.output_hash
+        );
         // A stray file makes it stale.
         fs::write(dest.join("extra"), "x").unwrap();
         assert!(!store.is_materialized(&run, &dest).unwrap());

@@ -110,7 +110,10 @@ impl Tree {
             .iter()
             .filter_map(|e| {
                 if e.path == path {
-                    Some(Entry { path: String::new(), kind: e.kind.clone() })
+                    Some(Entry {
+                        path: String::new(),
+                        kind: e.kind.clone(),
+                    })
                 } else {
                     e.path.strip_prefix(&prefix).map(|rest| Entry {
                         path: rest.to_string(),
@@ -125,9 +128,11 @@ impl Tree {
     /// Files of the tree with their digests and exec bits.
     pub fn files(&self) -> impl Iterator<Item = (&str, Digest, bool, u64)> {
         self.entries.iter().filter_map(|e| match &e.kind {
-            EntryKind::File { executable, size, sha256 } => {
-                Some((e.path.as_str(), *sha256, *executable, *size))
-            }
+            EntryKind::File {
+                executable,
+                size,
+                sha256,
+            } => Some((e.path.as_str(), *sha256, *executable, *size)),
             _ => None,
         })
     }
@@ -135,7 +140,9 @@ impl Tree {
     fn hash_at(&self, idx: usize) -> Digest {
         let entry = &self.entries[idx];
         match &entry.kind {
-            EntryKind::File { executable, sha256, .. } => Digest::of_parts([
+            EntryKind::File {
+                executable, sha256, ..
+            } => Digest::of_parts([
                 b"file\0".as_slice(),
                 if *executable { b"x\0" } else { b"-\0" },
                 &sha256.0,
@@ -146,12 +153,20 @@ impl Tree {
             EntryKind::Dir => {
                 // Entries are sorted by path, so the children of `entry` follow it
                 // contiguously; direct children are those without a further `/`.
-                let prefix = if entry.path.is_empty() { String::new() } else { format!("{}/", entry.path) };
+                let prefix = if entry.path.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}/", entry.path)
+                };
                 let mut parts: Vec<Vec<u8>> = vec![b"dir\0".to_vec()];
                 let mut children: BTreeMap<&str, usize> = BTreeMap::new();
                 for (i, e) in self.entries.iter().enumerate().skip(idx + 1) {
                     let Some(rest) = e.path.strip_prefix(&prefix) else {
-                        if entry.path.is_empty() { continue } else { break }
+                        if entry.path.is_empty() {
+                            continue;
+                        } else {
+                            break;
+                        }
                     };
                     if !rest.is_empty() && !rest.contains('/') {
                         children.insert(rest, i);
@@ -190,11 +205,19 @@ fn walk(
         }
         let target = target
             .to_str()
-            .ok_or_else(|| Error::NonUtf8Path { path: path.to_path_buf() })?
+            .ok_or_else(|| Error::NonUtf8Path {
+                path: path.to_path_buf(),
+            })?
             .to_string();
-        entries.push(Entry { path: rel, kind: EntryKind::Symlink { target } });
+        entries.push(Entry {
+            path: rel,
+            kind: EntryKind::Symlink { target },
+        });
     } else if ft.is_dir() {
-        entries.push(Entry { path: rel.clone(), kind: EntryKind::Dir });
+        entries.push(Entry {
+            path: rel.clone(),
+            kind: EntryKind::Dir,
+        });
         let mut children: Vec<_> = std::fs::read_dir(path)
             .ctx("list", path)?
             .map(|e| e.map(|e| e.file_name()))
@@ -202,14 +225,20 @@ fn walk(
             .ctx("list", path)?;
         children.sort();
         for name in children {
-            let name_str = name
-                .to_str()
-                .ok_or_else(|| Error::NonUtf8Path { path: path.join(&name) })?;
-            let child_rel = if rel.is_empty() { name_str.to_string() } else { format!("{rel}/{name_str}") };
+            let name_str = name.to_str().ok_or_else(|| Error::NonUtf8Path {
+                path: path.join(&name),
+            })?;
+            let child_rel = if rel.is_empty() {
+                name_str.to_string()
+            } else {
+                format!("{rel}/{name_str}")
+            };
             walk(root, &path.join(&name), child_rel, entries, pending)?;
         }
     } else {
-        return Err(Error::Special { path: path.to_path_buf() });
+        return Err(Error::Special {
+            path: path.to_path_buf(),
+        });
     }
     Ok(())
 }
@@ -282,8 +311,14 @@ mod tests {
         fs::write(d.path().join("ab"), "not a child of a").unwrap();
         let whole = scan(d.path());
         assert_eq!(whole.node_hash("a"), Some(scan(&d.path().join("a")).hash()));
-        assert_eq!(whole.node_hash("a/b/f"), Some(scan(&d.path().join("a/b/f")).hash()));
-        assert_eq!(whole.subtree("a").unwrap().hash(), scan(&d.path().join("a")).hash());
+        assert_eq!(
+            whole.node_hash("a/b/f"),
+            Some(scan(&d.path().join("a/b/f")).hash())
+        );
+        assert_eq!(
+            whole.subtree("a").unwrap().hash(),
+            scan(&d.path().join("a")).hash()
+        );
         assert_eq!(whole.node_hash("missing"), None);
     }
 
@@ -291,8 +326,19 @@ mod tests {
     fn links_outside_are_rejected() {
         let d = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink("../../etc/passwd", d.path().join("bad")).unwrap();
-        assert!(matches!(Tree::scan(d.path(), &PlainHasher), Err(Error::UnsafeLink { .. })));
-        assert!(link_stays_inside(d.path(), &d.path().join("x/l"), Path::new("../y")));
-        assert!(!link_stays_inside(d.path(), &d.path().join("l"), Path::new("/etc")));
+        assert!(matches!(
+            Tree::scan(d.path(), &PlainHasher),
+            Err(Error::UnsafeLink { .. })
+        ));
+        assert!(link_stays_inside(
+            d.path(),
+            &d.path().join("x/l"),
+            Path::new("../y")
+        ));
+        assert!(!link_stays_inside(
+            d.path(),
+            &d.path().join("l"),
+            Path::new("/etc")
+        ));
     }
 }

@@ -23,12 +23,20 @@ impl Dag {
             graph.update_edge(nodes[a], nodes[b], ());
         }
         match toposort(&graph, None) {
-            Ok(order) => Ok(Dag { topo: order.into_iter().map(|ix| graph[ix]).collect(), graph }),
+            Ok(order) => Ok(Dag {
+                topo: order.into_iter().map(|ix| graph[ix]).collect(),
+                graph,
+            }),
             Err(_) => {
                 // Start the reported cycle at its first stage in manifest order.
                 let mut cycle = find_cycle(&graph);
                 cycle.pop();
-                if let Some(min) = cycle.iter().enumerate().min_by_key(|(_, &n)| n).map(|(i, _)| i) {
+                if let Some(min) = cycle
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, &n)| n)
+                    .map(|(i, _)| i)
+                {
                     cycle.rotate_left(min);
                     cycle.push(cycle[0]);
                 }
@@ -67,8 +75,11 @@ impl Dag {
     }
 
     fn neighbors(&self, i: usize, dir: Direction) -> Vec<usize> {
-        let mut v: Vec<usize> =
-            self.graph.neighbors_directed(NodeIndex::new(i), dir).map(|ix| self.graph[ix]).collect();
+        let mut v: Vec<usize> = self
+            .graph
+            .neighbors_directed(NodeIndex::new(i), dir)
+            .map(|ix| self.graph[ix])
+            .collect();
         v.sort_unstable();
         v
     }

@@ -26,7 +26,10 @@ pub struct StageResult {
     pub output_dir: Option<PathBuf>,
     pub seconds: f64,
     /// Why it ran (or would run).
-    #[serde(serialize_with = "display_opt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        serialize_with = "display_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub reason: Option<DirtyReason>,
     /// Why it failed or was skipped.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -61,9 +64,17 @@ impl StageResult {
 
 pub enum Event<'a> {
     /// Another `pipe run` holds the workspace; we wait for it.
-    WaitingForLock { pid: Option<u32> },
-    Started { stage: &'a str, reason: &'a DirtyReason },
-    Progress { stage: &'a str, message: &'a str },
+    WaitingForLock {
+        pid: Option<u32>,
+    },
+    Started {
+        stage: &'a str,
+        reason: &'a DirtyReason,
+    },
+    Progress {
+        stage: &'a str,
+        message: &'a str,
+    },
     Finished(&'a StageResult),
 }
 

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use pipe_cache::{DirtyReason, Error as CacheError, InputDigest, KeyRecord, RunRecord, Store, Tree};
+use pipe_cache::{
+    DirtyReason, Error as CacheError, InputDigest, KeyRecord, RunRecord, Store, Tree,
+};
 
 use crate::event::{Event, Reporter, StageResult, Status};
 use crate::lockfile::LockFile;
@@ -80,7 +82,10 @@ impl Executor<'_> {
         result: &mut StageResult,
     ) -> Result<Option<RunRecord>, StageError> {
         let p = self.pipeline;
-        let kind = self.registry.get(&stage.kind).ok_or_else(|| format!("unknown stage kind `{}`", stage.kind))?;
+        let kind = self
+            .registry
+            .get(&stage.kind)
+            .ok_or_else(|| format!("unknown stage kind `{}`", stage.kind))?;
         let resolved = self.resolve_inputs(stage, upstream)?;
         let record = KeyRecord {
             kind: stage.kind.clone(),
@@ -131,7 +136,9 @@ impl Executor<'_> {
                         if let Some(store) = self.store {
                             store.remove(&key)?;
                         }
-                        reason = Some(DirtyReason::OutputCorrupt { detail: format!("object {} failed its hash check", digest.short()) });
+                        reason = Some(DirtyReason::OutputCorrupt {
+                            detail: format!("object {} failed its hash check", digest.short()),
+                        });
                     }
                     Err(e) => return Err(e.into()),
                 },
@@ -153,7 +160,10 @@ impl Executor<'_> {
         }
         let store = self.store.ok_or("no store")?;
 
-        self.reporter.event(Event::Started { stage: &stage.name, reason: &reason });
+        self.reporter.event(Event::Started {
+            stage: &stage.name,
+            reason: &reason,
+        });
         let staging = store.staging_dir()?;
         let out = staging.path().join("out");
         std::fs::create_dir_all(&out).map_err(|e| io_err("create", &out, e))?;
@@ -194,23 +204,34 @@ impl Executor<'_> {
 
     /// Make sure `out_dir` holds `run`'s output, re-linking if needed.
     fn restore(&self, run: &RunRecord, out_dir: &std::path::Path) -> Result<(), CacheError> {
-        let Some(store) = self.store else { return Ok(()) };
+        let Some(store) = self.store else {
+            return Ok(());
+        };
         if store.is_materialized(run, out_dir)? {
             return Ok(());
         }
         store.materialize(run, out_dir)
     }
 
-    fn resolve_inputs(&self, stage: &Stage, upstream: &HashMap<String, RunRecord>) -> Result<Resolved, StageError> {
+    fn resolve_inputs(
+        &self,
+        stage: &Stage,
+        upstream: &HashMap<String, RunRecord>,
+    ) -> Result<Resolved, StageError> {
         let p = self.pipeline;
         let mut paths = BTreeMap::new();
         let mut digests = BTreeMap::new();
         for input in &stage.inputs {
             let (path, hash) = match &input.target {
                 InputRef::Stage { stage: up, path } => {
-                    let run = upstream.get(up).ok_or_else(|| format!("input `{}`: stage `{up}` has no output", input.name))?;
+                    let run = upstream.get(up).ok_or_else(|| {
+                        format!("input `{}`: stage `{up}` has no output", input.name)
+                    })?;
                     let hash = run.output.node_hash(path).ok_or_else(|| {
-                        format!("input `{}`: the output of stage `{up}` has no `{path}`", input.name)
+                        format!(
+                            "input `{}`: the output of stage `{up}` has no `{path}`",
+                            input.name
+                        )
                     })?;
                     let dir = p.output_dir(up);
                     (if path.is_empty() { dir } else { dir.join(path) }, hash)
@@ -225,14 +246,22 @@ impl Executor<'_> {
                 }
             };
             paths.insert(input.name.clone(), path);
-            digests.insert(input.name.clone(), InputDigest { source: input.source.clone(), hash });
+            digests.insert(
+                input.name.clone(),
+                InputDigest {
+                    source: input.source.clone(),
+                    hash,
+                },
+            );
         }
         Ok(Resolved { paths, digests })
     }
 
     /// Why a stage whose key is not in the store must run.
     fn explain(&self, stage: &Stage, record: &KeyRecord) -> DirtyReason {
-        let Some(entry) = self.old_lock.stages.get(&stage.name) else { return DirtyReason::NeverRun };
+        let Some(entry) = self.old_lock.stages.get(&stage.name) else {
+            return DirtyReason::NeverRun;
+        };
         let old = self.store.and_then(|s| s.get(&entry.key).ok().flatten());
         match old {
             Some(old) => record.compare(&old.record).unwrap_or(DirtyReason::NeverRun),

@@ -39,8 +39,12 @@ struct OnDisk {
 impl LockFile {
     /// Read `path`; a missing or unreadable lock is empty (it is a record, not an input).
     pub fn load(path: &Path) -> LockFile {
-        let Ok(text) = std::fs::read_to_string(path) else { return LockFile::default() };
-        let Ok(disk) = serde_yaml::from_str::<OnDisk>(&text) else { return LockFile::default() };
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return LockFile::default();
+        };
+        let Ok(disk) = serde_yaml::from_str::<OnDisk>(&text) else {
+            return LockFile::default();
+        };
         let stages = disk
             .stages
             .into_iter()
@@ -59,8 +63,15 @@ impl LockFile {
                 }
             }
         }
-        let disk = OnDisk { version: 1, pipeline: pipeline.name.clone(), stages };
-        format!("{HEADER}{}", serde_yaml::to_string(&disk).unwrap_or_default())
+        let disk = OnDisk {
+            version: 1,
+            pipeline: pipeline.name.clone(),
+            stages,
+        };
+        format!(
+            "{HEADER}{}",
+            serde_yaml::to_string(&disk).unwrap_or_default()
+        )
     }
 
     /// Write if the content differs from what is on disk.

@@ -75,11 +75,17 @@ impl Pipeline {
 
     /// Where a stage's log goes.
     pub fn log_file(&self, stage: &str) -> PathBuf {
-        self.pipe_dir().join("logs").join(&self.name).join(format!("{stage}.log"))
+        self.pipe_dir()
+            .join("logs")
+            .join(&self.name)
+            .join(format!("{stage}.log"))
     }
 
     /// `pipe.lock` beside the manifest.
     pub fn lock_file(&self) -> PathBuf {
-        self.file.parent().unwrap_or(Path::new(".")).join("pipe.lock")
+        self.file
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("pipe.lock")
     }
 }

@@ -46,7 +46,9 @@ impl Default for RunOptions {
             only: None,
             until: None,
             dry_run: false,
-            jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            jobs: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             gpus: 0,
         }
     }
@@ -68,19 +70,24 @@ pub struct RunSummary {
 
 impl RunSummary {
     pub fn failed(&self) -> bool {
-        self.results.iter().any(|r| matches!(r.status, Status::Failed | Status::Skipped))
+        self.results
+            .iter()
+            .any(|r| matches!(r.status, Status::Failed | Status::Skipped))
     }
 }
 
 enum State {
     Pending,
     Running,
-    Done(Box<StageResult>, Option<RunRecord>),
+    Done(Box<StageResult>, Option<Box<RunRecord>>),
 }
 
 /// Which stages take part, and how.
 fn selection(p: &Pipeline, opts: &RunOptions) -> Result<Vec<Option<Mode>>, EngineError> {
-    let index = |name: &str| p.index(name).ok_or_else(|| EngineError::UnknownStage(name.to_string()));
+    let index = |name: &str| {
+        p.index(name)
+            .ok_or_else(|| EngineError::UnknownStage(name.to_string()))
+    };
     let forced = |i: usize| match &opts.force {
         Force::None => false,
         Force::All => true,
@@ -116,7 +123,11 @@ fn selection(p: &Pipeline, opts: &RunOptions) -> Result<Vec<Option<Mode>>, Engin
             *m = if j == i {
                 *m
             } else if ancestors.contains(&j) {
-                Some(if opts.dry_run { Mode::Plan } else { Mode::CacheOnly })
+                Some(if opts.dry_run {
+                    Mode::Plan
+                } else {
+                    Mode::CacheOnly
+                })
             } else {
                 None
             };
@@ -126,14 +137,23 @@ fn selection(p: &Pipeline, opts: &RunOptions) -> Result<Vec<Option<Mode>>, Engin
 }
 
 /// Run (or, with `dry_run`, plan) a pipeline.
-pub fn run(p: &Pipeline, registry: &Registry, opts: &RunOptions, reporter: &dyn Reporter) -> Result<RunSummary, EngineError> {
+pub fn run(
+    p: &Pipeline,
+    registry: &Registry,
+    opts: &RunOptions,
+    reporter: &dyn Reporter,
+) -> Result<RunSummary, EngineError> {
     let modes = selection(p, opts)?;
     let old_lock = LockFile::load(&p.lock_file());
     let pipe_dir = p.pipe_dir();
 
     // Planning touches nothing: no lock, no store created.
     let (_lock, store) = if opts.dry_run {
-        let store = if pipe_dir.join(pipe_cache::store::LAYOUT).is_dir() { Some(Store::open(&pipe_dir)?) } else { None };
+        let store = if pipe_dir.join(pipe_cache::store::LAYOUT).is_dir() {
+            Some(Store::open(&pipe_dir)?)
+        } else {
+            None
+        };
         (None, store)
     } else {
         std::fs::create_dir_all(&pipe_dir).map_err(|source| pipe_cache::Error::Io {
@@ -141,14 +161,23 @@ pub fn run(p: &Pipeline, registry: &Registry, opts: &RunOptions, reporter: &dyn 
             path: pipe_dir.clone(),
             source,
         })?;
-        let lock = WorkspaceLock::acquire(&pipe_dir.join("lock"), |pid| reporter.event(Event::WaitingForLock { pid }))?;
+        let lock = WorkspaceLock::acquire(&pipe_dir.join("lock"), |pid| {
+            reporter.event(Event::WaitingForLock { pid })
+        })?;
         let store = Store::open(&pipe_dir)?;
         store.clean_tmp()?;
         (Some(lock), Some(store))
     };
 
     let cancel = AtomicBool::new(false);
-    let exec = Executor { pipeline: p, registry, store: store.as_ref(), old_lock: &old_lock, reporter, cancel: &cancel };
+    let exec = Executor {
+        pipeline: p,
+        registry,
+        store: store.as_ref(),
+        old_lock: &old_lock,
+        reporter,
+        cancel: &cancel,
+    };
     let n = p.stages.len();
     let mut states: Vec<State> = (0..n).map(|_| State::Pending).collect();
     let topo = p.dag.topo();
@@ -164,14 +193,21 @@ pub fn run(p: &Pipeline, registry: &Registry, opts: &RunOptions, reporter: &dyn 
                 if !matches!(states[i], State::Pending) {
                     continue;
                 }
-                let deps: Vec<usize> = p.dag.deps(i).into_iter().filter(|&d| modes[d].is_some()).collect();
+                let deps: Vec<usize> = p
+                    .dag
+                    .deps(i)
+                    .into_iter()
+                    .filter(|&d| modes[d].is_some())
+                    .collect();
                 let mut upstream = HashMap::new();
                 let mut blocked = None;
                 let mut waiting = false;
                 for &d in &deps {
                     match &states[d] {
-                        State::Done(r, Some(run)) if matches!(r.status, Status::Ran | Status::Cached) => {
-                            upstream.insert(p.stages[d].name.clone(), run.clone());
+                        State::Done(r, Some(run))
+                            if matches!(r.status, Status::Ran | Status::Cached) =>
+                        {
+                            upstream.insert(p.stages[d].name.clone(), (**run).clone());
                         }
                         State::Done(r, _) if r.status == Status::Pending => {
                             blocked = Some((Status::Pending, r.name.clone()));
@@ -221,7 +257,7 @@ pub fn run(p: &Pipeline, registry: &Registry, opts: &RunOptions, reporter: &dyn 
             if r.status != Status::Pending {
                 reporter.event(Event::Finished(&r));
             }
-            states[i] = State::Done(Box::new(r), run);
+            states[i] = State::Done(Box::new(r), run.map(Box::new));
         }
     });
 

@@ -29,7 +29,12 @@ impl WithError {
         let message = e.to_string();
         let field = ["unknown field `", "missing field `", "invalid value for `"]
             .iter()
-            .find_map(|p| message.split_once(p).and_then(|(_, r)| r.split_once('`')).map(|(f, _)| f.to_string()));
+            .find_map(|p| {
+                message
+                    .split_once(p)
+                    .and_then(|(_, r)| r.split_once('`'))
+                    .map(|(f, _)| f.to_string())
+            });
         WithError { field, message }
     }
 }
@@ -56,7 +61,10 @@ pub struct StageContext<'a> {
 impl StageContext<'_> {
     /// A one-line progress message for the reporter (e.g. a training step).
     pub fn progress(&self, message: &str) {
-        self.reporter.event(Event::Progress { stage: &self.stage.name, message });
+        self.reporter.event(Event::Progress {
+            stage: &self.stage.name,
+            message,
+        });
     }
 }
 

@@ -87,7 +87,9 @@ impl StageKind for Shell {
 
     fn verify(&self, ctx: &StageContext) -> Result<Option<String>, StageError> {
         let w = with(&ctx.stage.with).map_err(|e| e.message)?;
-        let Some(verify) = w.verify else { return Ok(None) };
+        let Some(verify) = w.verify else {
+            return Ok(None);
+        };
         let status = Self::command(ctx, &verify)?.status()?;
         Ok((!status.success()).then(|| format!("verify command exited with {status}")))
     }

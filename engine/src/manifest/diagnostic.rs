@@ -35,10 +35,17 @@ impl ManifestError {
             let line = src.lines().nth(span.line.saturating_sub(1)).unwrap_or("");
             if span.len <= 1 {
                 // serde_yaml points at the first character: underline the whole word.
-                let word = line.chars().skip(span.col - 1).take_while(|c| c.is_alphanumeric() || "_-.".contains(*c)).count();
+                let word = line
+                    .chars()
+                    .skip(span.col - 1)
+                    .take_while(|c| c.is_alphanumeric() || "_-.".contains(*c))
+                    .count();
                 span.len = word.max(1);
             }
-            self.source_line = src.lines().nth(span.line.saturating_sub(1)).map(str::to_string);
+            self.source_line = src
+                .lines()
+                .nth(span.line.saturating_sub(1))
+                .map(str::to_string);
             self.span = Some(span);
         }
         self
@@ -62,13 +69,24 @@ impl fmt::Display for ManifestError {
             None => writeln!(f, "{}", self.message)?,
         }
         match self.span {
-            Some(span) => write!(f, "  --> {}:{}:{}", self.file.display(), span.line, span.col)?,
+            Some(span) => write!(
+                f,
+                "  --> {}:{}:{}",
+                self.file.display(),
+                span.line,
+                span.col
+            )?,
             None => write!(f, "  --> {}", self.file.display())?,
         }
         if let (Some(span), Some(line)) = (self.span, &self.source_line) {
             let no = span.line.to_string();
             let pad = " ".repeat(no.len());
-            write!(f, "\n{pad} |\n{no} | {line}\n{pad} | {}{}", " ".repeat(span.col - 1), "^".repeat(span.len.max(1)))?;
+            write!(
+                f,
+                "\n{pad} |\n{no} | {line}\n{pad} | {}{}",
+                " ".repeat(span.col - 1),
+                "^".repeat(span.len.max(1))
+            )?;
         }
         if let Some(hint) = &self.hint {
             write!(f, "\n  = hint: {hint}")?;
@@ -80,7 +98,10 @@ impl fmt::Display for ManifestError {
 impl std::error::Error for ManifestError {}
 
 /// `did you mean "x"?` for the closest candidate, if any is close enough.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(word, c), c))

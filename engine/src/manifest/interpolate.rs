@@ -29,7 +29,9 @@ pub fn interpolate_str(
     let mut out = String::new();
     let mut rest = s;
     while let Some(start) = rest.find(OPEN) {
-        let Some(end) = rest[start..].find('}') else { break };
+        let Some(end) = rest[start..].find('}') else {
+            break;
+        };
         let name = &rest[start + OPEN.len()..start + end];
         let value = params.get(name).ok_or_else(|| Unknown(name.to_string()))?;
         used.insert(name.to_string(), value.clone());
@@ -52,9 +54,12 @@ pub fn interpolate(
 ) -> Result<Value, Unknown> {
     Ok(match v {
         Value::String(s) => interpolate_str(s, params, used)?,
-        Value::Array(items) => {
-            Value::Array(items.iter().map(|i| interpolate(i, params, used)).collect::<Result<_, _>>()?)
-        }
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|i| interpolate(i, params, used))
+                .collect::<Result<_, _>>()?,
+        ),
         Value::Object(map) => Value::Object(
             map.iter()
                 .map(|(k, v)| Ok((k.clone(), interpolate(v, params, used)?)))
@@ -73,7 +78,10 @@ mod tests {
     fn whole_value_keeps_type() {
         let params = [("n".to_string(), json!(3))].into();
         let mut used = BTreeMap::new();
-        assert_eq!(interpolate(&json!("${params.n}"), &params, &mut used).ok(), Some(json!(3)));
+        assert_eq!(
+            interpolate(&json!("${params.n}"), &params, &mut used).ok(),
+            Some(json!(3))
+        );
         assert_eq!(
             interpolate(&json!("x ${params.n} ${HOME}"), &params, &mut used).ok(),
             Some(json!("x 3 ${HOME}"))

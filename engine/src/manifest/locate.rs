@@ -29,14 +29,20 @@ pub fn locate(src: &str, path: &[&str]) -> Option<Span> {
     let mut stack: Vec<(usize, &str)> = Vec::new();
     let mut best: Option<(usize, Span)> = None;
     for (i, line) in src.lines().enumerate() {
-        let Some((indent, key)) = parse_key(line) else { continue };
+        let Some((indent, key)) = parse_key(line) else {
+            continue;
+        };
         while stack.last().is_some_and(|(ind, _)| *ind >= indent) {
             stack.pop();
         }
         stack.push((indent, key));
         let depth = stack.len();
         if depth <= path.len() && stack.iter().zip(path).all(|((_, k), p)| k == p) {
-            let span = Span { line: i + 1, col: indent + 1, len: key.chars().count() };
+            let span = Span {
+                line: i + 1,
+                col: indent + 1,
+                len: key.chars().count(),
+            };
             if best.is_none_or(|(d, _)| depth > d) {
                 best = Some((depth, span));
             }
@@ -56,14 +62,22 @@ pub fn locate_value(src: &str, path: &[&str], needle: &str) -> Option<Span> {
     for (offset, line) in lines.iter().enumerate().skip(key.line - 1) {
         if offset >= key.line {
             let indent = line.len() - line.trim_start().len();
-            if !line.trim().is_empty() && indent + 1 <= key.col && !line.trim_start().starts_with('-') {
+            if !line.trim().is_empty() && indent < key.col && !line.trim_start().starts_with('-') {
                 break;
             }
         }
-        let from = if offset + 1 == key.line { key.col - 1 + key.len } else { 0 };
+        let from = if offset + 1 == key.line {
+            key.col - 1 + key.len
+        } else {
+            0
+        };
         if let Some(pos) = line.get(from..).and_then(|l| l.find(needle)) {
             let col = line[..from + pos].chars().count() + 1;
-            return Some(Span { line: offset + 1, col, len: needle.chars().count() });
+            return Some(Span {
+                line: offset + 1,
+                col,
+                len: needle.chars().count(),
+            });
         }
     }
     Some(key)
@@ -77,20 +91,41 @@ mod tests {
 
     #[test]
     fn finds_nested_keys() {
-        assert_eq!(locate(SRC, &["stages", "upper", "inputs", "src"]), Some(Span { line: 8, col: 7, len: 3 }));
-        assert_eq!(locate(SRC, &["stages", "make", "kind"]), Some(Span { line: 4, col: 5, len: 4 }));
+        assert_eq!(
+            locate(SRC, &["stages", "upper", "inputs", "src"]),
+            Some(Span {
+                line: 8,
+                col: 7,
+                len: 3
+            })
+        );
+        assert_eq!(
+            locate(SRC, &["stages", "make", "kind"]),
+            Some(Span {
+                line: 4,
+                col: 5,
+                len: 4
+            })
+        );
     }
 
     #[test]
     fn falls_back_to_parent() {
-        assert_eq!(locate(SRC, &["stages", "upper", "with"]).map(|s| s.line), Some(5));
+        assert_eq!(
+            locate(SRC, &["stages", "upper", "with"]).map(|s| s.line),
+            Some(5)
+        );
     }
 
     #[test]
     fn finds_values() {
         assert_eq!(
             locate_value(SRC, &["stages", "upper", "after"], "other"),
-            Some(Span { line: 9, col: 19, len: 5 })
+            Some(Span {
+                line: 9,
+                col: 19,
+                len: 5
+            })
         );
         assert_eq!(
             locate_value(SRC, &["stages", "upper", "inputs", "src"], "make").map(|s| s.col),

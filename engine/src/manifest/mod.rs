@@ -6,6 +6,10 @@
 //! `mod.rs` holds the schema and the checks; [`locate`] finds keys in the text
 //! for errors serde cannot place; [`diagnostic`] renders them.
 
+// A manifest error is built once, rendered and ends the process: its size on
+// the error path does not matter, and boxing would only obscure the fields.
+#![allow(clippy::result_large_err)]
+
 pub mod diagnostic;
 mod interpolate;
 pub mod locate;
@@ -114,7 +118,9 @@ pub fn workspace_root(manifest: &Path) -> PathBuf {
 }
 
 fn is_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 fn to_json(v: &serde_yaml::Value) -> Result<Value, String> {
@@ -131,7 +137,11 @@ pub fn parse_scalar(s: &str) -> Value {
 }
 
 /// Load and validate a manifest.
-pub fn load(file: &Path, sets: &[(String, String)], registry: &Registry) -> Result<Pipeline, ManifestError> {
+pub fn load(
+    file: &Path,
+    sets: &[(String, String)],
+    registry: &Registry,
+) -> Result<Pipeline, ManifestError> {
     let src = std::fs::read_to_string(file)
         .map_err(|e| ManifestError::new(file, format!("cannot read manifest: {e}")))?;
     let root = workspace_root(file);
@@ -156,23 +166,34 @@ pub fn parse(
             None => text.clone(),
         };
         let hint = unknown_field_hint(&message);
-        let span = e.location().map(|l| Span { line: l.line(), col: l.column(), len: 1 });
+        let span = e.location().map(|l| Span {
+            line: l.line(),
+            col: l.column(),
+            len: 1,
+        });
         err(message).at(src, span).hint(hint)
     })?;
 
     if raw.version != SCHEMA_VERSION {
-        return Err(err(format!("unsupported manifest version {} (this pipe reads version {SCHEMA_VERSION})", raw.version))
-            .at(src, at(&["version"])));
+        return Err(err(format!(
+            "unsupported manifest version {} (this pipe reads version {SCHEMA_VERSION})",
+            raw.version
+        ))
+        .at(src, at(&["version"])));
     }
     if !is_name(&raw.name) {
-        return Err(err(format!("invalid pipeline name `{}`: use letters, digits, `-` and `_`", raw.name))
-            .at(src, at(&["name"])));
+        return Err(err(format!(
+            "invalid pipeline name `{}`: use letters, digits, `-` and `_`",
+            raw.name
+        ))
+        .at(src, at(&["name"])));
     }
 
     // Params, then --set overrides.
     let mut params = BTreeMap::new();
     for (k, v) in &raw.params.0 {
-        let v = to_json(v).map_err(|m| err(format!("param `{k}`: {m}")).at(src, at(&["params", k])))?;
+        let v =
+            to_json(v).map_err(|m| err(format!("param `{k}`: {m}")).at(src, at(&["params", k])))?;
         params.insert(k.clone(), v);
     }
     for (k, v) in sets {
@@ -198,45 +219,68 @@ pub fn parse(
         };
         let serr = |msg: String, sub: &[&str]| err(msg).at(src, here(sub)).stage(name);
         if !is_name(name) {
-            return Err(serr("invalid stage name: use letters, digits, `-` and `_`".into(), &[]));
+            return Err(serr(
+                "invalid stage name: use letters, digits, `-` and `_`".into(),
+                &[],
+            ));
         }
         let Some(kind) = registry.get(&rs.kind) else {
             let known: Vec<&str> = registry.names().collect();
-            return Err(serr(format!("unknown stage kind `{}`", rs.kind), &["kind"]).hint(
-                did_you_mean(&rs.kind, known.iter().copied())
-                    .or_else(|| Some(format!("known kinds: {}", known.join(", ")))),
-            ));
+            return Err(
+                serr(format!("unknown stage kind `{}`", rs.kind), &["kind"]).hint(
+                    did_you_mean(&rs.kind, known.iter().copied())
+                        .or_else(|| Some(format!("known kinds: {}", known.join(", ")))),
+                ),
+            );
         };
         let mut used = BTreeMap::new();
         let unknown_param = |u: interpolate::Unknown, sub: &[&str]| {
-            serr(format!("unknown param `{}` in ${{params.{}}}", u.0, u.0), sub)
-                .hint(did_you_mean(&u.0, params.keys().map(String::as_str)))
+            serr(
+                format!("unknown param `{}` in ${{params.{}}}", u.0, u.0),
+                sub,
+            )
+            .hint(did_you_mean(&u.0, params.keys().map(String::as_str)))
         };
         let with = to_json(&rs.with).map_err(|m| serr(m, &["with"]))?;
-        let with = interpolate::interpolate(&with, &params, &mut used).map_err(|u| unknown_param(u, &["with"]))?;
+        let with = interpolate::interpolate(&with, &params, &mut used)
+            .map_err(|u| unknown_param(u, &["with"]))?;
         kind.check(&with).map_err(|e| {
             let sub: Vec<&str> = match &e.field {
                 Some(f) => vec!["with", f.as_str()],
                 None => vec!["with"],
             };
-            let field_names = with.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
-            let hint = unknown_field_hint(&e.message)
-                .or_else(|| e.field.as_deref().and_then(|f| did_you_mean(f, field_names.iter().map(String::as_str))));
+            let field_names = with
+                .as_object()
+                .map(|o| o.keys().cloned().collect::<Vec<_>>())
+                .unwrap_or_default();
+            let hint = unknown_field_hint(&e.message).or_else(|| {
+                e.field
+                    .as_deref()
+                    .and_then(|f| did_you_mean(f, field_names.iter().map(String::as_str)))
+            });
             serr(format!("invalid `with`: {}", e.message), &sub).hint(hint)
         })?;
 
         let mut env = BTreeMap::new();
         for (k, v) in &rs.env.0 {
             let v = to_json(v).map_err(|m| serr(m, &["env", k]))?;
-            let v = interpolate::interpolate(&v, &params, &mut used).map_err(|u| unknown_param(u, &["env", k]))?;
+            let v = interpolate::interpolate(&v, &params, &mut used)
+                .map_err(|u| unknown_param(u, &["env", k]))?;
             env.insert(k.clone(), interpolate::text(&v));
         }
 
         let mut inputs = Vec::new();
         for (in_name, reference) in &rs.inputs.0 {
             let sub = ["inputs", in_name.as_str()];
-            if in_name.is_empty() || !in_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(serr(format!("invalid input name `{in_name}`: use letters, digits and `_`"), &sub));
+            if in_name.is_empty()
+                || !in_name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                return Err(serr(
+                    format!("invalid input name `{in_name}`: use letters, digits and `_`"),
+                    &sub,
+                ));
             }
             let reference = interpolate::interpolate_str(reference, &params, &mut used)
                 .map_err(|u| unknown_param(u, &sub))?;
@@ -244,22 +288,38 @@ pub fn parse(
             let target = match reference.split_once(':') {
                 Some((up, path)) => {
                     let Some(j) = names.iter().position(|n| *n == up) else {
-                        return Err(serr(format!("input `{in_name}` refers to unknown stage `{up}`"), &sub)
-                            .at(src, locate_value(src, &["stages", name, "inputs", in_name], up))
-                            .hint(did_you_mean(up, names.iter().copied())));
+                        return Err(serr(
+                            format!("input `{in_name}` refers to unknown stage `{up}`"),
+                            &sub,
+                        )
+                        .at(
+                            src,
+                            locate_value(src, &["stages", name, "inputs", in_name], up),
+                        )
+                        .hint(did_you_mean(up, names.iter().copied())));
                     };
                     if j == i {
-                        return Err(serr(format!("input `{in_name}` refers to the stage itself"), &sub));
+                        return Err(serr(
+                            format!("input `{in_name}` refers to the stage itself"),
+                            &sub,
+                        ));
                     }
                     if Path::new(path).is_absolute() || path.split('/').any(|c| c == "..") {
                         return Err(serr(format!("input `{in_name}`: `{path}` must be a relative path inside `{up}`'s output"), &sub));
                     }
                     edges.push((j, i));
-                    InputRef::Stage { stage: up.to_string(), path: path.trim_matches('/').to_string() }
+                    InputRef::Stage {
+                        stage: up.to_string(),
+                        path: path.trim_matches('/').to_string(),
+                    }
                 }
                 None => {
                     let rel = PathBuf::from(&reference);
-                    if rel.is_absolute() || rel.components().any(|c| c == std::path::Component::ParentDir) {
+                    if rel.is_absolute()
+                        || rel
+                            .components()
+                            .any(|c| c == std::path::Component::ParentDir)
+                    {
                         return Err(serr(format!("input `{in_name}`: workspace path `{reference}` must be relative and inside the workspace"), &sub));
                     }
                     if !root.join(&rel).exists() {
@@ -269,13 +329,19 @@ pub fn parse(
                     InputRef::Workspace(rel)
                 }
             };
-            inputs.push(Input { name: in_name.clone(), source: reference, target });
+            inputs.push(Input {
+                name: in_name.clone(),
+                source: reference,
+                target,
+            });
         }
         for a in &rs.after {
             let Some(j) = names.iter().position(|n| n == a) else {
-                return Err(serr(format!("`after` names unknown stage `{a}`"), &["after"])
-                    .at(src, locate_value(src, &["stages", name, "after"], a))
-                    .hint(did_you_mean(a, names.iter().copied())));
+                return Err(
+                    serr(format!("`after` names unknown stage `{a}`"), &["after"])
+                        .at(src, locate_value(src, &["stages", name, "after"], a))
+                        .hint(did_you_mean(a, names.iter().copied())),
+                );
             };
             edges.push((j, i));
         }
@@ -295,7 +361,9 @@ pub fn parse(
     let dag = Dag::build(stages.len(), &edges).map_err(|cycle| {
         let path: Vec<&str> = cycle.iter().map(|&i| stages[i].name.as_str()).collect();
         let first = path.first().copied().unwrap_or_default();
-        err(format!("dependency cycle: {}", path.join(" → "))).at(src, at(&["stages", first])).stage(first)
+        err(format!("dependency cycle: {}", path.join(" → ")))
+            .at(src, at(&["stages", first]))
+            .stage(first)
     })?;
 
     Ok(Pipeline {
@@ -332,7 +400,10 @@ mod tests {
         fn check(&self, with: &Value) -> Result<(), WithError> {
             match with.get("cmd") {
                 Some(Value::String(_)) => Ok(()),
-                _ => Err(WithError { field: Some("cmd".into()), message: "missing field `cmd`".into() }),
+                _ => Err(WithError {
+                    field: Some("cmd".into()),
+                    message: "missing field `cmd`".into(),
+                }),
             }
         }
         fn run(&self, _: &StageContext) -> Result<(), StageError> {
@@ -343,7 +414,13 @@ mod tests {
     fn parse_src(src: &str) -> Result<Pipeline, ManifestError> {
         let mut reg = Registry::new();
         reg.register(Box::new(Shellish));
-        parse(Path::new("m.yaml"), src, Path::new("/nonexistent"), &[], &reg)
+        parse(
+            Path::new("m.yaml"),
+            src,
+            Path::new("/nonexistent"),
+            &[],
+            &reg,
+        )
     }
 
     const GOOD: &str = "version: 1\nname: demo\nparams:\n  greeting: hello\nstages:\n  make:\n    kind: shell\n    with:\n      cmd: echo ${params.greeting} > $PIPE_OUT/g.txt\n  upper:\n    kind: shell\n    inputs:\n      src: make:g.txt\n    with:\n      cmd: tr a-z A-Z < $PIPE_IN_SRC > $PIPE_OUT/u.txt\n";
@@ -383,7 +460,10 @@ mod tests {
 
     #[test]
     fn cycle_is_reported_with_path() {
-        let src = GOOD.replace("    kind: shell\n    with:\n      cmd: echo", "    kind: shell\n    after: [upper]\n    with:\n      cmd: echo");
+        let src = GOOD.replace(
+            "    kind: shell\n    with:\n      cmd: echo",
+            "    kind: shell\n    after: [upper]\n    with:\n      cmd: echo",
+        );
         let e = parse_src(&src).unwrap_err();
         assert!(e.message.contains("make → upper → make"), "{e}");
     }

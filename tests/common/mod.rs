@@ -1,0 +1,115 @@
+//! `TestWorkspace`: a temp dir with a manifest, driven through the real `pipe` binary.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub struct TestWorkspace {
+    dir: tempfile::TempDir,
+}
+
+impl TestWorkspace {
+    pub fn new() -> TestWorkspace {
+        TestWorkspace {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn file(&self, rel: &str, content: &str) -> &Self {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+        self
+    }
+
+    pub fn manifest(&self, yaml: &str) -> &Self {
+        self.file("pipe.yaml", yaml)
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pipe"));
+        c.args(args).current_dir(self.root()).env_remove("RUST_LOG");
+        c
+    }
+
+    pub fn pipe(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run pipe")
+    }
+
+    /// `pipe run pipe.yaml --json ARGS`, asserting success; stage name → status.
+    pub fn run(&self, args: &[&str]) -> Vec<(String, String)> {
+        let out = self.run_json(args);
+        stages(&out)
+    }
+
+    pub fn run_json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["run", "pipe.yaml", "--json"];
+        all.extend_from_slice(args);
+        let out = self.pipe(&all);
+        assert!(
+            out.status.success(),
+            "pipe {all:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+    }
+
+    /// Names of the stages that ran.
+    pub fn ran(&self, args: &[&str]) -> Vec<String> {
+        self.run(args)
+            .into_iter()
+            .filter(|(_, s)| s == "ran")
+            .map(|(n, _)| n)
+            .collect()
+    }
+}
+
+pub fn stages(doc: &Value) -> Vec<(String, String)> {
+    doc["stages"]
+        .as_array()
+        .expect("stages array")
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Files under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

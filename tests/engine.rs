@@ -1,0 +1,324 @@
+//! End-to-end tests of the engine through the real `pipe` binary: caching,
+//! reruns, early cutoff, failures, crash safety, locking, gc and corruption.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+
+use common::{files_under, stderr, TestWorkspace};
+
+const DEMO: &str = r#"version: 1
+name: demo
+params:
+  greeting: hello
+  other: x
+stages:
+  make:
+    kind: shell
+    with:
+      cmd: echo ${params.greeting} > $PIPE_OUT/greeting.txt
+  upper:
+    kind: shell
+    inputs:
+      src: make:greeting.txt
+    with:
+      cmd: tr a-z A-Z < $PIPE_IN_SRC > $PIPE_OUT/upper.txt
+  side:
+    kind: shell
+    with:
+      cmd: echo ${params.other} > $PIPE_OUT/side.txt
+"#;
+
+#[test]
+fn first_run_runs_all_second_runs_none() {
+    let ws = TestWorkspace::new();
+    ws.manifest(DEMO);
+    assert_eq!(ws.ran(&[]), ["make", "upper", "side"]);
+    assert_eq!(ws.read(".pipe/out/demo/upper/upper.txt"), "HELLO\n");
+    assert!(ws.ran(&[]).is_empty());
+    assert!(ws.read("pipe.lock").contains("greeting: hello"));
+}
+
+#[test]
+fn set_param_reruns_exactly_its_users_and_dependents() {
+    let ws = TestWorkspace::new();
+    ws.manifest(DEMO);
+    ws.run(&[]);
+    let status = ws.pipe(&["status", "pipe.yaml", "--set", "greeting=hi"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("make   will run: param greeting changed: hello → hi"),
+        "{text}"
+    );
+    assert!(
+        text.contains("upper  will run: upstream make will run"),
+        "{text}"
+    );
+    assert!(text.contains("side   cached"), "{text}");
+    assert_eq!(ws.ran(&["--set", "greeting=hi"]), ["make", "upper"]);
+    assert_eq!(ws.read(".pipe/out/demo/upper/upper.txt"), "HI\n");
+    // Going back is served from the cache.
+    assert!(ws.ran(&[]).is_empty());
+    assert_eq!(ws.read(".pipe/out/demo/upper/upper.txt"), "HELLO\n");
+}
+
+#[test]
+fn editing_a_workspace_input_reruns_its_consumers() {
+    let ws = TestWorkspace::new();
+    ws.file("data/in.txt", "one\n").manifest(
+        "version: 1\nname: w\nstages:\n  count:\n    kind: shell\n    inputs: {data: data/in.txt}\n    with: {cmd: wc -l < $PIPE_IN_DATA > $PIPE_OUT/n}\n  other:\n    kind: shell\n    with: {cmd: echo > $PIPE_OUT/o}\n",
+    );
+    assert_eq!(ws.ran(&[]), ["count", "other"]);
+    ws.file("data/in.txt", "one\ntwo\n");
+    let status = String::from_utf8_lossy(&ws.pipe(&["status", "pipe.yaml"]).stdout).into_owned();
+    assert!(
+        status.contains("count  will run: input data/in.txt changed"),
+        "{status}"
+    );
+    assert_eq!(ws.ran(&[]), ["count"]);
+    assert_eq!(ws.read(".pipe/out/w/count/n").trim(), "2");
+}
+
+#[test]
+fn early_cutoff_keeps_downstream_cached() {
+    let ws = TestWorkspace::new();
+    ws.manifest(
+        "version: 1\nname: c\nparams: {n: 1}\nstages:\n  a:\n    kind: shell\n    with: {cmd: 'echo ${params.n} > /dev/null; echo same > $PIPE_OUT/o'}\n  b:\n    kind: shell\n    inputs: {x: 'a:'}\n    with: {cmd: 'cat $PIPE_IN_X/o > $PIPE_OUT/o'}\n",
+    );
+    assert_eq!(ws.ran(&[]), ["a", "b"]);
+    assert_eq!(
+        ws.run(&["--set", "n=2"]),
+        [("a".into(), "ran".into()), ("b".into(), "cached".into())]
+    );
+}
+
+#[test]
+fn failing_stage_stops_dependents_others_finish() {
+    let ws = TestWorkspace::new();
+    ws.manifest(
+        "version: 1\nname: f\nstages:\n  bad:\n    kind: shell\n    with: {cmd: 'echo boom-detail >&2; exit 7'}\n  child:\n    kind: shell\n    inputs: {x: 'bad:'}\n    with: {cmd: 'true'}\n  fine:\n    kind: shell\n    with: {cmd: 'echo ok > $PIPE_OUT/ok'}\n",
+    );
+    let out = ws.pipe(&["run", "pipe.yaml", "-j", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("Failed bad: command exited with status 7"),
+        "{err}"
+    );
+    assert!(err.contains("boom-detail"), "{err}");
+    assert!(
+        err.contains("Skipped child: upstream stage `bad` did not complete"),
+        "{err}"
+    );
+    assert!(err.contains("Ran fine"), "{err}");
+    assert_eq!(ws.read(".pipe/out/f/fine/ok"), "ok\n");
+}
+
+#[test]
+fn json_has_the_documented_shape() {
+    let ws = TestWorkspace::new();
+    ws.manifest(DEMO);
+    let doc = ws.run_json(&[]);
+    for s in doc["stages"].as_array().unwrap() {
+        for field in [
+            "name",
+            "status",
+            "key",
+            "output_hash",
+            "output_dir",
+            "seconds",
+        ] {
+            assert!(s.get(field).is_some(), "missing {field} in {s}");
+        }
+        assert_eq!(s["key"].as_str().unwrap().len(), 64);
+    }
+}
+
+#[test]
+fn moving_the_workspace_keeps_the_keys() {
+    let a = TestWorkspace::new();
+    let b = TestWorkspace::new();
+    a.manifest(DEMO);
+    b.manifest(DEMO);
+    let keys = |ws: &TestWorkspace| -> Vec<String> {
+        ws.run_json(&[])["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["key"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(keys(&a), keys(&b));
+}
+
+#[test]
+fn effect_receipt_is_verified_not_trusted() {
+    let ws = TestWorkspace::new();
+    ws.manifest(
+        "version: 1\nname: e\nstages:\n  publish:\n    kind: shell\n    with:\n      cmd: 'echo v1 > published.txt; echo published.txt > $PIPE_OUT/receipt'\n      verify: 'test -f \"$(cat $PIPE_OUT/receipt)\"'\n",
+    );
+    assert_eq!(ws.ran(&[]), ["publish"]);
+    assert_eq!(ws.run(&[]), [("publish".into(), "cached".into())]);
+    std::fs::remove_file(ws.path("published.txt")).unwrap();
+    let status = String::from_utf8_lossy(&ws.pipe(&["run", "pipe.yaml"]).stderr).into_owned();
+    assert!(
+        status.contains("Running publish: receipt no longer holds"),
+        "{status}"
+    );
+    assert!(ws.path("published.txt").exists());
+}
+
+#[test]
+fn corrupted_store_object_is_detected_and_rebuilt() {
+    let ws = TestWorkspace::new();
+    ws.manifest(DEMO);
+    ws.run(&[]);
+    for obj in files_under(&ws.path(".pipe/cas-v1/objects")) {
+        let content = std::fs::read(&obj).unwrap();
+        if content == b"HELLO\n" {
+            std::fs::set_permissions(&obj, std::fs::Permissions::from_mode(0o644)).unwrap();
+            std::fs::write(&obj, b"EVIL!\n").unwrap();
+        }
+    }
+    let out = ws.pipe(&["run", "pipe.yaml"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("Running upper: stored output is corrupt"),
+        "{err}"
+    );
+    assert_eq!(ws.read(".pipe/out/demo/upper/upper.txt"), "HELLO\n");
+}
+
+#[test]
+fn gc_keeps_referenced_objects_and_drops_the_rest() {
+    let ws = TestWorkspace::new();
+    ws.manifest(DEMO);
+    ws.run(&[]);
+    ws.run(&["--set", "greeting=hi"]);
+    let before = files_under(&ws.path(".pipe/cas-v1/objects")).len();
+    let out = ws.pipe(&["gc", "pipe.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let after = files_under(&ws.path(".pipe/cas-v1/objects")).len();
+    assert!(after < before, "{before} -> {after}");
+    // What the lock references is still served from cache; the rest reruns.
+    assert!(ws.ran(&["--set", "greeting=hi"]).is_empty());
+    assert_eq!(ws.ran(&[]), ["make", "upper"]);
+}
+
+fn mkfifo(path: &std::path::Path) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+}
+
+/// A manifest whose `slow` stage, while `gate` is a FIFO, reports on it and then
+/// blocks until `release` (also a FIFO) is written.
+const GATED: &str = "version: 1\nname: g\nstages:\n  first:\n    kind: shell\n    with: {cmd: 'echo 1 > $PIPE_OUT/one'}\n  slow:\n    kind: shell\n    inputs: {x: 'first:'}\n    with: {cmd: 'if [ -p gate ]; then echo started > $PIPE_OUT/partial; echo started > gate; cat release > /dev/null; fi; echo done > $PIPE_OUT/done'}\n";
+
+#[test]
+fn sigkill_mid_stage_leaves_no_partial_entry() {
+    let ws = TestWorkspace::new();
+    ws.manifest(GATED);
+    mkfifo(&ws.path("gate"));
+    mkfifo(&ws.path("release"));
+    let mut child = ws
+        .cmd(&["run", "pipe.yaml", "-j", "1"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Blocks until the stage has written its partial output and opened the gate.
+    let mut started = String::new();
+    std::fs::File::open(ws.path("gate"))
+        .unwrap()
+        .read_to_string(&mut started)
+        .unwrap();
+    assert_eq!(started.trim(), "started");
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    let records = files_under(&ws.path(".pipe/cas-v1/runs"));
+    assert_eq!(records.len(), 1, "only `first` was committed: {records:?}");
+    std::fs::remove_file(ws.path("gate")).unwrap();
+    assert_eq!(
+        ws.run(&[]),
+        [
+            ("first".into(), "cached".into()),
+            ("slow".into(), "ran".into())
+        ]
+    );
+    assert_eq!(ws.read(".pipe/out/g/slow/done"), "done\n");
+    assert!(!ws.path(".pipe/out/g/slow/partial").exists());
+    assert!(files_under(&ws.path(".pipe/cas-v1/tmp")).is_empty());
+}
+
+#[test]
+fn a_second_run_waits_for_the_lock() {
+    let ws = TestWorkspace::new();
+    ws.manifest(GATED);
+    mkfifo(&ws.path("gate"));
+    mkfifo(&ws.path("release"));
+    let first = ws
+        .cmd(&["run", "pipe.yaml", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut started = String::new();
+    std::fs::File::open(ws.path("gate"))
+        .unwrap()
+        .read_to_string(&mut started)
+        .unwrap();
+    let mut second = ws
+        .cmd(&["run", "pipe.yaml", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The second run says it is waiting before doing anything.
+    let mut err = BufReader::new(second.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("Blocking") && line.contains("waiting for another pipe run"),
+        "{line}"
+    );
+    std::fs::remove_file(ws.path("gate")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(ws.path("release"))
+        .unwrap()
+        .write_all(b"go")
+        .unwrap();
+    let first = first.wait_with_output().unwrap();
+    let second = second.wait_with_output().unwrap();
+    assert!(first.status.success() && second.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert_eq!(
+        common::stages(&doc),
+        [
+            ("first".into(), "cached".into()),
+            ("slow".into(), "cached".into())
+        ]
+    );
+}
+
+#[test]
+fn only_and_until_select_stages() {
+    let ws = TestWorkspace::new();
+    ws.manifest(DEMO);
+    assert_eq!(ws.ran(&["--until", "make"]), ["make"]);
+    assert_eq!(ws.ran(&["--only", "upper"]), ["upper"]);
+    assert_eq!(ws.ran(&["--force", "make"]), ["make", "side"]);
+}
+
+#[test]
+fn dag_formats() {
+    let ws = TestWorkspace::new();
+    ws.manifest(DEMO);
+    let dot = String::from_utf8(ws.pipe(&["dag", "pipe.yaml", "--format", "dot"]).stdout).unwrap();
+    assert!(dot.contains("\"make\" -> \"upper\";"), "{dot}");
+    let mermaid =
+        String::from_utf8(ws.pipe(&["dag", "pipe.yaml", "--format", "mermaid"]).stdout).unwrap();
+    assert!(mermaid.contains("make --> upper"), "{mermaid}");
+}
