@@ -322,3 +322,16 @@ fn dag_formats() {
         String::from_utf8(ws.pipe(&["dag", "pipe.yaml", "--format", "mermaid"]).stdout).unwrap();
     assert!(mermaid.contains("make --> upper"), "{mermaid}");
 }
+
+/// `pipe` must start in milliseconds: libtorch's static initialisers alone take
+/// half a second. Only `pipe-worker` may link it.
+#[test]
+fn pipe_binary_does_not_link_libtorch() {
+    let out = std::process::Command::new("ldd")
+        .arg(env!("CARGO_BIN_EXE_pipe"))
+        .output()
+        .expect("ldd");
+    let libs = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{libs}");
+    assert!(!libs.contains("torch") && !libs.contains("c10"), "{libs}");
+}

@@ -16,7 +16,13 @@ fn main() {
             Ok(tree) => {
                 let secs = started.elapsed().as_secs_f64();
                 let bytes: u64 = tree.files().map(|(_, _, _, size)| size).sum();
-                println!("{}  {}  {:.3} s  {:.2} GB/s", tree.hash(), path.display(), secs, bytes as f64 / secs / 1e9);
+                println!(
+                    "{}  {}  {:.3} s  {:.2} GB/s",
+                    tree.hash(),
+                    path.display(),
+                    secs,
+                    bytes as f64 / secs / 1e9
+                );
             }
             Err(e) => {
                 eprintln!("error: {e}");

@@ -1,0 +1,30 @@
+//! Find libtorch the way torch-sys does (`$LIBTORCH`, set for this workspace in
+//! `.cargo/config.toml` to the `.libtorch/` that `scripts/setup-libtorch`
+//! fills), and give the worker's binaries an rpath to it, so that nothing has
+//! to be exported to run them. Also bakes in the libtorch version for cache
+//! fingerprints.
+
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    let Some(libtorch) = std::env::var_os("LIBTORCH").map(PathBuf::from) else {
+        println!("cargo:rustc-env=PIPE_LIBTORCH_VERSION=unknown");
+        return;
+    };
+    let version = std::fs::read_to_string(libtorch.join("version.py"))
+        .ok()
+        .and_then(|v| {
+            v.lines().find_map(|l| {
+                l.strip_prefix("__version__ = ")
+                    .map(|s| s.trim_matches(|c| c == '\'' || c == '"').to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=PIPE_LIBTORCH_VERSION={version}");
+    // libtorch's own rpath finds the CUDA runtime wheels beside it.
+    println!(
+        "cargo:rustc-link-arg=-Wl,-rpath,{}",
+        libtorch.join("lib").display()
+    );
+}
