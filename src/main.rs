@@ -29,6 +29,9 @@ struct Cli {
     /// Also print stage progress messages.
     #[arg(short, long, global = true)]
     verbose: bool,
+    /// Look up `https://HOST/PATH` downloads as DIR/HOST/PATH first (offline mirror).
+    #[arg(long, global = true, value_name = "DIR", env = "PIPE_MIRROR")]
+    mirror: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -147,6 +150,11 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Some(dir) = &cli.mirror {
+        // Stages read it from the environment; set before any thread starts.
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+        std::env::set_var("PIPE_MIRROR", dir);
+    }
     match run(cli) {
         Ok(code) => ExitCode::from(code as u8),
         Err(f) => {

@@ -21,7 +21,7 @@
 //! links are impossible), so restoring a cached multi-GB output costs one link
 //! per file, and checking that it is still intact costs one `stat` per file.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, Metadata};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -45,6 +45,9 @@ pub struct RunRecord {
     pub output: Tree,
     /// Wall time of the run that produced it.
     pub seconds: f64,
+    /// Facts the stage pinned for later runs (copied into `pipe.lock`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pins: BTreeMap<String, String>,
 }
 
 pub struct Store {
@@ -147,6 +150,7 @@ impl Store {
         record: KeyRecord,
         staged: &Path,
         seconds: f64,
+        pins: BTreeMap<String, String>,
     ) -> Result<RunRecord> {
         let output = Tree::scan(staged, &self.stat)?;
         let mut touched = HashSet::new();
@@ -184,6 +188,7 @@ impl Store {
             record,
             output,
             seconds,
+            pins,
         };
         let bytes = serde_json::to_vec_pretty(&run).unwrap_or_default();
         write_atomic(&self.record_path(&key), &bytes)?;
@@ -393,7 +398,6 @@ pub fn make_writable(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn record(n: u32) -> KeyRecord {
         KeyRecord {
@@ -415,7 +419,7 @@ mod tests {
             fs::write(p, c).unwrap();
         }
         let rec = record(n);
-        store.commit(rec.key(), rec, staged.path(), 0.0).unwrap()
+        store.commit(rec.key(), rec, staged.path(), 0.0, BTreeMap::new()).unwrap()
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use pipe_cache::{
@@ -119,7 +120,8 @@ impl Executor<'_> {
                 Some(run) => match self.restore(&run, &out_dir) {
                     Ok(()) => {
                         let drift = if kind.is_effect(stage) {
-                            let ctx = self.context(stage, &resolved, &out_dir, &log);
+                            let pins = Mutex::new(BTreeMap::new());
+                            let ctx = self.context(stage, &resolved, &out_dir, &log, &run.pins, &pins);
                             kind.verify(&ctx)?
                         } else {
                             None
@@ -172,23 +174,33 @@ impl Executor<'_> {
         }
         std::fs::write(&log, b"").map_err(|e| io_err("create", &log, e))?;
         let started = Instant::now();
-        let ctx = self.context(stage, &resolved, &out, &log);
+        // A forced stage starts from nothing: it must not be held to old pins.
+        let locked_pins = match (mode, self.old_lock.stages.get(&stage.name)) {
+            (Mode::Force, _) | (_, None) => BTreeMap::new(),
+            (_, Some(entry)) => entry.pins.clone(),
+        };
+        let new_pins = Mutex::new(BTreeMap::new());
+        let ctx = self.context(stage, &resolved, &out, &log, &locked_pins, &new_pins);
         if let Err(e) = kind.run(&ctx) {
             result.log_tail = log_tail(&log, 20);
             return Err(e);
         }
-        let run = store.commit(key, record, &out, started.elapsed().as_secs_f64())?;
+        let pins = new_pins.into_inner().unwrap_or_else(|e| e.into_inner());
+        let run = store.commit(key, record, &out, started.elapsed().as_secs_f64(), pins)?;
         store.materialize(&run, &out_dir)?;
         result.status = Status::Ran;
         Ok(Some(run))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn context<'b>(
         &'b self,
         stage: &'b Stage,
         resolved: &Resolved,
         out: &'b std::path::Path,
         log: &'b std::path::Path,
+        locked_pins: &'b BTreeMap<String, String>,
+        new_pins: &'b Mutex<BTreeMap<String, String>>,
     ) -> StageContext<'b> {
         StageContext {
             pipeline: self.pipeline,
@@ -199,6 +211,8 @@ impl Executor<'_> {
             log,
             cancel: self.cancel,
             reporter: self.reporter,
+            locked_pins,
+            new_pins,
         }
     }
 

@@ -22,6 +22,8 @@ pub struct LockEntry {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub inputs: BTreeMap<String, InputDigest>,
     pub output: Digest,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pins: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]

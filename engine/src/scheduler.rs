@@ -274,6 +274,7 @@ pub fn run(
                         params: run.record.params.clone(),
                         inputs: run.record.inputs.clone(),
                         output: run.output_hash,
+                        pins: run.pins.clone(),
                     },
                 );
             }

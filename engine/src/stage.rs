@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
+use std::sync::Mutex;
 
 use serde_json::Value;
 
@@ -56,6 +57,11 @@ pub struct StageContext<'a> {
     pub cancel: &'a AtomicBool,
     /// Where progress messages go (see [`StageContext::progress`]).
     pub reporter: &'a dyn Reporter,
+    /// Pins this stage recorded in `pipe.lock` last time (e.g. the content hash of
+    /// an unpinned download); empty when the stage is forced.
+    pub locked_pins: &'a BTreeMap<String, String>,
+    /// Pins to record in `pipe.lock` for this run (see [`StageContext::pin`]).
+    pub new_pins: &'a Mutex<BTreeMap<String, String>>,
 }
 
 impl StageContext<'_> {
@@ -65,6 +71,15 @@ impl StageContext<'_> {
             stage: &self.stage.name,
             message,
         });
+    }
+
+    /// Record a fact in `pipe.lock` that later runs must reproduce (e.g. the
+    /// `sha256` of a download that has no pin in the manifest).
+    pub fn pin(&self, name: &str, value: &str) {
+        self.new_pins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), value.to_string());
     }
 }
 

@@ -1,13 +1,23 @@
 //! Built-in stage kinds. Each module holds one kind implementing
-//! [`pipe_engine::StageKind`]; [`registry`] lists them for the CLI.
+//! [`pipe_engine::StageKind`] (or a helper of one); [`registry`] lists them
+//! for the CLI.
+//!
+//! - [`shell`]: a command
+//! - [`download`] (with [`fetch`] and [`archive`]): URLs and Hub repos
+//! - [`split`]: CSV/TSV → train.csv/test.csv
 
-mod shell;
+pub mod archive;
+pub mod download;
+pub mod fetch;
+pub mod shell;
 
+pub use download::Download;
 pub use shell::Shell;
 
 /// Every built-in kind.
 pub fn registry() -> pipe_engine::Registry {
     let mut r = pipe_engine::Registry::new();
     r.register(Box::new(Shell));
+    r.register(Box::new(Download));
     r
 }

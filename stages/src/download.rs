@@ -1,0 +1,184 @@
+//! `kind: download`: fetch a URL (optionally extracting it) or files of a
+//! Hugging Face Hub repo into the stage output.
+//!
+//! ```yaml
+//! with: {url: https://…/cola_public_1.1.zip, sha256: …, extract: zip, files: [cola_public/raw/in_domain_train.tsv]}
+//! with: {hf: sentence-transformers/all-MiniLM-L6-v2, revision: main, files: [config.json, model.safetensors]}
+//! ```
+//!
+//! The key holds the URL(s) and the pin. Without a `sha256` pin, the content
+//! hash of the first download is recorded in `pipe.lock` and every later
+//! download (another machine, a cleared cache) must match it, until
+//! `pipe run --force STAGE` accepts new content (like `dvc update`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use pipe_engine::{StageContext, StageError, StageKind, WithError};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::archive::{self, Format};
+use crate::fetch::{redact, Fetcher};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct With {
+    url: Option<String>,
+    sha256: Option<String>,
+    extract: Option<Format>,
+    #[serde(default)]
+    files: Vec<String>,
+    hf: Option<String>,
+    revision: Option<String>,
+    #[serde(default = "default_retries")]
+    retries: u32,
+    /// Seconds without progress before a request counts as timed out.
+    #[serde(default = "default_timeout")]
+    timeout: f64,
+    /// Extraction limit in bytes.
+    #[serde(default = "default_max_bytes")]
+    max_bytes: u64,
+}
+
+fn default_retries() -> u32 {
+    4
+}
+fn default_timeout() -> f64 {
+    60.0
+}
+fn default_max_bytes() -> u64 {
+    50_000_000_000
+}
+
+fn parse(v: &Value) -> Result<With, WithError> {
+    let w: With = serde_json::from_value(v.clone()).map_err(WithError::from_serde)?;
+    let field = |f: &str, m: String| WithError { field: Some(f.into()), message: m };
+    match (&w.url, &w.hf) {
+        (Some(_), Some(_)) => return Err(field("hf", "give either `url` or `hf`, not both".into())),
+        (None, None) => return Err(WithError { field: None, message: "missing field `url` (or `hf` for a Hugging Face Hub repo)".into() }),
+        (None, Some(repo)) => {
+            if w.files.is_empty() {
+                return Err(field("files", "an `hf` download needs `files`: the repo files to fetch".into()));
+            }
+            if repo.split('/').any(|p| p.is_empty() || p == "..") {
+                return Err(field("hf", format!("`{repo}` is not a repo name like ORG/NAME")));
+            }
+            if w.sha256.is_some() || w.extract.is_some() {
+                return Err(field("hf", "`sha256` and `extract` apply to `url` downloads".into()));
+            }
+        }
+        (Some(url), None) => {
+            let parsed = reqwest::Url::parse(url).map_err(|e| field("url", format!("invalid URL: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(field("url", format!("unsupported scheme `{}`", parsed.scheme())));
+            }
+            if w.revision.is_some() {
+                return Err(field("revision", "`revision` applies to `hf` downloads".into()));
+            }
+        }
+    }
+    if let Some(s) = &w.sha256 {
+        if s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(field("sha256", format!("`{s}` is not a sha256 hex digest")));
+        }
+    }
+    for f in &w.files {
+        if Path::new(f).is_absolute() || f.split('/').any(|p| p == "..") {
+            return Err(field("files", format!("`{f}` must be a relative path")));
+        }
+    }
+    Ok(w)
+}
+
+fn sha256_file(path: &Path) -> Result<String, StageError> {
+    let f = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(pipe_engine::cache::Digest::of_reader(f)?.0.to_hex())
+}
+
+/// Check the downloaded content against the manifest's pin, else the lock's.
+fn check_pin(ctx: &StageContext, url: &str, pin_name: &str, explicit: Option<&str>, actual: &str) -> Result<(), StageError> {
+    if let Some(expected) = explicit {
+        if !expected.eq_ignore_ascii_case(actual) {
+            return Err(format!("sha256 mismatch for {}: expected {expected}, got {actual}", redact(url)).into());
+        }
+    } else if let Some(locked) = ctx.locked_pins.get(pin_name) {
+        if locked != actual {
+            return Err(format!(
+                "{} changed since pipe.lock recorded it (sha256 {locked}, now {actual}); run `pipe run --force {}` to accept the new content",
+                redact(url),
+                ctx.stage.name
+            )
+            .into());
+        }
+    }
+    ctx.pin(pin_name, actual);
+    Ok(())
+}
+
+pub struct Download;
+
+impl StageKind for Download {
+    fn name(&self) -> &'static str {
+        "download"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn check(&self, with: &Value) -> Result<(), WithError> {
+        parse(with).map(|_| ())
+    }
+
+    fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
+        let w = parse(&ctx.stage.with).map_err(|e| e.message)?;
+        let fetcher = Fetcher::new(Duration::from_secs_f64(w.timeout.max(0.001)), w.retries)?;
+        let progress = |name: &str| {
+            let name = name.to_string();
+            move |have: u64, total: Option<u64>| match total {
+                Some(t) => ctx.progress(&format!("{name}: {:.1}/{:.1} MB", have as f64 / 1e6, t as f64 / 1e6)),
+                None => ctx.progress(&format!("{name}: {:.1} MB", have as f64 / 1e6)),
+            }
+        };
+        if let Some(repo) = &w.hf {
+            let base = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
+            let revision = w.revision.as_deref().unwrap_or("main");
+            for file in &w.files {
+                let url = format!("{}/{repo}/resolve/{revision}/{file}", base.trim_end_matches('/'));
+                let dest = ctx.out.join(file);
+                if let Some(dir) = dest.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                fetcher.fetch(&url, &dest, ctx.cancel, &progress(file))?;
+                let actual = sha256_file(&dest)?;
+                check_pin(ctx, &url, &format!("sha256:{file}"), None, &actual)?;
+            }
+            return Ok(());
+        }
+        let url = w.url.as_deref().unwrap_or_default();
+        let parsed = reqwest::Url::parse(url)?;
+        let name = parsed
+            .path_segments()
+            .and_then(|mut s| s.next_back().map(str::to_string))
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "download".into());
+        let format = w.extract.unwrap_or_else(|| Format::from_name(&name));
+        let staged = ctx.out.join(format!(".partial-{name}"));
+        fetcher.fetch(url, &staged, ctx.cancel, &progress(&name))?;
+        let actual = sha256_file(&staged)?;
+        check_pin(ctx, url, "sha256", w.sha256.as_deref(), &actual)?;
+        if format == Format::None {
+            if !w.files.is_empty() {
+                return Err("`files` selects entries of an archive; this download is not extracted".into());
+            }
+            std::fs::rename(&staged, ctx.out.join(&name))?;
+        } else {
+            archive::extract(&staged, format, ctx.out, &w.files, w.max_bytes)
+                .map_err(|e| format!("{}: {}", redact(url), pipe_engine::executor::error_chain(&e)))?;
+            std::fs::remove_file(&staged)?;
+        }
+        Ok(())
+    }
+}
+
