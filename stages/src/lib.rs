@@ -10,14 +10,17 @@ pub mod archive;
 pub mod download;
 pub mod fetch;
 pub mod shell;
+pub mod split;
 
 pub use download::Download;
 pub use shell::Shell;
+pub use split::Split;
 
 /// Every built-in kind.
 pub fn registry() -> pipe_engine::Registry {
     let mut r = pipe_engine::Registry::new();
     r.register(Box::new(Shell));
     r.register(Box::new(Download));
+    r.register(Box::new(Split));
     r
 }
