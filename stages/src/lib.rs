@@ -5,16 +5,19 @@
 //! - [`shell`]: a command
 //! - [`download`] (with [`fetch`] and [`archive`]): URLs and Hub repos
 //! - [`split`]: CSV/TSV → train.csv/test.csv
+//! - [`upload`]: files → an object store (S3, local), with a verified receipt
 
 pub mod archive;
 pub mod download;
 pub mod fetch;
 pub mod shell;
 pub mod split;
+pub mod upload;
 
 pub use download::Download;
 pub use shell::Shell;
 pub use split::Split;
+pub use upload::Upload;
 
 /// Every built-in kind.
 pub fn registry() -> pipe_engine::Registry {
@@ -22,5 +25,6 @@ pub fn registry() -> pipe_engine::Registry {
     r.register(Box::new(Shell));
     r.register(Box::new(Download));
     r.register(Box::new(Split));
+    r.register(Box::new(Upload));
     r
 }

@@ -1,0 +1,270 @@
+//! `kind: upload`: publish every file of the input to an object store, like
+//! the blog's `sagemaker_session.upload_data`, and keep a receipt.
+//!
+//! ```yaml
+//! with: {to: s3://BUCKET/PREFIX, endpoint: http://127.0.0.1:9000, region: us-east-1, allow_http: true}
+//! with: {to: file:///srv/datasets/cola}     # or a workspace-relative dir: {to: uploads/cola}
+//! ```
+//!
+//! Credentials come from the standard AWS environment variables, else from the
+//! profile `AWS_PROFILE` (or `default`) in `~/.aws/credentials`; they are never
+//! part of `with`, the key, the receipt, `pipe.lock` or any message.
+//!
+//! An upload is an effect: its output is `uploaded.json` (URI, size and sha256
+//! of each object). Objects already holding the same bytes are not sent again;
+//! each sent object is read back and checked. On a cache hit the receipt is
+//! verified against the store (each object still there with the same sha256),
+//! and the stage runs again only if something drifted.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use object_store::{path::Path as ObjectPath, ObjectStore, PutPayload};
+use pipe_engine::cache::Digest;
+use pipe_engine::{StageContext, StageError, StageKind, WithError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct With {
+    to: String,
+    endpoint: Option<String>,
+    region: Option<String>,
+    #[serde(default)]
+    allow_http: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Receipt {
+    destination: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    endpoint: Option<String>,
+    objects: Vec<Object>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Object {
+    path: String,
+    uri: String,
+    size: u64,
+    sha256: String,
+}
+
+enum Dest {
+    S3 { bucket: String, prefix: String },
+    /// An absolute directory, from `file:///…`.
+    File(PathBuf),
+    /// A directory relative to the workspace root.
+    Workspace(PathBuf),
+}
+
+fn is_loopback(endpoint: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(endpoint) else { return false };
+    match url.host_str() {
+        Some("localhost") => true,
+        Some(h) => h.trim_matches(|c| c == '[' || c == ']').parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
+fn parse(v: &Value) -> Result<(With, Dest), WithError> {
+    let w: With = serde_json::from_value(v.clone()).map_err(WithError::from_serde)?;
+    let err = |f: &str, m: String| WithError { field: Some(f.into()), message: m };
+    let dest = if let Some(rest) = w.to.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(err("to", format!("`{}` names no bucket", w.to)));
+        }
+        Dest::S3 { bucket: bucket.into(), prefix: prefix.trim_matches('/').into() }
+    } else if let Some(path) = w.to.strip_prefix("file://") {
+        if !Path::new(path).is_absolute() {
+            return Err(err("to", format!("`{}`: a file:// URI needs an absolute path", w.to)));
+        }
+        Dest::File(path.into())
+    } else if w.to.contains("://") {
+        return Err(err("to", format!("unsupported destination `{}` (use s3://, file:// or a workspace dir)", w.to)));
+    } else {
+        let p = PathBuf::from(&w.to);
+        if p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
+            return Err(err("to", format!("`{}` must be inside the workspace (or use file:///ABS/DIR)", w.to)));
+        }
+        Dest::Workspace(p)
+    };
+    if !matches!(dest, Dest::S3 { .. }) && (w.endpoint.is_some() || w.region.is_some() || w.allow_http) {
+        return Err(err("endpoint", "`endpoint`, `region` and `allow_http` apply to s3:// destinations".into()));
+    }
+    if w.allow_http && !w.endpoint.as_deref().is_some_and(is_loopback) {
+        return Err(err("allow_http", "`allow_http` is only allowed for a loopback `endpoint` (127.0.0.1, localhost, ::1)".into()));
+    }
+    Ok((w, dest))
+}
+
+/// `(access key, secret, session token)` from `~/.aws/credentials`.
+fn profile_credentials() -> Option<(String, String, Option<String>)> {
+    let home = std::env::var_os("HOME")?;
+    let file = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE").map(PathBuf::from).unwrap_or_else(|| Path::new(&home).join(".aws/credentials"));
+    let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
+    let text = std::fs::read_to_string(file).ok()?;
+    let mut section = String::new();
+    let mut values = BTreeMap::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.trim().to_string();
+        } else if section == profile {
+            if let Some((k, v)) = line.split_once('=') {
+                values.insert(k.trim().to_string(), v.trim().to_string());
+            }
+        }
+    }
+    Some((values.remove("aws_access_key_id")?, values.remove("aws_secret_access_key")?, values.remove("aws_session_token")))
+}
+
+/// The store, the object-path prefix, and the URI prefix of a destination.
+fn open(w: &With, dest: &Dest, workspace: &Path) -> Result<(Arc<dyn ObjectStore>, String, String), StageError> {
+    Ok(match dest {
+        Dest::S3 { bucket, prefix } => {
+            let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+            if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+                if let Some((key, secret, token)) = profile_credentials() {
+                    b = b.with_access_key_id(key).with_secret_access_key(secret);
+                    if let Some(t) = token {
+                        b = b.with_token(t);
+                    }
+                }
+            }
+            if let Some(region) = &w.region {
+                b = b.with_region(region);
+            }
+            if let Some(endpoint) = &w.endpoint {
+                b = b.with_endpoint(endpoint).with_allow_http(w.allow_http);
+            }
+            let store = b.build().map_err(|e| format!("cannot configure s3://{bucket}: {e}"))?;
+            (Arc::new(store), prefix.clone(), format!("s3://{bucket}/{}", with_slash(prefix)))
+        }
+        Dest::File(dir) | Dest::Workspace(dir) => {
+            let abs = workspace.join(dir);
+            std::fs::create_dir_all(&abs).map_err(|e| format!("cannot create {}: {e}", abs.display()))?;
+            let store = object_store::local::LocalFileSystem::new_with_prefix(&abs)?;
+            let uri = match dest {
+                Dest::File(_) => format!("file://{}/", abs.display()),
+                _ => with_slash(&dir.to_string_lossy()),
+            };
+            (Arc::new(store), String::new(), uri)
+        }
+    })
+}
+
+fn with_slash(s: &str) -> String {
+    let s = s.trim_matches('/');
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!("{s}/")
+    }
+}
+
+fn object_path(prefix: &str, rel: &str) -> Result<ObjectPath, StageError> {
+    let full = if prefix.is_empty() { rel.to_string() } else { format!("{prefix}/{rel}") };
+    Ok(ObjectPath::parse(full)?)
+}
+
+/// sha256 of the object at `path`, or `None` if it does not exist.
+async fn remote_sha256(store: &dyn ObjectStore, path: &ObjectPath) -> Result<Option<(u64, String)>, StageError> {
+    match store.get(path).await {
+        Ok(r) => {
+            let bytes = r.bytes().await?;
+            Ok(Some((bytes.len() as u64, Digest::of(&bytes).to_hex())))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, StageError> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+fn files(dir: &Path) -> Result<Vec<String>, StageError> {
+    let tree = pipe_engine::cache::Tree::scan(dir, &pipe_engine::cache::PlainHasher)?;
+    Ok(tree.files().map(|(p, ..)| p.to_string()).collect())
+}
+
+pub struct Upload;
+
+impl StageKind for Upload {
+    fn name(&self) -> &'static str {
+        "upload"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn check(&self, with: &Value) -> Result<(), WithError> {
+        parse(with).map(|_| ())
+    }
+
+    fn is_effect(&self, _: &pipe_engine::Stage) -> bool {
+        true
+    }
+
+    fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
+        let (w, dest) = parse(&ctx.stage.with).map_err(|e| e.message)?;
+        let mut inputs = ctx.inputs.values();
+        let (Some(src), None) = (inputs.next(), inputs.next()) else {
+            return Err("upload takes exactly one input: the file or folder to publish".into());
+        };
+        let (store, prefix, uri) = open(&w, &dest, ctx.workspace)?;
+        let (root, rels) = if src.is_dir() {
+            (src.clone(), files(src)?)
+        } else {
+            let name = src.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            (src.parent().unwrap_or(Path::new("/")).to_path_buf(), vec![name])
+        };
+        let rt = runtime()?;
+        let mut objects = Vec::new();
+        for rel in rels {
+            let bytes = std::fs::read(root.join(&rel))?;
+            let sha256 = Digest::of(&bytes).to_hex();
+            let size = bytes.len() as u64;
+            let path = object_path(&prefix, &rel)?;
+            let target = format!("{uri}{rel}");
+            rt.block_on(async {
+                if let Some((s, h)) = remote_sha256(store.as_ref(), &path).await? {
+                    if s == size && h == sha256 {
+                        ctx.progress(&format!("{target}: unchanged"));
+                        return Ok::<(), StageError>(());
+                    }
+                }
+                store.put(&path, PutPayload::from(bytes)).await.map_err(|e| format!("cannot upload {target}: {e}"))?;
+                match remote_sha256(store.as_ref(), &path).await? {
+                    Some((s, h)) if s == size && h == sha256 => Ok(()),
+                    _ => Err(format!("{target}: read back after upload does not match what was sent").into()),
+                }
+            })?;
+            ctx.progress(&format!("{target}: {size} bytes"));
+            objects.push(Object { path: rel, uri: target, size, sha256 });
+        }
+        let receipt = Receipt { destination: w.to.clone(), endpoint: w.endpoint.clone(), objects };
+        std::fs::write(ctx.out.join("uploaded.json"), serde_json::to_string_pretty(&receipt)? + "\n")?;
+        Ok(())
+    }
+
+    fn verify(&self, ctx: &StageContext) -> Result<Option<String>, StageError> {
+        let (w, dest) = parse(&ctx.stage.with).map_err(|e| e.message)?;
+        let receipt: Receipt = serde_json::from_slice(&std::fs::read(ctx.out.join("uploaded.json"))?)?;
+        let (store, prefix, _) = open(&w, &dest, ctx.workspace)?;
+        let rt = runtime()?;
+        for o in &receipt.objects {
+            let path = object_path(&prefix, &o.path)?;
+            match rt.block_on(remote_sha256(store.as_ref(), &path))? {
+                Some((_, h)) if h == o.sha256 => {}
+                Some(_) => return Ok(Some(format!("{} was changed", o.uri))),
+                None => return Ok(Some(format!("{} is gone", o.uri))),
+            }
+        }
+        Ok(None)
+    }
+}
