@@ -419,7 +419,9 @@ mod tests {
             fs::write(p, c).unwrap();
         }
         let rec = record(n);
-        store.commit(rec.key(), rec, staged.path(), 0.0, BTreeMap::new()).unwrap()
+        store
+            .commit(rec.key(), rec, staged.path(), 0.0, BTreeMap::new())
+            .unwrap()
     }
 
     #[test]

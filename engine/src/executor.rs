@@ -121,7 +121,8 @@ impl Executor<'_> {
                     Ok(()) => {
                         let drift = if kind.is_effect(stage) {
                             let pins = Mutex::new(BTreeMap::new());
-                            let ctx = self.context(stage, &resolved, &out_dir, &log, &run.pins, &pins);
+                            let ctx =
+                                self.context(stage, &resolved, &out_dir, &log, &run.pins, &pins);
                             kind.verify(&ctx)?
                         } else {
                             None

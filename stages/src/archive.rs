@@ -93,10 +93,18 @@ impl Sink<'_> {
     }
 
     fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + '_ {
-        move |source| ArchiveError::Io { path: path.to_path_buf(), source }
+        move |source| ArchiveError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 
-    fn file(&mut self, rel: &Path, mut reader: impl Read, executable: bool) -> Result<(), ArchiveError> {
+    fn file(
+        &mut self,
+        rel: &Path,
+        mut reader: impl Read,
+        executable: bool,
+    ) -> Result<(), ArchiveError> {
         let path = self.dest.join(rel);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(Self::io(dir))?;
@@ -116,7 +124,8 @@ impl Sink<'_> {
         }
         if executable {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(Self::io(&path))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .map_err(Self::io(&path))?;
         }
         Ok(())
     }
@@ -124,7 +133,10 @@ impl Sink<'_> {
     fn link(&mut self, rel: &Path, target: &str) -> Result<(), ArchiveError> {
         let path = self.dest.join(rel);
         if !pipe_engine::cache::link_stays_inside(self.dest, &path, Path::new(target)) {
-            return Err(ArchiveError::UnsafeLink { name: rel.display().to_string(), target: target.to_string() });
+            return Err(ArchiveError::UnsafeLink {
+                name: rel.display().to_string(),
+                target: target.to_string(),
+            });
         }
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(Self::io(dir))?;
@@ -141,9 +153,21 @@ impl Sink<'_> {
 }
 
 /// Extract `archive` into `dest`.
-pub fn extract(archive: &Path, format: Format, dest: &Path, only: &[String], max_bytes: u64) -> Result<(), ArchiveError> {
+pub fn extract(
+    archive: &Path,
+    format: Format,
+    dest: &Path,
+    only: &[String],
+    max_bytes: u64,
+) -> Result<(), ArchiveError> {
     let open = || File::open(archive).map_err(Sink::io(archive));
-    let mut sink = Sink { dest, written: 0, limit: max_bytes, only, seen: vec![false; only.len()] };
+    let mut sink = Sink {
+        dest,
+        written: 0,
+        limit: max_bytes,
+        only,
+        seen: vec![false; only.len()],
+    };
     match format {
         Format::None => {}
         Format::Zip => {
@@ -161,7 +185,9 @@ pub fn extract(archive: &Path, format: Format, dest: &Path, only: &[String], max
                     std::fs::create_dir_all(&p).map_err(Sink::io(&p))?;
                 } else if mode & 0o170000 == 0o120000 {
                     let mut target = String::new();
-                    entry.read_to_string(&mut target).map_err(Sink::io(archive))?;
+                    entry
+                        .read_to_string(&mut target)
+                        .map_err(Sink::io(archive))?;
                     sink.link(&rel, &target)?;
                 } else {
                     sink.file(&rel, &mut entry, mode & 0o111 != 0)?;
@@ -187,7 +213,12 @@ pub fn extract(archive: &Path, format: Format, dest: &Path, only: &[String], max
                     let p = dest.join(&rel);
                     std::fs::create_dir_all(&p).map_err(Sink::io(&p))?;
                 } else if kind.is_symlink() || kind.is_hard_link() {
-                    let target = entry.link_name().ok().flatten().map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
+                    let target = entry
+                        .link_name()
+                        .ok()
+                        .flatten()
+                        .map(|t| t.to_string_lossy().into_owned())
+                        .unwrap_or_default();
                     if kind.is_hard_link() {
                         // Hard links name another entry by its archive path.
                         let target_rel = safe_path(&target)?;
@@ -198,7 +229,11 @@ pub fn extract(archive: &Path, format: Format, dest: &Path, only: &[String], max
                         sink.link(&rel, &target)?;
                     }
                 } else if kind.is_file() {
-                    let exec = entry.header().mode().map(|m| m & 0o111 != 0).unwrap_or(false);
+                    let exec = entry
+                        .header()
+                        .mode()
+                        .map(|m| m & 0o111 != 0)
+                        .unwrap_or(false);
                     sink.file(&rel, &mut entry, exec)?;
                 }
             }
@@ -215,7 +250,8 @@ mod tests {
         let f = tempfile::NamedTempFile::new().unwrap();
         let mut z = zip::ZipWriter::new(f.reopen().unwrap());
         for (name, data) in entries {
-            z.start_file(*name, zip::write::SimpleFileOptions::default()).unwrap();
+            z.start_file(*name, zip::write::SimpleFileOptions::default())
+                .unwrap();
             z.write_all(data).unwrap();
         }
         z.finish().unwrap();
@@ -234,7 +270,10 @@ mod tests {
     fn enforces_size_limit_and_subsets() {
         let z = zip_with(&[("a/x.txt", &[b'x'; 1000]), ("b.txt", b"b")]);
         let out = tempfile::tempdir().unwrap();
-        assert!(matches!(extract(z.path(), Format::Zip, out.path(), &[], 100), Err(ArchiveError::TooBig { .. })));
+        assert!(matches!(
+            extract(z.path(), Format::Zip, out.path(), &[], 100),
+            Err(ArchiveError::TooBig { .. })
+        ));
         let out = tempfile::tempdir().unwrap();
         extract(z.path(), Format::Zip, out.path(), &["b.txt".into()], 100).unwrap();
         assert!(out.path().join("b.txt").exists() && !out.path().join("a").exists());

@@ -53,28 +53,54 @@ fn default_max_bytes() -> u64 {
 
 fn parse(v: &Value) -> Result<With, WithError> {
     let w: With = serde_json::from_value(v.clone()).map_err(WithError::from_serde)?;
-    let field = |f: &str, m: String| WithError { field: Some(f.into()), message: m };
+    let field = |f: &str, m: String| WithError {
+        field: Some(f.into()),
+        message: m,
+    };
     match (&w.url, &w.hf) {
-        (Some(_), Some(_)) => return Err(field("hf", "give either `url` or `hf`, not both".into())),
-        (None, None) => return Err(WithError { field: None, message: "missing field `url` (or `hf` for a Hugging Face Hub repo)".into() }),
+        (Some(_), Some(_)) => {
+            return Err(field("hf", "give either `url` or `hf`, not both".into()))
+        }
+        (None, None) => {
+            return Err(WithError {
+                field: None,
+                message: "missing field `url` (or `hf` for a Hugging Face Hub repo)".into(),
+            })
+        }
         (None, Some(repo)) => {
             if w.files.is_empty() {
-                return Err(field("files", "an `hf` download needs `files`: the repo files to fetch".into()));
+                return Err(field(
+                    "files",
+                    "an `hf` download needs `files`: the repo files to fetch".into(),
+                ));
             }
             if repo.split('/').any(|p| p.is_empty() || p == "..") {
-                return Err(field("hf", format!("`{repo}` is not a repo name like ORG/NAME")));
+                return Err(field(
+                    "hf",
+                    format!("`{repo}` is not a repo name like ORG/NAME"),
+                ));
             }
             if w.sha256.is_some() || w.extract.is_some() {
-                return Err(field("hf", "`sha256` and `extract` apply to `url` downloads".into()));
+                return Err(field(
+                    "hf",
+                    "`sha256` and `extract` apply to `url` downloads".into(),
+                ));
             }
         }
         (Some(url), None) => {
-            let parsed = reqwest::Url::parse(url).map_err(|e| field("url", format!("invalid URL: {e}")))?;
+            let parsed =
+                reqwest::Url::parse(url).map_err(|e| field("url", format!("invalid URL: {e}")))?;
             if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(field("url", format!("unsupported scheme `{}`", parsed.scheme())));
+                return Err(field(
+                    "url",
+                    format!("unsupported scheme `{}`", parsed.scheme()),
+                ));
             }
             if w.revision.is_some() {
-                return Err(field("revision", "`revision` applies to `hf` downloads".into()));
+                return Err(field(
+                    "revision",
+                    "`revision` applies to `hf` downloads".into(),
+                ));
             }
         }
     }
@@ -92,15 +118,26 @@ fn parse(v: &Value) -> Result<With, WithError> {
 }
 
 fn sha256_file(path: &Path) -> Result<String, StageError> {
-    let f = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let f =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     Ok(pipe_engine::cache::Digest::of_reader(f)?.0.to_hex())
 }
 
 /// Check the downloaded content against the manifest's pin, else the lock's.
-fn check_pin(ctx: &StageContext, url: &str, pin_name: &str, explicit: Option<&str>, actual: &str) -> Result<(), StageError> {
+fn check_pin(
+    ctx: &StageContext,
+    url: &str,
+    pin_name: &str,
+    explicit: Option<&str>,
+    actual: &str,
+) -> Result<(), StageError> {
     if let Some(expected) = explicit {
         if !expected.eq_ignore_ascii_case(actual) {
-            return Err(format!("sha256 mismatch for {}: expected {expected}, got {actual}", redact(url)).into());
+            return Err(format!(
+                "sha256 mismatch for {}: expected {expected}, got {actual}",
+                redact(url)
+            )
+            .into());
         }
     } else if let Some(locked) = ctx.locked_pins.get(pin_name) {
         if locked != actual {
@@ -137,15 +174,23 @@ impl StageKind for Download {
         let progress = |name: &str| {
             let name = name.to_string();
             move |have: u64, total: Option<u64>| match total {
-                Some(t) => ctx.progress(&format!("{name}: {:.1}/{:.1} MB", have as f64 / 1e6, t as f64 / 1e6)),
+                Some(t) => ctx.progress(&format!(
+                    "{name}: {:.1}/{:.1} MB",
+                    have as f64 / 1e6,
+                    t as f64 / 1e6
+                )),
                 None => ctx.progress(&format!("{name}: {:.1} MB", have as f64 / 1e6)),
             }
         };
         if let Some(repo) = &w.hf {
-            let base = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
+            let base =
+                std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
             let revision = w.revision.as_deref().unwrap_or("main");
             for file in &w.files {
-                let url = format!("{}/{repo}/resolve/{revision}/{file}", base.trim_end_matches('/'));
+                let url = format!(
+                    "{}/{repo}/resolve/{revision}/{file}",
+                    base.trim_end_matches('/')
+                );
                 let dest = ctx.out.join(file);
                 if let Some(dir) = dest.parent() {
                     std::fs::create_dir_all(dir)?;
@@ -170,15 +215,21 @@ impl StageKind for Download {
         check_pin(ctx, url, "sha256", w.sha256.as_deref(), &actual)?;
         if format == Format::None {
             if !w.files.is_empty() {
-                return Err("`files` selects entries of an archive; this download is not extracted".into());
+                return Err(
+                    "`files` selects entries of an archive; this download is not extracted".into(),
+                );
             }
             std::fs::rename(&staged, ctx.out.join(&name))?;
         } else {
-            archive::extract(&staged, format, ctx.out, &w.files, w.max_bytes)
-                .map_err(|e| format!("{}: {}", redact(url), pipe_engine::executor::error_chain(&e)))?;
+            archive::extract(&staged, format, ctx.out, &w.files, w.max_bytes).map_err(|e| {
+                format!(
+                    "{}: {}",
+                    redact(url),
+                    pipe_engine::executor::error_chain(&e)
+                )
+            })?;
             std::fs::remove_file(&staged)?;
         }
         Ok(())
     }
 }
-

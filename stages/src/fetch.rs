@@ -23,7 +23,11 @@ pub enum FetchError {
     #[error("GET {url}: HTTP {status}")]
     Status { url: String, status: StatusCode },
     #[error("GET {url}: gave up after {attempts} attempts: {last}")]
-    GaveUp { url: String, attempts: u32, last: String },
+    GaveUp {
+        url: String,
+        attempts: u32,
+        last: String,
+    },
     #[error("cannot write {}", path.display())]
     Io {
         path: PathBuf,
@@ -60,8 +64,14 @@ impl Fetcher {
             .timeout(timeout)
             .user_agent(concat!("pipe/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let mirror = std::env::var_os("PIPE_MIRROR").filter(|m| !m.is_empty()).map(PathBuf::from);
-        Ok(Fetcher { client, retries, mirror })
+        let mirror = std::env::var_os("PIPE_MIRROR")
+            .filter(|m| !m.is_empty())
+            .map(PathBuf::from);
+        Ok(Fetcher {
+            client,
+            retries,
+            mirror,
+        })
     }
 
     /// Where `url` would be found in the mirror, if it is there.
@@ -81,8 +91,12 @@ impl Fetcher {
         progress: &dyn Fn(u64, Option<u64>),
     ) -> Result<(), FetchError> {
         let shown = redact(url);
-        let parsed = reqwest::Url::parse(url).map_err(|_| FetchError::Url { url: shown.clone() })?;
-        let io = |source| FetchError::Io { path: dest.to_path_buf(), source };
+        let parsed =
+            reqwest::Url::parse(url).map_err(|_| FetchError::Url { url: shown.clone() })?;
+        let io = |source| FetchError::Io {
+            path: dest.to_path_buf(),
+            source,
+        };
         if let Some(local) = self.mirrored(&parsed) {
             tracing::info!(url = %shown, mirror = %local.display(), "from mirror");
             std::fs::copy(&local, dest).map_err(io)?;
@@ -123,10 +137,22 @@ impl Fetcher {
             if !append {
                 have = 0;
             }
-            resumable = resp.headers().get(ACCEPT_RANGES).is_some_and(|v| v.as_bytes() == b"bytes");
-            let length = resp.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            resumable = resp
+                .headers()
+                .get(ACCEPT_RANGES)
+                .is_some_and(|v| v.as_bytes() == b"bytes");
+            let length = resp
+                .headers()
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
             let total = length.map(|l| l + have);
-            let mut file = OpenOptions::new().create(true).write(true).append(append).truncate(!append).open(dest).map_err(io)?;
+            let mut file = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(append)
+                .truncate(!append)
+                .open(dest)
+                .map_err(io)?;
             match copy(&mut resp, &mut file, &mut have, total, cancel, progress) {
                 Ok(()) => {}
                 Err(CopyError::Io(e)) => return Err(io(e)),
@@ -145,7 +171,11 @@ impl Fetcher {
             file.sync_all().map_err(io)?;
             return Ok(());
         }
-        Err(FetchError::GaveUp { url: shown, attempts: self.retries + 1, last })
+        Err(FetchError::GaveUp {
+            url: shown,
+            attempts: self.retries + 1,
+            last,
+        })
     }
 }
 

@@ -53,7 +53,10 @@ struct Object {
 }
 
 enum Dest {
-    S3 { bucket: String, prefix: String },
+    S3 {
+        bucket: String,
+        prefix: String,
+    },
     /// An absolute directory, from `file:///…`.
     File(PathBuf),
     /// A directory relative to the workspace root.
@@ -61,42 +64,77 @@ enum Dest {
 }
 
 fn is_loopback(endpoint: &str) -> bool {
-    let Ok(url) = reqwest::Url::parse(endpoint) else { return false };
+    let Ok(url) = reqwest::Url::parse(endpoint) else {
+        return false;
+    };
     match url.host_str() {
         Some("localhost") => true,
-        Some(h) => h.trim_matches(|c| c == '[' || c == ']').parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+        Some(h) => h
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
         None => false,
     }
 }
 
 fn parse(v: &Value) -> Result<(With, Dest), WithError> {
     let w: With = serde_json::from_value(v.clone()).map_err(WithError::from_serde)?;
-    let err = |f: &str, m: String| WithError { field: Some(f.into()), message: m };
+    let err = |f: &str, m: String| WithError {
+        field: Some(f.into()),
+        message: m,
+    };
     let dest = if let Some(rest) = w.to.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
             return Err(err("to", format!("`{}` names no bucket", w.to)));
         }
-        Dest::S3 { bucket: bucket.into(), prefix: prefix.trim_matches('/').into() }
+        Dest::S3 {
+            bucket: bucket.into(),
+            prefix: prefix.trim_matches('/').into(),
+        }
     } else if let Some(path) = w.to.strip_prefix("file://") {
         if !Path::new(path).is_absolute() {
-            return Err(err("to", format!("`{}`: a file:// URI needs an absolute path", w.to)));
+            return Err(err(
+                "to",
+                format!("`{}`: a file:// URI needs an absolute path", w.to),
+            ));
         }
         Dest::File(path.into())
     } else if w.to.contains("://") {
-        return Err(err("to", format!("unsupported destination `{}` (use s3://, file:// or a workspace dir)", w.to)));
+        return Err(err(
+            "to",
+            format!(
+                "unsupported destination `{}` (use s3://, file:// or a workspace dir)",
+                w.to
+            ),
+        ));
     } else {
         let p = PathBuf::from(&w.to);
         if p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
-            return Err(err("to", format!("`{}` must be inside the workspace (or use file:///ABS/DIR)", w.to)));
+            return Err(err(
+                "to",
+                format!(
+                    "`{}` must be inside the workspace (or use file:///ABS/DIR)",
+                    w.to
+                ),
+            ));
         }
         Dest::Workspace(p)
     };
-    if !matches!(dest, Dest::S3 { .. }) && (w.endpoint.is_some() || w.region.is_some() || w.allow_http) {
-        return Err(err("endpoint", "`endpoint`, `region` and `allow_http` apply to s3:// destinations".into()));
+    if !matches!(dest, Dest::S3 { .. })
+        && (w.endpoint.is_some() || w.region.is_some() || w.allow_http)
+    {
+        return Err(err(
+            "endpoint",
+            "`endpoint`, `region` and `allow_http` apply to s3:// destinations".into(),
+        ));
     }
     if w.allow_http && !w.endpoint.as_deref().is_some_and(is_loopback) {
-        return Err(err("allow_http", "`allow_http` is only allowed for a loopback `endpoint` (127.0.0.1, localhost, ::1)".into()));
+        return Err(err(
+            "allow_http",
+            "`allow_http` is only allowed for a loopback `endpoint` (127.0.0.1, localhost, ::1)"
+                .into(),
+        ));
     }
     Ok((w, dest))
 }
@@ -104,7 +142,9 @@ fn parse(v: &Value) -> Result<(With, Dest), WithError> {
 /// `(access key, secret, session token)` from `~/.aws/credentials`.
 fn profile_credentials() -> Option<(String, String, Option<String>)> {
     let home = std::env::var_os("HOME")?;
-    let file = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE").map(PathBuf::from).unwrap_or_else(|| Path::new(&home).join(".aws/credentials"));
+    let file = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(&home).join(".aws/credentials"));
     let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
     let text = std::fs::read_to_string(file).ok()?;
     let mut section = String::new();
@@ -118,11 +158,19 @@ fn profile_credentials() -> Option<(String, String, Option<String>)> {
             }
         }
     }
-    Some((values.remove("aws_access_key_id")?, values.remove("aws_secret_access_key")?, values.remove("aws_session_token")))
+    Some((
+        values.remove("aws_access_key_id")?,
+        values.remove("aws_secret_access_key")?,
+        values.remove("aws_session_token"),
+    ))
 }
 
 /// The store, the object-path prefix, and the URI prefix of a destination.
-fn open(w: &With, dest: &Dest, workspace: &Path) -> Result<(Arc<dyn ObjectStore>, String, String), StageError> {
+fn open(
+    w: &With,
+    dest: &Dest,
+    workspace: &Path,
+) -> Result<(Arc<dyn ObjectStore>, String, String), StageError> {
     Ok(match dest {
         Dest::S3 { bucket, prefix } => {
             let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
@@ -140,12 +188,19 @@ fn open(w: &With, dest: &Dest, workspace: &Path) -> Result<(Arc<dyn ObjectStore>
             if let Some(endpoint) = &w.endpoint {
                 b = b.with_endpoint(endpoint).with_allow_http(w.allow_http);
             }
-            let store = b.build().map_err(|e| format!("cannot configure s3://{bucket}: {e}"))?;
-            (Arc::new(store), prefix.clone(), format!("s3://{bucket}/{}", with_slash(prefix)))
+            let store = b
+                .build()
+                .map_err(|e| format!("cannot configure s3://{bucket}: {e}"))?;
+            (
+                Arc::new(store),
+                prefix.clone(),
+                format!("s3://{bucket}/{}", with_slash(prefix)),
+            )
         }
         Dest::File(dir) | Dest::Workspace(dir) => {
             let abs = workspace.join(dir);
-            std::fs::create_dir_all(&abs).map_err(|e| format!("cannot create {}: {e}", abs.display()))?;
+            std::fs::create_dir_all(&abs)
+                .map_err(|e| format!("cannot create {}: {e}", abs.display()))?;
             let store = object_store::local::LocalFileSystem::new_with_prefix(&abs)?;
             let uri = match dest {
                 Dest::File(_) => format!("file://{}/", abs.display()),
@@ -166,12 +221,19 @@ fn with_slash(s: &str) -> String {
 }
 
 fn object_path(prefix: &str, rel: &str) -> Result<ObjectPath, StageError> {
-    let full = if prefix.is_empty() { rel.to_string() } else { format!("{prefix}/{rel}") };
+    let full = if prefix.is_empty() {
+        rel.to_string()
+    } else {
+        format!("{prefix}/{rel}")
+    };
     Ok(ObjectPath::parse(full)?)
 }
 
 /// sha256 of the object at `path`, or `None` if it does not exist.
-async fn remote_sha256(store: &dyn ObjectStore, path: &ObjectPath) -> Result<Option<(u64, String)>, StageError> {
+async fn remote_sha256(
+    store: &dyn ObjectStore,
+    path: &ObjectPath,
+) -> Result<Option<(u64, String)>, StageError> {
     match store.get(path).await {
         Ok(r) => {
             let bytes = r.bytes().await?;
@@ -183,7 +245,9 @@ async fn remote_sha256(store: &dyn ObjectStore, path: &ObjectPath) -> Result<Opt
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, StageError> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn files(dir: &Path) -> Result<Vec<String>, StageError> {
@@ -220,8 +284,14 @@ impl StageKind for Upload {
         let (root, rels) = if src.is_dir() {
             (src.clone(), files(src)?)
         } else {
-            let name = src.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            (src.parent().unwrap_or(Path::new("/")).to_path_buf(), vec![name])
+            let name = src
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (
+                src.parent().unwrap_or(Path::new("/")).to_path_buf(),
+                vec![name],
+            )
         };
         let rt = runtime()?;
         let mut objects = Vec::new();
@@ -238,23 +308,42 @@ impl StageKind for Upload {
                         return Ok::<(), StageError>(());
                     }
                 }
-                store.put(&path, PutPayload::from(bytes)).await.map_err(|e| format!("cannot upload {target}: {e}"))?;
+                store
+                    .put(&path, PutPayload::from(bytes))
+                    .await
+                    .map_err(|e| format!("cannot upload {target}: {e}"))?;
                 match remote_sha256(store.as_ref(), &path).await? {
                     Some((s, h)) if s == size && h == sha256 => Ok(()),
-                    _ => Err(format!("{target}: read back after upload does not match what was sent").into()),
+                    _ => Err(format!(
+                        "{target}: read back after upload does not match what was sent"
+                    )
+                    .into()),
                 }
             })?;
             ctx.progress(&format!("{target}: {size} bytes"));
-            objects.push(Object { path: rel, uri: target, size, sha256 });
+            objects.push(Object {
+                path: rel,
+                uri: target,
+                size,
+                sha256,
+            });
         }
-        let receipt = Receipt { destination: w.to.clone(), endpoint: w.endpoint.clone(), objects };
-        std::fs::write(ctx.out.join("uploaded.json"), serde_json::to_string_pretty(&receipt)? + "\n")?;
+        let receipt = Receipt {
+            destination: w.to.clone(),
+            endpoint: w.endpoint.clone(),
+            objects,
+        };
+        std::fs::write(
+            ctx.out.join("uploaded.json"),
+            serde_json::to_string_pretty(&receipt)? + "\n",
+        )?;
         Ok(())
     }
 
     fn verify(&self, ctx: &StageContext) -> Result<Option<String>, StageError> {
         let (w, dest) = parse(&ctx.stage.with).map_err(|e| e.message)?;
-        let receipt: Receipt = serde_json::from_slice(&std::fs::read(ctx.out.join("uploaded.json"))?)?;
+        let receipt: Receipt =
+            serde_json::from_slice(&std::fs::read(ctx.out.join("uploaded.json"))?)?;
         let (store, prefix, _) = open(&w, &dest, ctx.workspace)?;
         let rt = runtime()?;
         for o in &receipt.objects {

@@ -43,7 +43,20 @@ impl TestWorkspace {
 
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_pipe"));
-        c.args(args).current_dir(self.root()).env_remove("RUST_LOG");
+        c.args(args).current_dir(self.root());
+        for var in [
+            "RUST_LOG",
+            "PIPE_MIRROR",
+            "HF_ENDPOINT",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_PROFILE",
+            "AWS_ENDPOINT",
+            "AWS_REGION",
+        ] {
+            c.env_remove(var);
+        }
         c
     }
 
@@ -113,3 +126,5 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+pub mod http;
+pub mod s3;

@@ -79,11 +79,23 @@ fn default_seed() -> u32 {
 fn parse(v: &Value) -> Result<With, WithError> {
     let w: With = serde_json::from_value(v.clone()).map_err(WithError::from_serde)?;
     if !(w.test_fraction > 0.0 && w.test_fraction < 1.0) {
-        return Err(WithError { field: Some("test_fraction".into()), message: format!("test_fraction must be between 0 and 1, got {}", w.test_fraction) });
+        return Err(WithError {
+            field: Some("test_fraction".into()),
+            message: format!(
+                "test_fraction must be between 0 and 1, got {}",
+                w.test_fraction
+            ),
+        });
     }
-    for (field, col) in [("text_column", &w.text_column), ("label_column", &w.label_column)] {
+    for (field, col) in [
+        ("text_column", &w.text_column),
+        ("label_column", &w.label_column),
+    ] {
         if matches!(col, Column::Name(_)) && !w.header {
-            return Err(WithError { field: Some(field.into()), message: format!("{field} names a column, but `header: false`; use its index") });
+            return Err(WithError {
+                field: Some(field.into()),
+                message: format!("{field} names a column, but `header: false`; use its index"),
+            });
         }
     }
     Ok(w)
@@ -102,7 +114,13 @@ impl Split {
         let mut it = ctx.inputs.iter();
         match (it.next(), it.next()) {
             (Some((name, path)), None) => {
-                let source = ctx.stage.inputs.iter().find(|i| &i.name == name).map(|i| i.source.as_str()).unwrap_or(name);
+                let source = ctx
+                    .stage
+                    .inputs
+                    .iter()
+                    .find(|i| &i.name == name)
+                    .map(|i| i.source.as_str())
+                    .unwrap_or(name);
                 Ok((source, path.as_path()))
             }
             _ => Err("split takes exactly one input: the CSV/TSV file to split".into()),
@@ -111,7 +129,10 @@ impl Split {
 
     fn read(w: &With, source: &str, path: &Path) -> Result<(Vec<Row>, usize), StageError> {
         let format = w.format.unwrap_or_else(|| {
-            if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("tsv")) {
+            if path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("tsv"))
+            {
                 FileFormat::Tsv
             } else {
                 FileFormat::Csv
@@ -123,15 +144,35 @@ impl Split {
             // TSV has no quoting: a `"` inside a sentence is just a character.
             builder.delimiter(b'\t').quoting(false);
         }
-        let mut reader = builder.from_path(path).map_err(|e| format!("cannot read {source}: {e}"))?;
-        let headers = if w.header { Some(reader.byte_headers().map_err(|e| format!("{source}: {e}"))?.clone()) } else { None };
+        let mut reader = builder
+            .from_path(path)
+            .map_err(|e| format!("cannot read {source}: {e}"))?;
+        let headers = if w.header {
+            Some(
+                reader
+                    .byte_headers()
+                    .map_err(|e| format!("{source}: {e}"))?
+                    .clone(),
+            )
+        } else {
+            None
+        };
         let index = |c: &Column, what: &str| -> Result<usize, StageError> {
             match c {
                 Column::Index(i) => Ok(*i),
                 Column::Name(n) => headers
                     .as_ref()
                     .and_then(|h| h.iter().position(|x| x == n.as_bytes()))
-                    .ok_or_else(|| format!("{source}: no column named `{n}` for {what} (header: {})", headers.as_ref().map(|h| String::from_utf8_lossy(h.as_slice()).replace('\0', ",")).unwrap_or_default()).into()),
+                    .ok_or_else(|| {
+                        format!(
+                            "{source}: no column named `{n}` for {what} (header: {})",
+                            headers
+                                .as_ref()
+                                .map(|h| String::from_utf8_lossy(h.as_slice()).replace('\0', ","))
+                                .unwrap_or_default()
+                        )
+                        .into()
+                    }),
             }
         };
         let text_at = index(&w.text_column, "text_column")?;
@@ -153,7 +194,10 @@ impl Split {
             let row = (|| -> Result<Row, String> {
                 let expected = *width.get_or_insert(record.len());
                 if record.len() != expected {
-                    return Err(format!("expected {expected} columns, found {}", record.len()));
+                    return Err(format!(
+                        "expected {expected} columns, found {}",
+                        record.len()
+                    ));
                 }
                 let field = |i: usize| -> Result<&str, String> {
                     let bytes = record.get(i).ok_or_else(|| format!("no column {i}"))?;
@@ -162,8 +206,17 @@ impl Split {
                 let text = field(text_at)?.to_string();
                 let raw = field(label_at)?.trim();
                 let label = match &w.labels {
-                    Some(map) => *map.get(raw).ok_or_else(|| format!("label `{raw}` is not in `labels` ({})", map.keys().cloned().collect::<Vec<_>>().join(", ")))?,
-                    None => raw.parse::<i64>().map_err(|_| format!("label `{raw}` is not an integer (map string labels with `labels:`)"))?,
+                    Some(map) => *map.get(raw).ok_or_else(|| {
+                        format!(
+                            "label `{raw}` is not in `labels` ({})",
+                            map.keys().cloned().collect::<Vec<_>>().join(", ")
+                        )
+                    })?,
+                    None => raw.parse::<i64>().map_err(|_| {
+                        format!(
+                            "label `{raw}` is not an integer (map string labels with `labels:`)"
+                        )
+                    })?,
                 };
                 Ok(Row { text, label })
             })();
@@ -173,7 +226,12 @@ impl Split {
                     tracing::debug!("{source}:{line}: skipped: {e}");
                     skipped += 1;
                 }
-                Err(e) => return Err(format!("{source}:{line}: {e} (set `on_bad_row: skip` to skip such rows)").into()),
+                Err(e) => {
+                    return Err(format!(
+                        "{source}:{line}: {e} (set `on_bad_row: skip` to skip such rows)"
+                    )
+                    .into())
+                }
             }
         }
         Ok((rows, skipped))
@@ -212,7 +270,9 @@ impl Split {
 }
 
 fn write(path: &Path, rows: &[Row], idx: &[usize]) -> Result<Value, StageError> {
-    let mut out = csv::WriterBuilder::new().terminator(csv::Terminator::Any(b'\n')).from_path(path)?;
+    let mut out = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_path(path)?;
     out.write_record(["sentence", "label"])?;
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for &i in idx {
@@ -241,7 +301,11 @@ impl StageKind for Split {
         let (source, path) = Self::input(ctx)?;
         let (rows, skipped) = Self::read(&w, source, path)?;
         if rows.len() < 2 {
-            return Err(format!("{source}: {} usable rows; need at least 2 to split", rows.len()).into());
+            return Err(format!(
+                "{source}: {} usable rows; need at least 2 to split",
+                rows.len()
+            )
+            .into());
         }
         let (train, test) = Self::split(&w, &rows);
         let stats = json!({
@@ -250,7 +314,10 @@ impl StageKind for Split {
             "train": write(&ctx.out.join("train.csv"), &rows, &train)?,
             "test": write(&ctx.out.join("test.csv"), &rows, &test)?,
         });
-        std::fs::write(ctx.out.join("stats.json"), serde_json::to_string_pretty(&stats)? + "\n")?;
+        std::fs::write(
+            ctx.out.join("stats.json"),
+            serde_json::to_string_pretty(&stats)? + "\n",
+        )?;
         ctx.progress(&format!("{} train / {} test rows", train.len(), test.len()));
         Ok(())
     }

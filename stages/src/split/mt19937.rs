@@ -16,7 +16,9 @@ impl Mt19937 {
         let mut state = [0u32; N];
         state[0] = seed;
         for i in 1..N {
-            state[i] = 1812433253u32.wrapping_mul(state[i - 1] ^ (state[i - 1] >> 30)).wrapping_add(i as u32);
+            state[i] = 1812433253u32
+                .wrapping_mul(state[i - 1] ^ (state[i - 1] >> 30))
+                .wrapping_add(i as u32);
         }
         Mt19937 { state, pos: N }
     }
