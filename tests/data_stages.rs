@@ -52,6 +52,24 @@ fn truncated_body_fails_and_caches_nothing() {
 }
 
 #[test]
+fn a_cut_download_resumes_with_range() {
+    let server = Server::start();
+    let ws = TestWorkspace::new();
+    ws.manifest(&download_manifest(
+        &format!("{}/cutonce/{COLA}", server.base),
+        &format!(", sha256: {COLA_SHA256}"),
+    ));
+    assert_eq!(ws.ran(&[]), ["get"]);
+    let ranges = server.ranges(COLA);
+    let size = std::fs::metadata(shared_mirror().join(COLA)).unwrap().len() as usize;
+    assert_eq!(
+        ranges,
+        [0, size / 2],
+        "the second request asks only for the rest"
+    );
+}
+
+#[test]
 fn sha256_mismatch_is_an_error() {
     let server = Server::start();
     let ws = TestWorkspace::new();

@@ -5,6 +5,7 @@
 //!   `Accept-Ranges` and `Range` support
 //! - `/flaky/PATH`: HTTP 500 on the first request for PATH, then as `/ok/`
 //! - `/truncated/PATH`: promises the full length, sends half, closes
+//! - `/cutonce/PATH`: like `/truncated/` on the first request, then as `/ok/`
 //! - `/hang/PATH`: reads the request and never answers
 //!
 //! Every request is counted by path so tests can assert retries.
@@ -28,6 +29,8 @@ pub fn shared_mirror() -> PathBuf {
 #[derive(Default)]
 struct State {
     hits: HashMap<String, usize>,
+    /// `Range` start of each request, by path.
+    ranges: HashMap<String, Vec<usize>>,
     bodies: HashMap<String, Vec<u8>>,
 }
 
@@ -58,6 +61,16 @@ impl Server {
             .unwrap()
             .bodies
             .insert(path.to_string(), body);
+    }
+
+    pub fn ranges(&self, path: &str) -> Vec<usize> {
+        self.state
+            .lock()
+            .unwrap()
+            .ranges
+            .get(path)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn hits(&self, path: &str) -> usize {
@@ -97,7 +110,12 @@ fn handle(conn: TcpStream, state: &Mutex<State>) {
         let mut st = state.lock().unwrap();
         let n = st.hits.entry(path.to_string()).or_default();
         *n += 1;
-        *n
+        let n = *n;
+        st.ranges
+            .entry(path.to_string())
+            .or_default()
+            .push(range_start);
+        n
     };
     if mode == "hang" {
         let _ = reader.read(&mut [0u8; 1]);
@@ -133,7 +151,7 @@ fn handle(conn: TcpStream, state: &Mutex<State>) {
         rest.len()
     );
     let _ = conn.write_all(head.as_bytes());
-    if mode == "truncated" {
+    if mode == "truncated" || (mode == "cutonce" && hits == 1) {
         let _ = conn.write_all(&rest[..rest.len() / 2]);
     } else {
         let _ = conn.write_all(rest);
