@@ -217,24 +217,33 @@ fn mkfifo(path: &std::path::Path) {
 /// blocks until `release` (also a FIFO) is written.
 const GATED: &str = "version: 1\nname: g\nstages:\n  first:\n    kind: shell\n    with: {cmd: 'echo 1 > $PIPE_OUT/one'}\n  slow:\n    kind: shell\n    inputs: {x: 'first:'}\n    with: {cmd: 'if [ -p gate ]; then echo started > $PIPE_OUT/partial; echo started > gate; cat release > /dev/null; fi; echo done > $PIPE_OUT/done'}\n";
 
-#[test]
-fn sigkill_mid_stage_leaves_no_partial_entry() {
+fn gated_workspace() -> TestWorkspace {
     let ws = TestWorkspace::new();
     ws.manifest(GATED);
     mkfifo(&ws.path("gate"));
     mkfifo(&ws.path("release"));
-    let mut child = ws
-        .cmd(&["run", "pipe.yaml", "-j", "1"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Blocks until the stage has written its partial output and opened the gate.
+    ws
+}
+
+/// Blocks until `slow` has written its partial output and opened the gate.
+fn wait_until_slow_started(ws: &TestWorkspace) {
     let mut started = String::new();
     std::fs::File::open(ws.path("gate"))
         .unwrap()
         .read_to_string(&mut started)
         .unwrap();
     assert_eq!(started.trim(), "started");
+}
+
+#[test]
+fn sigkill_mid_stage_leaves_no_partial_entry() {
+    let ws = gated_workspace();
+    let mut child = ws
+        .cmd(&["run", "pipe.yaml", "-j", "1"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until_slow_started(&ws);
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     child.wait().unwrap();
     let records = files_under(&ws.path(".pipe/cas-v1/runs"));
@@ -254,21 +263,14 @@ fn sigkill_mid_stage_leaves_no_partial_entry() {
 
 #[test]
 fn a_second_run_waits_for_the_lock() {
-    let ws = TestWorkspace::new();
-    ws.manifest(GATED);
-    mkfifo(&ws.path("gate"));
-    mkfifo(&ws.path("release"));
+    let ws = gated_workspace();
     let first = ws
         .cmd(&["run", "pipe.yaml", "--json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut started = String::new();
-    std::fs::File::open(ws.path("gate"))
-        .unwrap()
-        .read_to_string(&mut started)
-        .unwrap();
+    wait_until_slow_started(&ws);
     let mut second = ws
         .cmd(&["run", "pipe.yaml", "--json"])
         .stdout(Stdio::piped())
