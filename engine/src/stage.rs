@@ -25,6 +25,19 @@ pub struct WithError {
 }
 
 impl WithError {
+    /// Deserialise a kind's typed `with:` struct.
+    pub fn parse<T: serde::de::DeserializeOwned>(with: &Value) -> Result<T, WithError> {
+        serde_json::from_value(with.clone()).map_err(WithError::from_serde)
+    }
+
+    /// A problem with one field.
+    pub fn field(field: &str, message: impl Into<String>) -> WithError {
+        WithError {
+            field: Some(field.to_string()),
+            message: message.into(),
+        }
+    }
+
     /// From a serde error; picks the field out of "unknown field `x`" / "missing field `x`".
     pub fn from_serde(e: impl std::fmt::Display) -> WithError {
         let message = e.to_string();
@@ -39,6 +52,14 @@ impl WithError {
         WithError { field, message }
     }
 }
+
+impl std::fmt::Display for WithError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for WithError {}
 
 /// Everything a running stage may touch.
 pub struct StageContext<'a> {

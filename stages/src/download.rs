@@ -52,14 +52,13 @@ fn default_max_bytes() -> u64 {
 }
 
 fn parse(v: &Value) -> Result<With, WithError> {
-    let w: With = serde_json::from_value(v.clone()).map_err(WithError::from_serde)?;
-    let field = |f: &str, m: String| WithError {
-        field: Some(f.into()),
-        message: m,
-    };
+    let w: With = WithError::parse(v)?;
     match (&w.url, &w.hf) {
         (Some(_), Some(_)) => {
-            return Err(field("hf", "give either `url` or `hf`, not both".into()))
+            return Err(WithError::field(
+                "hf",
+                "give either `url` or `hf`, not both",
+            ))
         }
         (None, None) => {
             return Err(WithError {
@@ -69,49 +68,55 @@ fn parse(v: &Value) -> Result<With, WithError> {
         }
         (None, Some(repo)) => {
             if w.files.is_empty() {
-                return Err(field(
+                return Err(WithError::field(
                     "files",
-                    "an `hf` download needs `files`: the repo files to fetch".into(),
+                    "an `hf` download needs `files`: the repo files to fetch",
                 ));
             }
             if repo.split('/').any(|p| p.is_empty() || p == "..") {
-                return Err(field(
+                return Err(WithError::field(
                     "hf",
                     format!("`{repo}` is not a repo name like ORG/NAME"),
                 ));
             }
             if w.sha256.is_some() || w.extract.is_some() {
-                return Err(field(
+                return Err(WithError::field(
                     "hf",
-                    "`sha256` and `extract` apply to `url` downloads".into(),
+                    "`sha256` and `extract` apply to `url` downloads",
                 ));
             }
         }
         (Some(url), None) => {
-            let parsed =
-                reqwest::Url::parse(url).map_err(|e| field("url", format!("invalid URL: {e}")))?;
+            let parsed = reqwest::Url::parse(url)
+                .map_err(|e| WithError::field("url", format!("invalid URL: {e}")))?;
             if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(field(
+                return Err(WithError::field(
                     "url",
                     format!("unsupported scheme `{}`", parsed.scheme()),
                 ));
             }
             if w.revision.is_some() {
-                return Err(field(
+                return Err(WithError::field(
                     "revision",
-                    "`revision` applies to `hf` downloads".into(),
+                    "`revision` applies to `hf` downloads",
                 ));
             }
         }
     }
     if let Some(s) = &w.sha256 {
         if s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(field("sha256", format!("`{s}` is not a sha256 hex digest")));
+            return Err(WithError::field(
+                "sha256",
+                format!("`{s}` is not a sha256 hex digest"),
+            ));
         }
     }
     for f in &w.files {
         if Path::new(f).is_absolute() || f.split('/').any(|p| p == "..") {
-            return Err(field("files", format!("`{f}` must be a relative path")));
+            return Err(WithError::field(
+                "files",
+                format!("`{f}` must be a relative path"),
+            ));
         }
     }
     Ok(w)
@@ -169,7 +174,7 @@ impl StageKind for Download {
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
-        let w = parse(&ctx.stage.with).map_err(|e| e.message)?;
+        let w = parse(&ctx.stage.with)?;
         let fetcher = Fetcher::new(Duration::from_secs_f64(w.timeout.max(0.001)), w.retries)?;
         let progress = |name: &str| {
             let name = name.to_string();

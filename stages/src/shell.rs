@@ -23,7 +23,7 @@ struct With {
 }
 
 fn with(v: &Value) -> Result<With, WithError> {
-    serde_json::from_value(v.clone()).map_err(WithError::from_serde)
+    WithError::parse(v)
 }
 
 pub struct Shell;
@@ -74,7 +74,7 @@ impl StageKind for Shell {
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
-        let w = with(&ctx.stage.with).map_err(|e| e.message)?;
+        let w = with(&ctx.stage.with)?;
         let status = Self::command(ctx, &w.cmd)?.status()?;
         if !status.success() {
             return Err(match status.code() {
@@ -86,7 +86,7 @@ impl StageKind for Shell {
     }
 
     fn verify(&self, ctx: &StageContext) -> Result<Option<String>, StageError> {
-        let w = with(&ctx.stage.with).map_err(|e| e.message)?;
+        let w = with(&ctx.stage.with)?;
         let Some(verify) = w.verify else {
             return Ok(None);
         };

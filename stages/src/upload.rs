@@ -78,15 +78,14 @@ fn is_loopback(endpoint: &str) -> bool {
 }
 
 fn parse(v: &Value) -> Result<(With, Dest), WithError> {
-    let w: With = serde_json::from_value(v.clone()).map_err(WithError::from_serde)?;
-    let err = |f: &str, m: String| WithError {
-        field: Some(f.into()),
-        message: m,
-    };
+    let w: With = WithError::parse(v)?;
     let dest = if let Some(rest) = w.to.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
-            return Err(err("to", format!("`{}` names no bucket", w.to)));
+            return Err(WithError::field(
+                "to",
+                format!("`{}` names no bucket", w.to),
+            ));
         }
         Dest::S3 {
             bucket: bucket.into(),
@@ -94,14 +93,14 @@ fn parse(v: &Value) -> Result<(With, Dest), WithError> {
         }
     } else if let Some(path) = w.to.strip_prefix("file://") {
         if !Path::new(path).is_absolute() {
-            return Err(err(
+            return Err(WithError::field(
                 "to",
                 format!("`{}`: a file:// URI needs an absolute path", w.to),
             ));
         }
         Dest::File(path.into())
     } else if w.to.contains("://") {
-        return Err(err(
+        return Err(WithError::field(
             "to",
             format!(
                 "unsupported destination `{}` (use s3://, file:// or a workspace dir)",
@@ -111,7 +110,7 @@ fn parse(v: &Value) -> Result<(With, Dest), WithError> {
     } else {
         let p = PathBuf::from(&w.to);
         if p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
-            return Err(err(
+            return Err(WithError::field(
                 "to",
                 format!(
                     "`{}` must be inside the workspace (or use file:///ABS/DIR)",
@@ -124,16 +123,15 @@ fn parse(v: &Value) -> Result<(With, Dest), WithError> {
     if !matches!(dest, Dest::S3 { .. })
         && (w.endpoint.is_some() || w.region.is_some() || w.allow_http)
     {
-        return Err(err(
+        return Err(WithError::field(
             "endpoint",
-            "`endpoint`, `region` and `allow_http` apply to s3:// destinations".into(),
+            "`endpoint`, `region` and `allow_http` apply to s3:// destinations",
         ));
     }
     if w.allow_http && !w.endpoint.as_deref().is_some_and(is_loopback) {
-        return Err(err(
+        return Err(WithError::field(
             "allow_http",
-            "`allow_http` is only allowed for a loopback `endpoint` (127.0.0.1, localhost, ::1)"
-                .into(),
+            "`allow_http` is only allowed for a loopback `endpoint` (127.0.0.1, localhost, ::1)",
         ));
     }
     Ok((w, dest))
@@ -275,7 +273,7 @@ impl StageKind for Upload {
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
-        let (w, dest) = parse(&ctx.stage.with).map_err(|e| e.message)?;
+        let (w, dest) = parse(&ctx.stage.with)?;
         let mut inputs = ctx.inputs.values();
         let (Some(src), None) = (inputs.next(), inputs.next()) else {
             return Err("upload takes exactly one input: the file or folder to publish".into());
@@ -341,7 +339,7 @@ impl StageKind for Upload {
     }
 
     fn verify(&self, ctx: &StageContext) -> Result<Option<String>, StageError> {
-        let (w, dest) = parse(&ctx.stage.with).map_err(|e| e.message)?;
+        let (w, dest) = parse(&ctx.stage.with)?;
         let receipt: Receipt =
             serde_json::from_slice(&std::fs::read(ctx.out.join("uploaded.json"))?)?;
         let (store, prefix, _) = open(&w, &dest, ctx.workspace)?;

@@ -77,25 +77,25 @@ fn default_seed() -> u32 {
 }
 
 fn parse(v: &Value) -> Result<With, WithError> {
-    let w: With = serde_json::from_value(v.clone()).map_err(WithError::from_serde)?;
+    let w: With = WithError::parse(v)?;
     if !(w.test_fraction > 0.0 && w.test_fraction < 1.0) {
-        return Err(WithError {
-            field: Some("test_fraction".into()),
-            message: format!(
+        return Err(WithError::field(
+            "test_fraction",
+            format!(
                 "test_fraction must be between 0 and 1, got {}",
                 w.test_fraction
             ),
-        });
+        ));
     }
     for (field, col) in [
         ("text_column", &w.text_column),
         ("label_column", &w.label_column),
     ] {
         if matches!(col, Column::Name(_)) && !w.header {
-            return Err(WithError {
-                field: Some(field.into()),
-                message: format!("{field} names a column, but `header: false`; use its index"),
-            });
+            return Err(WithError::field(
+                field,
+                format!("{field} names a column, but `header: false`; use its index"),
+            ));
         }
     }
     Ok(w)
@@ -297,7 +297,7 @@ impl StageKind for Split {
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
-        let w = parse(&ctx.stage.with).map_err(|e| e.message)?;
+        let w = parse(&ctx.stage.with)?;
         let (source, path) = Self::input(ctx)?;
         let (rows, skipped) = Self::read(&w, source, path)?;
         if rows.len() < 2 {
