@@ -277,11 +277,8 @@ fn run(cli: Cli) -> Result<i32, Failure> {
                     root.display()
                 )));
             }
-            let _lock = pipe_engine::cache::WorkspaceLock::acquire(&pipe_dir.join("lock"), |_| {
-                eprintln!(
-                    "{:>12} waiting for another pipe run on this workspace",
-                    "Blocking"
-                );
+            let _lock = pipe_engine::cache::WorkspaceLock::acquire(&pipe_dir.join("lock"), |pid| {
+                eprintln!("{}", reporter::waiting_for_lock(pid))
             })
             .context("cannot lock the workspace")?;
             let store =

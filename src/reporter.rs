@@ -20,6 +20,15 @@ fn line(verb: &str, rest: &str) -> String {
     format!("{verb:>12} {rest}")
 }
 
+/// Why nothing happens yet: printed by every reporter, and by `gc`.
+pub fn waiting_for_lock(pid: Option<u32>) -> String {
+    let who = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+    line(
+        "Blocking",
+        &format!("waiting for another pipe run on this workspace{who}"),
+    )
+}
+
 impl Human {
     pub fn new(quiet: bool, verbose: bool) -> Human {
         let bar = if std::io::stderr().is_terminal() && !quiet {
@@ -88,13 +97,7 @@ impl Human {
 impl Reporter for Human {
     fn event(&self, event: Event<'_>) {
         match event {
-            Event::WaitingForLock { pid } => {
-                let who = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
-                self.print(&line(
-                    "Blocking",
-                    &format!("waiting for another pipe run on this workspace{who}"),
-                ));
-            }
+            Event::WaitingForLock { pid } => self.print(&waiting_for_lock(pid)),
             Event::Started { stage, reason } => {
                 self.set_running(|r| r.push(stage.to_string()));
                 if !self.quiet {
@@ -149,7 +152,7 @@ pub struct Json;
 impl Reporter for Json {
     fn event(&self, event: Event<'_>) {
         if let Event::WaitingForLock { pid } = event {
-            Human::new(true, false).event(Event::WaitingForLock { pid });
+            eprintln!("{}", waiting_for_lock(pid));
         }
     }
 }
