@@ -248,11 +248,6 @@ fn runtime() -> Result<tokio::runtime::Runtime, StageError> {
         .build()?)
 }
 
-fn files(dir: &Path) -> Result<Vec<String>, StageError> {
-    let tree = pipe_engine::cache::Tree::scan(dir, &pipe_engine::cache::PlainHasher)?;
-    Ok(tree.files().map(|(p, ..)| p.to_string()).collect())
-}
-
 pub struct Upload;
 
 impl StageKind for Upload {
@@ -279,8 +274,11 @@ impl StageKind for Upload {
             return Err("upload takes exactly one input: the file or folder to publish".into());
         };
         let (store, prefix, uri) = open(&w, &dest, ctx.workspace)?;
-        let (root, rels) = if src.is_dir() {
-            (src.clone(), files(src)?)
+        // One scan lists and hashes every file (a single file is a tree whose
+        // root is that file, named by its file name).
+        let tree = pipe_engine::cache::Tree::scan(src, &pipe_engine::cache::PlainHasher)?;
+        let (root, single) = if src.is_dir() {
+            (src.clone(), None)
         } else {
             let name = src
                 .file_name()
@@ -288,15 +286,14 @@ impl StageKind for Upload {
                 .unwrap_or_default();
             (
                 src.parent().unwrap_or(Path::new("/")).to_path_buf(),
-                vec![name],
+                Some(name),
             )
         };
         let rt = runtime()?;
         let mut objects = Vec::new();
-        for rel in rels {
-            let bytes = std::fs::read(root.join(&rel))?;
-            let sha256 = Digest::of(&bytes).to_hex();
-            let size = bytes.len() as u64;
+        for (rel, digest, _, size) in tree.files() {
+            let rel = single.clone().unwrap_or_else(|| rel.to_string());
+            let sha256 = digest.to_hex();
             let path = object_path(&prefix, &rel)?;
             let target = format!("{uri}{rel}");
             rt.block_on(async {
@@ -306,6 +303,7 @@ impl StageKind for Upload {
                         return Ok::<(), StageError>(());
                     }
                 }
+                let bytes = std::fs::read(root.join(&rel))?;
                 store
                     .put(&path, PutPayload::from(bytes))
                     .await
