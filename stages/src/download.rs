@@ -123,9 +123,9 @@ fn parse(v: &Value) -> Result<With, WithError> {
 }
 
 fn sha256_file(path: &Path) -> Result<String, StageError> {
-    let f =
-        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    Ok(pipe_engine::cache::Digest::of_reader(f)?.0.to_hex())
+    let digest = pipe_engine::cache::Digest::of_file(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(digest.to_hex())
 }
 
 /// Check the downloaded content against the manifest's pin, else the lock's.
