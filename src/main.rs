@@ -209,18 +209,24 @@ fn run(cli: Cli) -> Result<i32, Failure> {
                 human.finish(&summary, started.elapsed().as_secs_f64());
             }
             if summary.failed() {
-                let failed: Vec<&str> = summary
-                    .results
-                    .iter()
-                    .filter(|r| r.status == Status::Failed)
-                    .map(|r| r.name.as_str())
-                    .collect();
+                let names = |status: Status| -> Vec<&str> {
+                    summary
+                        .results
+                        .iter()
+                        .filter(|r| r.status == status)
+                        .map(|r| r.name.as_str())
+                        .collect()
+                };
+                let (failed, skipped) = (names(Status::Failed), names(Status::Skipped));
                 if !json {
-                    eprintln!(
-                        "error: stage{} failed: {}",
-                        if failed.len() == 1 { "" } else { "s" },
-                        failed.join(", ")
-                    );
+                    let mut parts = Vec::new();
+                    if !failed.is_empty() {
+                        parts.push(format!("failed: {}", failed.join(", ")));
+                    }
+                    if !skipped.is_empty() {
+                        parts.push(format!("skipped: {}", skipped.join(", ")));
+                    }
+                    eprintln!("error: {}", parts.join("; "));
                 }
                 return Ok(exit::STAGE_FAILED);
             }

@@ -315,6 +315,27 @@ fn only_and_until_select_stages() {
 }
 
 #[test]
+fn only_with_an_uncached_upstream_skips_without_running() {
+    let ws = TestWorkspace::new();
+    ws.manifest(DEMO);
+    let out = ws.pipe(&["run", "pipe.yaml", "--only", "upper", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        common::stages(&doc),
+        [
+            ("make".into(), "skipped".into()),
+            ("upper".into(), "skipped".into())
+        ]
+    );
+    assert!(doc["stages"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("not selected and not cached"));
+    assert!(!ws.path(".pipe/out/demo/make").exists());
+}
+
+#[test]
 fn dag_formats() {
     let ws = TestWorkspace::new();
     ws.manifest(DEMO);

@@ -67,8 +67,9 @@ impl Executor<'_> {
                 }
                 (result, run)
             }
+            // `result.status` starts as Failed; a stage refused before running
+            // (not selected, not cached) has set Skipped.
             Err(e) => {
-                result.status = Status::Failed;
                 result.error = Some(error_chain(e.as_ref()));
                 (result, None)
             }
