@@ -40,9 +40,7 @@ fn truncated_body_fails_and_caches_nothing() {
         &format!("{}/truncated/{COLA}", server.base),
         "",
     ));
-    let out = ws.pipe(&["run", "pipe.yaml"]);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = ws.fails(&["run", "pipe.yaml"]);
     assert!(
         err.contains("gave up after 3 attempts") && err.contains("truncated"),
         "{err}"
@@ -78,9 +76,7 @@ fn sha256_mismatch_is_an_error() {
         &format!("{}/ok/{COLA}", server.base),
         &format!(", sha256: {wrong}"),
     ));
-    let out = ws.pipe(&["run", "pipe.yaml"]);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = ws.fails(&["run", "pipe.yaml"]);
     assert!(
         err.contains(&format!(
             "sha256 mismatch for {}/ok/{COLA}: expected {wrong}, got {COLA_SHA256}",
@@ -96,9 +92,7 @@ fn a_hanging_server_hits_the_timeout() {
     let server = Server::start();
     let ws = TestWorkspace::new();
     ws.manifest(&format!("version: 1\nname: d\nstages:\n  get:\n    kind: download\n    with: {{url: '{}/hang/x.bin', retries: 0, timeout: 0.5}}\n", server.base));
-    let out = ws.pipe(&["run", "pipe.yaml"]);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = ws.fails(&["run", "pipe.yaml"]);
     assert!(err.contains("timed out"), "{err}");
 }
 
@@ -115,9 +109,7 @@ fn zip_entries_escaping_the_output_are_rejected() {
         &format!("{}/ok/evil.zip", server.base),
         "",
     ));
-    let out = ws.pipe(&["run", "pipe.yaml"]);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = ws.fails(&["run", "pipe.yaml"]);
     assert!(
         err.contains("archive entry `../evil.txt` would escape the output directory"),
         "{err}"
@@ -144,9 +136,7 @@ fn unpinned_download_is_held_to_the_lock_until_forced() {
     // The same URL on a machine without the cache, after upstream changed.
     server.body("data.txt", b"version 2\n".to_vec());
     std::fs::remove_dir_all(ws.path(".pipe")).unwrap();
-    let out = ws.pipe(&["run", "pipe.yaml"]);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = ws.fails(&["run", "pipe.yaml"]);
     assert!(
         err.contains("changed since pipe.lock recorded it") && err.contains("--force get"),
         "{err}"
@@ -288,9 +278,7 @@ fn split_bad_rows_name_the_file_and_line() {
     ws.file("data/sms.tsv", "label\ttext\nham\thello there\nspam\tWIN \"money\" now\nham\n").manifest(
         "version: 1\nname: s\nstages:\n  split:\n    kind: split\n    inputs: {data: data/sms.tsv}\n    with: {text_column: text, label_column: label, labels: {ham: 0, spam: 1}}\n",
     );
-    let out = ws.pipe(&["run", "pipe.yaml"]);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = ws.fails(&["run", "pipe.yaml"]);
     assert!(
         err.contains("data/sms.tsv:4: expected 2 columns, found 1"),
         "{err}"

@@ -83,6 +83,14 @@ impl TestWorkspace {
         serde_json::from_slice(&out.stdout).expect("JSON on stdout")
     }
 
+    /// `pipe ARGS`, asserting that a stage failed (exit code 1); its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.pipe(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "pipe {args:?}: {err}");
+        err
+    }
+
     /// Names of the stages that ran.
     pub fn ran(&self, args: &[&str]) -> Vec<String> {
         self.run(args)
