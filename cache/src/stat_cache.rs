@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -64,7 +65,7 @@ fn now_ns() -> i128 {
 pub struct StatCache {
     file: PathBuf,
     entries: Mutex<BTreeMap<String, StatEntry>>,
-    dirty: Mutex<bool>,
+    dirty: AtomicBool,
 }
 
 impl StatCache {
@@ -77,21 +78,18 @@ impl StatCache {
         StatCache {
             file,
             entries: Mutex::new(entries),
-            dirty: Mutex::new(false),
+            dirty: AtomicBool::new(false),
         }
     }
 
     /// Write back if anything changed.
     pub fn save(&self) -> Result<()> {
-        let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
-        if !*dirty {
+        if !self.dirty.swap(false, Ordering::Relaxed) {
             return Ok(());
         }
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let bytes = serde_json::to_vec(&*entries).unwrap_or_default();
-        write_atomic(&self.file, &bytes)?;
-        *dirty = false;
-        Ok(())
+        write_atomic(&self.file, &bytes).inspect_err(|_| self.dirty.store(true, Ordering::Relaxed))
     }
 
     /// Forget `path`, e.g. after it was found corrupt.
@@ -104,7 +102,7 @@ impl StatCache {
             .remove(&key)
             .is_some()
         {
-            *self.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            self.dirty.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -140,7 +138,7 @@ impl FileHasher for StatCache {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(key, entry);
-            *self.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            self.dirty.store(true, Ordering::Relaxed);
         }
         Ok(sha256)
     }
