@@ -25,9 +25,13 @@ pub struct WithError {
 }
 
 impl WithError {
-    /// Deserialise a kind's typed `with:` struct.
+    /// Deserialise a kind's typed `with:` struct (a missing `with:` is empty).
     pub fn parse<T: serde::de::DeserializeOwned>(with: &Value) -> Result<T, WithError> {
-        serde_json::from_value(with.clone()).map_err(WithError::from_serde)
+        let with = match with {
+            Value::Null => Value::Object(Default::default()),
+            w => w.clone(),
+        };
+        serde_json::from_value(with).map_err(WithError::from_serde)
     }
 
     /// A problem with one field.

@@ -6,17 +6,24 @@
 //! - [`download`] (with [`fetch`] and [`archive`]): URLs and Hub repos
 //! - [`split`]: CSV/TSV → train.csv/test.csv
 //! - [`upload`]: files → an object store (S3, local), with a verified receipt
+//! - [`torch`]: `finetune` and `trace`, run in `pipe-worker` ([`worker`])
+//! - [`package`]: a reproducible SageMaker `model.tar.gz`
 
 pub mod archive;
 pub mod download;
 pub mod fetch;
+pub mod package;
 pub mod shell;
 pub mod split;
+pub mod torch;
 pub mod upload;
+pub mod worker;
 
 pub use download::Download;
+pub use package::Package;
 pub use shell::Shell;
 pub use split::Split;
+pub use torch::Torch;
 pub use upload::Upload;
 
 /// Every built-in kind.
@@ -26,5 +33,8 @@ pub fn registry() -> pipe_engine::Registry {
     r.register(Box::new(Download));
     r.register(Box::new(Split));
     r.register(Box::new(Upload));
+    r.register(Box::new(Torch::Finetune));
+    r.register(Box::new(Torch::Trace));
+    r.register(Box::new(Package));
     r
 }

@@ -26,7 +26,7 @@ use pipe_engine::{StageContext, StageError, StageKind, WithError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct With {
     to: String,
@@ -41,6 +41,8 @@ struct Receipt {
     destination: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    region: Option<String>,
     objects: Vec<Object>,
 }
 
@@ -248,6 +250,60 @@ fn runtime() -> Result<tokio::runtime::Runtime, StageError> {
         .build()?)
 }
 
+/// Downloads the objects of the receipt `uploaded` into `dest` (at their
+/// relative paths), checking each against the receipt's sha256: how a later
+/// stage reads what an `upload` published.
+pub fn fetch(uploaded: &Path, dest: &Path, workspace: &Path) -> Result<(), StageError> {
+    let receipt: Receipt = serde_json::from_slice(&std::fs::read(uploaded)?)
+        .map_err(|e| format!("{}: not an upload receipt: {e}", uploaded.display()))?;
+    let w = With {
+        to: receipt.destination.clone(),
+        allow_http: receipt
+            .endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://") && is_loopback(e)),
+        endpoint: receipt.endpoint.clone(),
+        region: receipt.region.clone(),
+    };
+    let v = serde_json::to_value(&w)?;
+    let (w, d) = parse(&v).map_err(|e| format!("{}: {e}", uploaded.display()))?;
+    let (store, prefix, _) = open(&w, &d, workspace)?;
+    let rt = runtime()?;
+    for o in &receipt.objects {
+        let rel = Path::new(&o.path);
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+        {
+            return Err(format!(
+                "{}: object path `{}` leaves the folder",
+                uploaded.display(),
+                o.path
+            )
+            .into());
+        }
+        let path = object_path(&prefix, &o.path)?;
+        let bytes = rt
+            .block_on(async { store.get(&path).await?.bytes().await })
+            .map_err(|e| format!("cannot fetch {}: {e}", o.uri))?;
+        let got = Digest::of(&bytes).to_hex();
+        if got != o.sha256 {
+            return Err(format!(
+                "{} changed since it was uploaded (sha256 {got}, receipt {})",
+                o.uri, o.sha256
+            )
+            .into());
+        }
+        let target = dest.join(rel);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&target, &bytes)?;
+    }
+    Ok(())
+}
+
 pub struct Upload;
 
 impl StageKind for Upload {
@@ -256,7 +312,7 @@ impl StageKind for Upload {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn check(&self, with: &Value) -> Result<(), WithError> {
@@ -327,6 +383,7 @@ impl StageKind for Upload {
         let receipt = Receipt {
             destination: w.to.clone(),
             endpoint: w.endpoint.clone(),
+            region: w.region.clone(),
             objects,
         };
         std::fs::write(

@@ -1,0 +1,182 @@
+//! The contract between `pipe` (which never links libtorch) and `pipe-worker`
+//! (which does): the typed `with:` of each torch stage kind, the request the
+//! engine sends on the worker's stdin, and the messages the worker prints on
+//! stdout. Both sides parse `with:` with the same structs, so a manifest is
+//! checked before any worker starts and the worker sees exactly what was keyed.
+//!
+//! The worker writes its human log to stderr (the engine appends it to the
+//! stage log) and one JSON [`Message`] per line to stdout.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Which device a torch stage runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// CUDA when available, else CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// Learning-rate schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Warm up linearly for `warmup_ratio` of the steps, then hold.
+    #[default]
+    Constant,
+    /// Warm up linearly, then decay linearly to 0 at the last step.
+    Linear,
+}
+
+/// `with:` of `kind: finetune`. Defaults are the blog's recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FinetuneWith {
+    pub num_labels: i64,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub eps: f64,
+    pub max_grad_norm: f64,
+    pub max_len: usize,
+    pub seed: u64,
+    pub weight_decay: f64,
+    pub warmup_ratio: f64,
+    pub schedule: Schedule,
+    /// Sort sentences by length inside shuffled pools of 50 batches, so that
+    /// each batch pads little; batches are then shuffled.
+    pub group_by_length: bool,
+    pub device: Device,
+    /// Intra-op CPU threads; by default libtorch's (one per core).
+    pub threads: Option<usize>,
+    /// bf16 autocast on CUDA.
+    pub bf16: bool,
+    /// Log a line every this many batches.
+    pub log_interval: usize,
+    /// Label names, index = class id (default "0", "1", …).
+    pub labels: Option<Vec<String>>,
+}
+
+impl Default for FinetuneWith {
+    fn default() -> Self {
+        FinetuneWith {
+            num_labels: 2,
+            epochs: 1,
+            batch_size: 64,
+            lr: 2e-5,
+            eps: 1e-8,
+            max_grad_norm: 1.0,
+            max_len: 64,
+            seed: 1,
+            weight_decay: 0.0,
+            warmup_ratio: 0.0,
+            schedule: Schedule::Constant,
+            group_by_length: true,
+            device: Device::Auto,
+            threads: None,
+            bf16: false,
+            log_interval: 20,
+            labels: None,
+        }
+    }
+}
+
+impl FinetuneWith {
+    /// Problems `serde` cannot see: `(field, message)`.
+    pub fn problems(&self) -> Option<(&'static str, String)> {
+        let positive = [
+            ("epochs", self.epochs),
+            ("batch_size", self.batch_size),
+            ("log_interval", self.log_interval),
+        ];
+        if let Some((f, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Some((f, "must be at least 1".into()));
+        }
+        if !(2..=512).contains(&self.max_len) {
+            return Some(("max_len", "must be between 2 and 512".into()));
+        }
+        if self.num_labels < 2 {
+            return Some(("num_labels", "must be at least 2".into()));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Some(("lr", "must be a positive number".into()));
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return Some(("warmup_ratio", "must be in [0, 1)".into()));
+        }
+        if self.threads == Some(0) {
+            return Some(("threads", "must be at least 1".into()));
+        }
+        if let Some(l) = &self.labels {
+            if l.len() as i64 != self.num_labels {
+                return Some((
+                    "labels",
+                    format!(
+                        "has {} names but num_labels is {}",
+                        l.len(),
+                        self.num_labels
+                    ),
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// `with:` of `kind: trace`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TraceWith {
+    /// Largest |traced − eager| logit difference accepted.
+    pub tolerance: f64,
+    pub threads: Option<usize>,
+}
+
+impl Default for TraceWith {
+    fn default() -> Self {
+        TraceWith {
+            tolerance: 1e-5,
+            threads: None,
+        }
+    }
+}
+
+/// What the engine asks of `pipe-worker stage` (JSON on its stdin).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    /// `finetune` or `trace`.
+    pub kind: String,
+    /// The stage's `with:` (already checked).
+    pub with: serde_json::Value,
+    /// Input name → path.
+    pub inputs: BTreeMap<String, PathBuf>,
+    /// The empty output directory.
+    pub out: PathBuf,
+    /// The device the key was computed for (`cpu` or `cuda`).
+    pub device: String,
+    /// The intra-op thread count the key was computed for.
+    pub threads: usize,
+}
+
+/// One line of the worker's stdout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Message {
+    /// A one-line progress message for the terminal.
+    Progress(String),
+}
+
+/// `pipe-worker info`: facts about this machine's libtorch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Info {
+    pub libtorch: String,
+    pub cuda: bool,
+    pub cuda_devices: i64,
+    pub threads: i64,
+}

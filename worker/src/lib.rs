@@ -1,0 +1,45 @@
+//! The libtorch side of `pipe`: the model, its checkpoints and tokenizer, the
+//! torch stage kinds (`finetune`, `trace`) and the model server. The `pipe-worker`
+//! binary is the only thing that links libtorch; the engine spawns it.
+
+pub mod bert;
+pub mod checkpoint;
+pub mod data;
+pub mod finetune;
+pub mod metrics;
+pub mod tokenize;
+pub mod trace;
+
+use std::io::Write;
+
+use pipe_protocol::Message;
+
+/// Where a worker's output goes: its log on stderr (appended to the stage log
+/// by the engine), progress as JSON lines on stdout.
+pub struct Report;
+
+impl Report {
+    pub fn log(&self, line: &str) {
+        eprintln!("{line}");
+    }
+
+    pub fn progress(&self, message: &str) {
+        if let Ok(line) = serde_json::to_string(&Message::Progress(message.to_string())) {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+    }
+}
+
+/// Loads `libtorch_cuda.so` when it exists, so that CUDA is available even
+/// though the linker dropped it (`--as-needed`: nothing references it directly).
+pub fn load_cuda() {
+    for name in [c"libtorch_cuda.so"] {
+        // SAFETY: dlopen with a valid C string; the handle is kept for the
+        // process's lifetime.
+        unsafe {
+            libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
+        }
+    }
+}
