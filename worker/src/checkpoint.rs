@@ -88,7 +88,8 @@ impl Checkpoint {
             std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let file = safetensors::SafeTensors::deserialize(&bytes)
             .with_context(|| format!("{}: not a safetensors file", path.display()))?;
-        let names = file.names();
+        let mut names = file.names();
+        names.sort_unstable();
         let with_prefix = names.iter().any(|n| n.starts_with("bert."));
         let mut vars = vs.variables();
         let mut loaded = BTreeMap::new();
@@ -120,7 +121,6 @@ impl Checkpoint {
             }
             Ok(())
         })?;
-        let mut fresh = Vec::new();
         for (name, var) in vars.iter_mut() {
             if loaded.contains_key(name) {
                 continue;
@@ -129,10 +129,9 @@ impl Checkpoint {
                 bail!(
                     "{}: tensor `{name}` is missing (the checkpoint has {} tensors)",
                     path.display(),
-                    names_len(&file)
+                    file.names().len()
                 );
             }
-            fresh.push(name.clone());
             tch::no_grad(|| {
                 if name.ends_with(".bias") {
                     let _ = var.zero_();
@@ -143,7 +142,6 @@ impl Checkpoint {
         }
         let mut vs = vs;
         vs.set_device(device);
-        let _ = fresh;
         Ok(Checkpoint {
             vs,
             model,
@@ -186,37 +184,37 @@ impl Checkpoint {
             out.join("config.json"),
             serde_json::to_string_pretty(&config)? + "\n",
         )?;
-        self.save_weights(&out.join("model.safetensors"))
-    }
-
-    pub fn save_weights(&self, path: &Path) -> Result<()> {
-        let vars = self.vs.variables();
-        let mut data: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
-        for (name, t) in vars {
-            let t = t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
-            let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
-            let mut bytes = vec![0u8; t.numel() * 4];
-            t.f_copy_data_u8(&mut bytes, t.numel())?;
-            data.push((name, bytes, shape));
-        }
-        data.sort_by(|a, b| a.0.cmp(&b.0));
-        let views: Vec<(String, safetensors::tensor::TensorView)> = data
-            .iter()
-            .map(|(n, b, s)| {
-                Ok((
-                    n.clone(),
-                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)?,
-                ))
-            })
-            .collect::<Result<_>>()?;
-        let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-        let bytes = safetensors::serialize(views, Some(meta))?;
-        std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
+        save_safetensors(self.vs.variables(), &out.join("model.safetensors"))
     }
 }
 
-fn names_len(f: &safetensors::SafeTensors) -> usize {
-    f.names().len()
+/// Writes named tensors as f32, sorted by name, with the `format: pt`
+/// metadata transformers expects.
+pub fn save_safetensors(
+    tensors: impl IntoIterator<Item = (String, Tensor)>,
+    path: &Path,
+) -> Result<()> {
+    let mut data: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
+    for (name, t) in tensors {
+        let t = t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+        let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+        let mut bytes = vec![0u8; t.numel() * 4];
+        t.f_copy_data_u8(&mut bytes, t.numel())?;
+        data.push((name, bytes, shape));
+    }
+    data.sort_by(|a, b| a.0.cmp(&b.0));
+    let views: Vec<(String, safetensors::tensor::TensorView)> = data
+        .iter()
+        .map(|(n, b, s)| {
+            Ok((
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    let bytes = safetensors::serialize(views, Some(meta))?;
+    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Copies the tokenizer files that exist in `from` to `to`.

@@ -44,9 +44,9 @@ pub fn run(w: &TraceWith, model_dir: &Path, out: &Path, report: &Report) -> Resu
         .with_context(|| format!("cannot load the model in {}", model_dir.display()))?;
     ck.vs.freeze();
     let model = &ck.model;
+    // Any small ids will do: the graph does not depend on them.
     let example = [
-        Tensor::from_slice(&[101i64, 2023, 2003, 102, 0, 101, 2023, 2003, 1037, 102])
-            .reshape([2, 5]),
+        Tensor::from_slice(&[2i64, 1, 1, 3, 0, 2, 1, 1, 1, 3]).reshape([2, 5]),
         Tensor::from_slice(&[1i64, 1, 1, 1, 0, 1, 1, 1, 1, 1]).reshape([2, 5]),
     ];
     let traced = tch::no_grad(|| {
