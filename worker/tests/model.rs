@@ -315,7 +315,7 @@ fn minilm_matches_python_transformers() {
     let enc = Encoder::load(&dir, 64).unwrap();
     for case in fixture["sentences"].as_array().unwrap() {
         let sentence = case["sentence"].as_str().unwrap().to_string();
-        let ids = &enc.encode(&[sentence.clone()]).unwrap()[0];
+        let ids = &enc.encode(std::slice::from_ref(&sentence)).unwrap()[0];
         let want: Vec<i64> = serde_json::from_value(case["ids"].clone()).unwrap();
         assert_eq!(ids, &want, "token ids of {sentence:?}");
         let (x, m) = pad(&[ids.as_slice()], None);
