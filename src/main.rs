@@ -98,6 +98,32 @@ enum Command {
         m: ManifestArgs,
         stage: String,
     },
+    /// Serve a packaged model over HTTP: SageMaker's /ping and /invocations
+    /// (see `pipe serve --help`).
+    #[command(disable_help_flag = true)]
+    Serve {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// List the endpoints deploy stages started, with their health.
+    Endpoints {
+        /// Workspace (default: the nearest one above the current directory).
+        #[arg(long)]
+        workspace: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop endpoints and remove their records.
+    Down {
+        /// Endpoint names.
+        #[arg(required_unless_present = "all")]
+        names: Vec<String>,
+        /// Stop every endpoint of the workspace.
+        #[arg(long, conflicts_with = "names")]
+        all: bool,
+        #[arg(long)]
+        workspace: Option<PathBuf>,
+    },
     /// Delete store objects that no run record references. With manifests,
     /// also delete run records their pipe.lock files do not reference.
     Gc {
@@ -124,6 +150,20 @@ fn parse_set(s: &str) -> Result<(String, String), String> {
 
 fn load(m: &ManifestArgs, registry: &Registry) -> Result<Pipeline, Failure> {
     Ok(pipe_engine::load(&m.manifest, &m.sets, registry)?)
+}
+
+/// The workspace: `dir`, or the nearest directory holding `.pipe` above the
+/// current one.
+fn find_workspace(dir: Option<PathBuf>) -> Result<PathBuf, Failure> {
+    if let Some(d) = dir {
+        return Ok(d);
+    }
+    let cwd = std::env::current_dir().context("no current directory")?;
+    Ok(cwd
+        .ancestors()
+        .find(|d| d.join(".pipe").is_dir())
+        .unwrap_or(&cwd)
+        .to_path_buf())
 }
 
 fn gpus() -> u32 {
@@ -255,6 +295,82 @@ fn run(cli: Cli) -> Result<i32, Failure> {
             let p = load(&m, &registry)?;
             if !cli.quiet {
                 eprintln!("{}: ok ({} stages)", m.manifest.display(), p.stages.len());
+            }
+            Ok(exit::OK)
+        }
+        Command::Serve { args } => {
+            let worker =
+                pipe_stages::worker::path().map_err(|e| Failure::usage(anyhow::anyhow!("{e}")))?;
+            let err = std::os::unix::process::CommandExt::exec(
+                std::process::Command::new(&worker).arg("serve").args(&args),
+            );
+            Err(anyhow::anyhow!("cannot start {}: {err}", worker.display()).into())
+        }
+        Command::Endpoints { workspace, json } => {
+            let root = find_workspace(workspace)?;
+            let mut rows = Vec::new();
+            for r in pipe_stages::endpoint::list(&root) {
+                let health = match r.health() {
+                    pipe_stages::endpoint::Health::Healthy => "healthy".to_string(),
+                    pipe_stages::endpoint::Health::Down(why) => format!("down: {why}"),
+                };
+                rows.push((r, health));
+            }
+            if json {
+                let doc: Vec<serde_json::Value> = rows
+                    .iter()
+                    .map(|(r, h)| serde_json::json!({"name": r.name, "url": r.url, "pid": r.pid, "model_sha256": r.model_sha256, "log": r.log, "health": h}))
+                    .collect();
+                let _ = writeln!(out, "{}", serde_json::Value::Array(doc));
+            } else if rows.is_empty() {
+                eprintln!("no endpoints in {}", root.display());
+            } else {
+                let w = rows.iter().map(|(r, _)| r.name.len()).max().unwrap_or(4);
+                for (r, h) in &rows {
+                    let _ = writeln!(
+                        out,
+                        "{:<w$}  {:<24}  pid {:<8} model {}  {h}",
+                        r.name,
+                        r.url,
+                        r.pid,
+                        &r.model_sha256[..12.min(r.model_sha256.len())]
+                    );
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Down {
+            names,
+            all,
+            workspace,
+        } => {
+            let root = find_workspace(workspace)?;
+            let known = pipe_stages::endpoint::list(&root);
+            let chosen: Vec<_> = if all {
+                known
+            } else {
+                let mut v = Vec::new();
+                for n in &names {
+                    match known.iter().find(|r| &r.name == n) {
+                        Some(r) => v.push(r.clone()),
+                        None => {
+                            return Err(Failure::usage(anyhow::anyhow!(
+                                "no endpoint named `{n}` (known: {})",
+                                known
+                                    .iter()
+                                    .map(|r| r.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )))
+                        }
+                    }
+                }
+                v
+            };
+            for r in chosen {
+                r.stop(&root, std::time::Duration::from_secs(10))
+                    .map_err(|e| anyhow::anyhow!("cannot stop {}: {e}", r.name))?;
+                eprintln!("{:>12} {} ({})", "Stopped", r.name, r.url);
             }
             Ok(exit::OK)
         }

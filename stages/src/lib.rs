@@ -8,20 +8,26 @@
 //! - [`upload`]: files → an object store (S3, local), with a verified receipt
 //! - [`torch`]: `finetune` and `trace`, run in `pipe-worker` ([`worker`])
 //! - [`package`]: a reproducible SageMaker `model.tar.gz`
+//! - [`deploy`] (with [`endpoint`]) and [`smoke`]: a local endpoint, and checks against it
 
 pub mod archive;
+pub mod deploy;
 pub mod download;
+pub mod endpoint;
 pub mod fetch;
 pub mod package;
 pub mod shell;
+pub mod smoke;
 pub mod split;
 pub mod torch;
 pub mod upload;
 pub mod worker;
 
+pub use deploy::Deploy;
 pub use download::Download;
 pub use package::Package;
 pub use shell::Shell;
+pub use smoke::SmokeTest;
 pub use split::Split;
 pub use torch::Torch;
 pub use upload::Upload;
@@ -36,5 +42,7 @@ pub fn registry() -> pipe_engine::Registry {
     r.register(Box::new(Torch::Finetune));
     r.register(Box::new(Torch::Trace));
     r.register(Box::new(Package));
+    r.register(Box::new(Deploy));
+    r.register(Box::new(SmokeTest));
     r
 }

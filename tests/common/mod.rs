@@ -43,7 +43,9 @@ impl TestWorkspace {
 
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_pipe"));
-        c.args(args).current_dir(self.root());
+        c.args(args)
+            .current_dir(self.root())
+            .env("XDG_CACHE_HOME", self.path(".cache"));
         for var in [
             "RUST_LOG",
             "PIPE_MIRROR",
@@ -54,6 +56,7 @@ impl TestWorkspace {
             "AWS_PROFILE",
             "AWS_ENDPOINT",
             "AWS_REGION",
+            "PIPE_WORKER",
         ] {
             c.env_remove(var);
         }
@@ -115,6 +118,17 @@ pub fn stages(doc: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `pipe-worker`, which `cargo test --workspace` builds beside `pipe`.
+pub fn worker() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_pipe")).with_file_name("pipe-worker");
+    assert!(
+        p.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build -p pipe-worker` first)",
+        p.display()
+    );
+    p
+}
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -136,3 +150,4 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 pub mod http;
 pub mod s3;
+pub mod tiny_bert;

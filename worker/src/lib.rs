@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod finetune;
 pub mod metrics;
+pub mod serve;
 pub mod tokenize;
 pub mod trace;
 

@@ -7,12 +7,71 @@
 //! - `pipe-worker info`: JSON facts about libtorch and devices (cache fingerprints).
 //! - `pipe-worker stage`: run the torch stage described by the JSON request on
 //!   stdin (see `pipe_protocol::Request`).
+//! - `pipe-worker serve PACKAGE [OPTIONS]`: the model server (`pipe serve`).
 
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use clap::Parser;
 use pipe_protocol::{FinetuneWith, Info, Request, TraceWith};
-use pipe_worker::{finetune, load_cuda, trace, Report};
+use pipe_worker::{finetune, load_cuda, serve, trace, Report};
+
+/// `pipe serve`: serve a packaged model over HTTP (SageMaker inference contract).
+#[derive(Parser, Debug)]
+#[command(name = "pipe serve")]
+struct ServeArgs {
+    /// model.tar.gz from a `package` stage, or its unpacked directory
+    package: std::path::PathBuf,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Most sentences run together in one forward pass
+    #[arg(long, default_value_t = 32)]
+    max_batch: usize,
+    /// Longest wait for more requests before a batch runs
+    #[arg(long, default_value_t = 2)]
+    max_delay_ms: u64,
+    /// Inference threads (each holds a copy of the model)
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// libtorch intra-op threads (default: one per core)
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Largest request body in bytes
+    #[arg(long, default_value_t = 1 << 20)]
+    body_limit: usize,
+    /// Print {"ready": URL, "pid": PID} on stdout once listening
+    #[arg(long, hide = true)]
+    announce: bool,
+}
+
+fn serve_command(args: &[String]) -> Result<()> {
+    let a = ServeArgs::try_parse_from(
+        std::iter::once("pipe serve".to_string()).chain(args.iter().cloned()),
+    )
+    .unwrap_or_else(|e| e.exit());
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    serve::serve(serve::Options {
+        package: a.package,
+        host: a.host,
+        port: a.port,
+        max_batch: a.max_batch.max(1),
+        max_delay: std::time::Duration::from_millis(a.max_delay_ms),
+        workers: a.workers.max(1),
+        threads: a
+            .threads
+            .unwrap_or_else(|| tch::get_num_threads().max(1) as usize),
+        body_limit: a.body_limit,
+        announce: a.announce,
+    })
+}
 
 fn info() -> Info {
     Info {
@@ -68,8 +127,9 @@ fn main() -> ExitCode {
             .map(|s| println!("{s}"))
             .map_err(Into::into),
         Some("stage") => stage(),
+        Some("serve") => serve_command(&args[1..]),
         _ => {
-            eprintln!("usage: pipe-worker info | stage < REQUEST.json");
+            eprintln!("usage: pipe-worker info | stage < REQUEST.json | serve PACKAGE [OPTIONS]");
             return ExitCode::from(2);
         }
     };

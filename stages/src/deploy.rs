@@ -1,0 +1,193 @@
+//! `kind: deploy`: bring up a local endpoint for a packaged model, like the
+//! blog's `estimator.deploy(...)`.
+//!
+//! ```yaml
+//! deploy:
+//!   kind: deploy
+//!   inputs: {package: "package:"}
+//!   with: {port: 0, host: 127.0.0.1}     # port 0: pick a free one
+//! ```
+//!
+//! Starts `pipe serve` in the background, waits for `/ping`, and writes
+//! `endpoint.json` (`name`, `url`, `pid`, `model_sha256`, `log`), also kept in
+//! `.pipe/endpoints/`. A deploy is an effect: on a cache hit the endpoint is
+//! checked (its process alive and our server, `/ping` answering, the same
+//! model), and a dead one is brought up again. A live endpoint of the same name
+//! serving another model is replaced. `pipe endpoints` lists them, `pipe down`
+//! stops them.
+
+use std::time::Duration;
+
+use pipe_engine::cache::Digest;
+use pipe_engine::{Stage, StageContext, StageError, StageKind, WithError};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::endpoint::{self, Health, Launch, Record};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct With {
+    /// Endpoint name (default: PIPELINE-STAGE).
+    name: Option<String>,
+    #[serde(default = "localhost")]
+    host: String,
+    #[serde(default)]
+    port: u16,
+    /// Seconds to wait for the server to load and answer `/ping`.
+    #[serde(default = "default_timeout")]
+    timeout: f64,
+    max_batch: Option<usize>,
+    max_delay_ms: Option<u64>,
+    workers: Option<usize>,
+    threads: Option<usize>,
+}
+
+fn localhost() -> String {
+    "127.0.0.1".into()
+}
+fn default_timeout() -> f64 {
+    120.0
+}
+
+fn parse(v: &Value) -> Result<With, WithError> {
+    let w: With = WithError::parse(v)?;
+    if let Some(n) = &w.name {
+        if n.is_empty()
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            || n.starts_with('.')
+        {
+            return Err(WithError::field(
+                "name",
+                format!("`{n}`: use letters, digits, `-`, `_` and `.`"),
+            ));
+        }
+    }
+    if !(w.timeout > 0.0 && w.timeout.is_finite()) {
+        return Err(WithError::field(
+            "timeout",
+            "must be a positive number of seconds",
+        ));
+    }
+    Ok(w)
+}
+
+fn name(w: &With, stage: &Stage, ctx: &StageContext) -> String {
+    w.name
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", ctx.pipeline.name, stage.name))
+}
+
+pub struct Deploy;
+
+impl Deploy {
+    fn package(ctx: &StageContext) -> Result<std::path::PathBuf, StageError> {
+        let Some(p) = ctx.inputs.get("package") else {
+            return Err(
+                "`deploy` needs an input named `package` (a package stage's output)".into(),
+            );
+        };
+        let p = if p.is_dir() {
+            p.join("model.tar.gz")
+        } else {
+            p.clone()
+        };
+        if !p.is_file() {
+            return Err(format!(
+                "{} is missing: is `package` a package stage's output?",
+                p.display()
+            )
+            .into());
+        }
+        Ok(p)
+    }
+}
+
+impl StageKind for Deploy {
+    fn name(&self) -> &'static str {
+        "deploy"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn check(&self, with: &Value) -> Result<(), WithError> {
+        parse(with).map(|_| ())
+    }
+
+    fn is_effect(&self, _: &Stage) -> bool {
+        true
+    }
+
+    fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
+        let w = parse(&ctx.stage.with)?;
+        let name = name(&w, ctx.stage, ctx);
+        let package = Self::package(ctx)?;
+        let sha = Digest::of_file(&package)?.to_hex();
+        if let Some(old) = endpoint::get(ctx.workspace, &name) {
+            let same = old.model_sha256 == sha;
+            match old.health() {
+                Health::Healthy
+                    if same && (w.port == 0 || old.url.ends_with(&format!(":{}", w.port))) =>
+                {
+                    ctx.progress(&format!("reusing {} ({})", old.name, old.url));
+                    return write(ctx, &old);
+                }
+                Health::Healthy => ctx.progress(&format!("replacing {} (another model)", old.name)),
+                Health::Down(why) => ctx.progress(&format!("{} was down: {why}", old.name)),
+            }
+            old.stop(ctx.workspace, Duration::from_secs(10))?;
+        }
+        let mut extra = Vec::new();
+        for (flag, v) in [
+            ("--max-batch", w.max_batch.map(|v| v.to_string())),
+            ("--max-delay-ms", w.max_delay_ms.map(|v| v.to_string())),
+            ("--workers", w.workers.map(|v| v.to_string())),
+            ("--threads", w.threads.map(|v| v.to_string())),
+        ] {
+            if let Some(v) = v {
+                extra.extend([flag.to_string(), v]);
+            }
+        }
+        ctx.progress(&format!("starting {name}"));
+        let record = endpoint::start(
+            ctx.workspace,
+            &Launch {
+                name: &name,
+                package: &std::path::absolute(&package)?,
+                model_sha256: &sha,
+                host: &w.host,
+                port: w.port,
+                extra_args: extra,
+                timeout: Duration::from_secs_f64(w.timeout),
+            },
+        )?;
+        ctx.progress(&format!("{name} is up at {}", record.url));
+        write(ctx, &record)
+    }
+
+    fn verify(&self, ctx: &StageContext) -> Result<Option<String>, StageError> {
+        let receipt: Record =
+            serde_json::from_slice(&std::fs::read(ctx.out.join("endpoint.json"))?)?;
+        let Some(live) = endpoint::get(ctx.workspace, &receipt.name) else {
+            return Ok(Some(format!("endpoint {} was taken down", receipt.name)));
+        };
+        if live != receipt {
+            return Ok(Some(format!("endpoint {} was replaced", receipt.name)));
+        }
+        Ok(match live.health() {
+            Health::Healthy => None,
+            Health::Down(why) => Some(format!("endpoint {} is down: {why}", receipt.name)),
+        })
+    }
+}
+
+fn write(ctx: &StageContext, r: &Record) -> Result<(), StageError> {
+    let mut bytes = serde_json::to_vec_pretty(r)?;
+    bytes.push(b'\n');
+    std::fs::write(ctx.out.join("endpoint.json"), bytes)?;
+    Ok(())
+}

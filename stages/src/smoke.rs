@@ -1,0 +1,248 @@
+//! `kind: smoke_test`: send sentences to a deployed endpoint and check the
+//! predicted classes, like the blog's `predictor.predict(...)`.
+//!
+//! ```yaml
+//! smoke:
+//!   kind: smoke_test
+//!   inputs: {endpoint: "deploy:", data: "split:test.csv"}   # data: optional
+//!   with:
+//!     cases: [{text: "Somebody just left - guess who.", expect: 1}]
+//!     min_accuracy: 0.7                                     # over `data`
+//! ```
+//!
+//! Writes `report.json` (each case's prediction, probability and latency;
+//! accuracy over the data). A smoke test is an effect: on a cache hit it runs
+//! its checks again against the live endpoint, so a broken or replaced
+//! endpoint never passes from cache.
+
+use std::time::Instant;
+
+use pipe_engine::{StageContext, StageError, StageKind, WithError};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::endpoint::Record;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct With {
+    #[serde(default)]
+    cases: Vec<Case>,
+    min_accuracy: Option<f64>,
+    /// A workspace CSV (`sentence,label`), instead of a `data` input.
+    data: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    text: String,
+    expect: Value,
+}
+
+fn parse(v: &Value) -> Result<With, WithError> {
+    let w: With = WithError::parse(v)?;
+    if w.cases.is_empty() && w.data.is_none() && w.min_accuracy.is_none() {
+        return Err(WithError::field(
+            "cases",
+            "give at least one case (or `data` with `min_accuracy`)",
+        ));
+    }
+    if let Some(a) = w.min_accuracy {
+        if !(0.0..=1.0).contains(&a) {
+            return Err(WithError::field("min_accuracy", "must be between 0 and 1"));
+        }
+    }
+    Ok(w)
+}
+
+#[derive(Deserialize)]
+struct Verbose {
+    label: String,
+    class: usize,
+    probabilities: Vec<f64>,
+}
+
+fn predict(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    texts: &[&str],
+) -> Result<Vec<Verbose>, StageError> {
+    let r = client
+        .post(format!("{url}/invocations"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json;verbose=true")
+        .body(serde_json::to_vec(&texts)?)
+        .send()
+        .map_err(|e| format!("{url}/invocations: {e}"))?;
+    let status = r.status();
+    let body = r.text()?;
+    if !status.is_success() {
+        return Err(format!("{url}/invocations answered {status}: {body}").into());
+    }
+    let out: Vec<Verbose> = serde_json::from_str(&body)
+        .map_err(|e| format!("{url}/invocations: unexpected answer ({e}): {body}"))?;
+    if out.len() != texts.len() {
+        return Err(format!(
+            "{url}/invocations answered {} predictions for {} sentences",
+            out.len(),
+            texts.len()
+        )
+        .into());
+    }
+    Ok(out)
+}
+
+fn matches(expect: &Value, p: &Verbose) -> bool {
+    match expect {
+        Value::Number(n) => n.as_u64() == Some(p.class as u64),
+        Value::String(s) => *s == p.label,
+        _ => false,
+    }
+}
+
+/// Runs every check; `Err` with a readable table when one fails.
+fn check(ctx: &StageContext, w: &With) -> Result<Value, StageError> {
+    let Some(ep) = ctx.inputs.get("endpoint") else {
+        return Err(
+            "`smoke_test` needs an input named `endpoint` (a deploy stage's output)".into(),
+        );
+    };
+    let ep = if ep.is_dir() {
+        ep.join("endpoint.json")
+    } else {
+        ep.clone()
+    };
+    let record: Record = serde_json::from_slice(&std::fs::read(&ep)?)
+        .map_err(|e| format!("{}: not an endpoint record: {e}", ep.display()))?;
+    let client = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .build()?;
+    let mut cases = Vec::new();
+    let mut failed = Vec::new();
+    for c in &w.cases {
+        let t0 = Instant::now();
+        let p = predict(&client, &record.url, &[&c.text])?.remove(0);
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        let ok = matches(&c.expect, &p);
+        if !ok {
+            failed.push(format!(
+                "  {:<50}  expected {:<6}  got {} (p={:.3})",
+                c.text,
+                c.expect.to_string(),
+                p.class,
+                p.probabilities[p.class]
+            ));
+        }
+        cases.push(
+            json!({"text": c.text, "expect": c.expect, "predicted": p.class, "label": p.label,
+            "probability": p.probabilities[p.class], "latency_ms": ms, "ok": ok}),
+        );
+    }
+    let data = ctx
+        .inputs
+        .get("data")
+        .cloned()
+        .or_else(|| w.data.as_ref().map(|d| ctx.workspace.join(d)));
+    let mut accuracy = None;
+    if let Some(path) = data {
+        let mut r =
+            csv::Reader::from_path(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let headers = r.headers()?.clone();
+        let col = |n: &str| {
+            headers
+                .iter()
+                .position(|h| h == n)
+                .ok_or_else(|| format!("{}: no `{n}` column", path.display()))
+        };
+        let (s, l) = (col("sentence")?, col("label")?);
+        let mut rows = Vec::new();
+        for rec in r.records() {
+            let rec = rec?;
+            rows.push((
+                rec.get(s).unwrap_or_default().to_string(),
+                rec.get(l).unwrap_or_default().to_string(),
+            ));
+        }
+        let mut correct = 0;
+        for chunk in rows.chunks(64) {
+            let texts: Vec<&str> = chunk.iter().map(|(t, _)| t.as_str()).collect();
+            for (p, (_, label)) in predict(&client, &record.url, &texts)?.iter().zip(chunk) {
+                if p.class.to_string() == *label || p.label == *label {
+                    correct += 1;
+                }
+            }
+        }
+        let a = correct as f64 / rows.len().max(1) as f64;
+        ctx.progress(&format!(
+            "accuracy {a:.3} over {} rows of {}",
+            rows.len(),
+            path.display()
+        ));
+        accuracy = Some(a);
+    }
+    if let (Some(min), Some(a)) = (w.min_accuracy, accuracy) {
+        if a < min {
+            failed.push(format!("  accuracy {a:.3} is below min_accuracy {min}"));
+        }
+    }
+    if !failed.is_empty() {
+        return Err(format!(
+            "{} check(s) failed against {} ({}):\n{}",
+            failed.len(),
+            record.name,
+            record.url,
+            failed.join("\n")
+        )
+        .into());
+    }
+    Ok(
+        json!({"endpoint": record.url, "name": record.name, "cases": cases, "accuracy": accuracy, "passed": true}),
+    )
+}
+
+pub struct SmokeTest;
+
+impl StageKind for SmokeTest {
+    fn name(&self) -> &'static str {
+        "smoke_test"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn check(&self, with: &Value) -> Result<(), WithError> {
+        parse(with).map(|_| ())
+    }
+
+    fn is_effect(&self, _: &pipe_engine::Stage) -> bool {
+        true
+    }
+
+    fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
+        let w = parse(&ctx.stage.with)?;
+        let report = check(ctx, &w)?;
+        for c in report["cases"].as_array().into_iter().flatten() {
+            ctx.progress(&format!(
+                "{:?} → {} (p={:.3})",
+                c["text"].as_str().unwrap_or_default(),
+                c["predicted"],
+                c["probability"].as_f64().unwrap_or_default()
+            ));
+        }
+        std::fs::write(
+            ctx.out.join("report.json"),
+            serde_json::to_string_pretty(&report)? + "\n",
+        )?;
+        Ok(())
+    }
+
+    fn verify(&self, ctx: &StageContext) -> Result<Option<String>, StageError> {
+        let w = parse(&ctx.stage.with)?;
+        Ok(match check(ctx, &w) {
+            Ok(_) => None,
+            Err(e) => Some(e.to_string()),
+        })
+    }
+}

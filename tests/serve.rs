@@ -1,0 +1,353 @@
+//! `pipe serve`, `deploy`, `smoke_test`, `pipe endpoints` and `pipe down`:
+//! real HTTP on 127.0.0.1 against the real server, on a tiny model that
+//! fine-tune → trace → package build in the test.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+use common::{stages, tiny_bert, worker, TestWorkspace};
+use serde_json::{json, Value};
+
+const MANIFEST: &str = r#"version: 1
+name: s
+params:
+  epochs: 20
+stages:
+  finetune:
+    kind: finetune
+    inputs: {model: model, data: data}
+    with: {epochs: "${params.epochs}", batch_size: 16, lr: 3e-3, max_len: 16, threads: 1}
+  trace:
+    kind: trace
+    inputs: {model: "finetune:"}
+  package:
+    kind: package
+    inputs: {model: "trace:"}
+  deploy:
+    kind: deploy
+    inputs: {package: "package:"}
+    with: {name: tiny, port: 0}
+  smoke:
+    kind: smoke_test
+    inputs: {endpoint: "deploy:", data: data/test.csv}
+    with:
+      cases: [{text: "the film was great", expect: 1}, {text: "the plot was awful", expect: 0}]
+      min_accuracy: 1.0
+"#;
+
+/// One packaged tiny model shared by the server tests.
+fn package() -> PathBuf {
+    static PKG: OnceLock<(TestWorkspace, PathBuf)> = OnceLock::new();
+    PKG.get_or_init(|| {
+        worker();
+        let ws = TestWorkspace::new();
+        tiny_bert::write(&ws.path("model"));
+        tiny_bert::data(&ws.path("data"));
+        ws.manifest(MANIFEST);
+        ws.run(&["--until", "package"]);
+        let p = ws.path(".pipe/out/s/package/model.tar.gz");
+        (ws, p)
+    })
+    .1
+    .clone()
+}
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pipe"))
+            .arg("serve")
+            .arg(package())
+            .args(["--port", "0", "--announce", "--threads", "1"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ready: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        Server {
+            child,
+            url: ready["ready"].as_str().unwrap().to_string(),
+        }
+    }
+
+    fn post(
+        &self,
+        body: impl Into<reqwest::blocking::Body>,
+        ct: &str,
+        accept: Option<&str>,
+    ) -> (u16, Value) {
+        let mut r = reqwest::blocking::Client::new()
+            .post(format!("{}/invocations", self.url))
+            .header("content-type", ct)
+            .body(body);
+        if let Some(a) = accept {
+            r = r.header("accept", a);
+        }
+        let r = r.send().unwrap();
+        let status = r.status().as_u16();
+        (status, serde_json::from_slice(&r.bytes().unwrap()).unwrap())
+    }
+
+    fn json(&self, v: Value) -> (u16, Value) {
+        self.post(v.to_string(), "application/json", None)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn logits(v: &Value) -> Vec<Vec<f64>> {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+#[test]
+fn sagemaker_contract_and_bad_input() {
+    let s = Server::start(&[]);
+    let ping = reqwest::blocking::get(format!("{}/ping", s.url)).unwrap();
+    assert_eq!(ping.status(), 200);
+
+    let (st, one) = s.json(json!("the film was great"));
+    assert_eq!(st, 200);
+    let one = logits(&one);
+    assert_eq!(one.len(), 1);
+    assert!(one[0][1] > one[0][0], "a good review is class 1: {one:?}");
+
+    let (st, many) = s.json(json!(["the film was great", "the plot was awful", "nice"]));
+    assert_eq!(st, 200);
+    let many = logits(&many);
+    assert_eq!(many.len(), 3);
+    assert!(many[1][0] > many[1][1]);
+    assert!((many[0][0] - one[0][0]).abs() < 1e-5);
+
+    let (st, v) = s.post(
+        json!(["a sad movie"]).to_string(),
+        "application/json",
+        Some("application/json;verbose=true"),
+    );
+    assert_eq!(st, 200);
+    assert_eq!(v[0]["class"], 0);
+    assert_eq!(v[0]["label"], "0");
+    let p: Vec<f64> = serde_json::from_value(v[0]["probabilities"].clone()).unwrap();
+    assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-6);
+
+    // Over-long input is truncated to max_len, not refused.
+    let long = vec!["good"; 500].join(" ");
+    assert_eq!(s.json(json!(long)).0, 200);
+
+    for (body, ct, status, says) in [
+        (
+            b"{not json".to_vec(),
+            "application/json",
+            400,
+            "malformed JSON",
+        ),
+        (
+            br#"["ok", 3]"#.to_vec(),
+            "application/json",
+            400,
+            "item 1 is not a string",
+        ),
+        (b"[]".to_vec(), "application/json", 400, "empty"),
+        (
+            br#"{"a": 1}"#.to_vec(),
+            "application/json",
+            400,
+            "a string or a list of strings",
+        ),
+        (b"\"\xff\xfe\"".to_vec(), "application/json", 400, "UTF-8"),
+        (b"\"hi\"".to_vec(), "text/plain", 415, "application/json"),
+        (vec![b'a'; 2 << 20], "application/json", 413, "limit"),
+    ] {
+        let (st, v) = s.post(body, ct, None);
+        assert_eq!(st, status, "{says}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(says), "{v}");
+    }
+    // Still serving, and counting.
+    assert_eq!(s.json(json!("fine")).0, 200);
+    let m = reqwest::blocking::get(format!("{}/metrics", s.url))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        m.contains(r#"pipe_requests_total{path="/invocations",status="415"} 1"#),
+        "{m}"
+    );
+    assert!(m.contains("pipe_request_seconds_bucket"), "{m}");
+    assert!(m.contains("pipe_batch_size_bucket"), "{m}");
+}
+
+#[test]
+fn concurrent_requests_are_batched_and_answered_correctly() {
+    let s = Server::start(&["--max-delay-ms", "20"]);
+    let sentences: Vec<String> = (0..200)
+        .map(|i| {
+            let w = tiny_bert::WORDS;
+            format!("{} {} {}", w[i % 16], w[(i / 16) % 16], w[(i * 7) % 16])
+        })
+        .collect();
+    // Unbatched answers, one request at a time.
+    let alone: Vec<Vec<f64>> = sentences
+        .iter()
+        .map(|t| logits(&s.json(json!(t)).1)[0].clone())
+        .collect();
+    let url = s.url.clone();
+    let handles: Vec<_> = sentences
+        .iter()
+        .cloned()
+        .map(|t| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let r = reqwest::blocking::Client::new()
+                    .post(format!("{url}/invocations"))
+                    .header("content-type", "application/json")
+                    .body(json!(t).to_string())
+                    .send()
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                logits(&serde_json::from_slice(&r.bytes().unwrap()).unwrap())[0].clone()
+            })
+        })
+        .collect();
+    for (h, want) in handles.into_iter().zip(&alone) {
+        let got = h.join().unwrap();
+        for (a, b) in got.iter().zip(want) {
+            assert!((a - b).abs() <= 1e-5, "batched {got:?} vs alone {want:?}");
+        }
+    }
+    let m = reqwest::blocking::get(format!("{}/metrics", s.url))
+        .unwrap()
+        .text()
+        .unwrap();
+    let batches: f64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("pipe_batch_size_count "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // 200 alone + 200 concurrent (+ none for warm-up): batching merged some.
+    assert!(
+        batches < 400.0,
+        "no batching happened: {batches} model calls"
+    );
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_and_exits_0() {
+    let mut s = Server::start(&["--max-delay-ms", "300"]);
+    let url = s.url.clone();
+    // A request waits in the batcher for up to 300 ms; SIGTERM lands meanwhile.
+    let inflight = std::thread::spawn(move || {
+        reqwest::blocking::Client::new()
+            .post(format!("{url}/invocations"))
+            .header("content-type", "application/json")
+            .body("\"good\"")
+            .send()
+            .map(|r| r.status().as_u16())
+    });
+    // Wait until the server holds it (it waits in the batcher for 300 ms).
+    let pid = s.child.id();
+    let metrics = format!("{}/metrics", s.url);
+    let held = (0..1000).any(|_| {
+        reqwest::blocking::get(&metrics)
+            .and_then(|r| r.text())
+            .is_ok_and(|m| m.contains("pipe_in_flight_requests 1"))
+    });
+    assert!(held, "the request never reached the server");
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    assert_eq!(inflight.join().unwrap().unwrap(), 200);
+    let status = s.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+fn endpoints(ws: &TestWorkspace) -> Vec<Value> {
+    let out = ws.pipe(&["endpoints", "--json"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
+}
+
+#[test]
+fn deploy_reuse_replace_and_down() {
+    worker();
+    let ws = TestWorkspace::new();
+    tiny_bert::write(&ws.path("model"));
+    tiny_bert::data(&ws.path("data"));
+    ws.manifest(MANIFEST);
+    let first = ws.run(&[]);
+    assert!(first.iter().all(|(_, s)| s == "ran"), "{first:?}");
+    let ep: Value = serde_json::from_str(&ws.read(".pipe/out/s/deploy/endpoint.json")).unwrap();
+    assert_eq!(ep["name"], "tiny");
+    let report: Value = serde_json::from_str(&ws.read(".pipe/out/s/smoke/report.json")).unwrap();
+    assert_eq!(report["accuracy"], 1.0);
+    assert_eq!(report["cases"][0]["predicted"], 1);
+
+    // Same model, live endpoint: nothing runs; the smoke test re-checked it.
+    let again = ws.run(&[]);
+    assert!(again.iter().all(|(_, s)| s == "cached"), "{again:?}");
+    let listed = endpoints(&ws);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["health"], "healthy");
+    assert_eq!(listed[0]["pid"], ep["pid"]);
+
+    // Another model replaces the endpoint: the old server is stopped.
+    let replaced = ws.run(&["--set", "epochs=21"]);
+    assert!(replaced.iter().all(|(_, s)| s == "ran"), "{replaced:?}");
+    let ep2: Value = serde_json::from_str(&ws.read(".pipe/out/s/deploy/endpoint.json")).unwrap();
+    assert_ne!(ep2["pid"], ep["pid"]);
+    assert!(!alive(ep["pid"].as_u64().unwrap()));
+
+    // A dead endpoint is noticed and brought back up.
+    let pid2 = ep2["pid"].as_u64().unwrap();
+    unsafe { libc::kill(pid2 as i32, libc::SIGKILL) };
+    while alive(pid2) {
+        std::thread::yield_now();
+    }
+    assert!(endpoints(&ws)[0]["health"]
+        .as_str()
+        .unwrap()
+        .starts_with("down"));
+    let revived = stages(&ws.run_json(&["--set", "epochs=21"]));
+    assert_eq!(
+        revived
+            .iter()
+            .filter(|(_, s)| s == "ran")
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>(),
+        ["deploy", "smoke"]
+    );
+
+    let down = ws.pipe(&["down", "--all"]);
+    assert!(down.status.success(), "{}", common::stderr(&down));
+    let ep3: Value = serde_json::from_str(&ws.read(".pipe/out/s/deploy/endpoint.json")).unwrap();
+    let pid3 = ep3["pid"].as_u64().unwrap();
+    assert!(!alive(pid3));
+    assert!(endpoints(&ws).is_empty());
+    assert!(!Path::new(&ws.path(".pipe/endpoints/tiny.json")).exists());
+}
+
+/// Whether `pid` runs and is not a zombie.
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| !r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,458 @@
+//! `pipe serve`: the packaged model behind the SageMaker inference-container
+//! contract (`GET /ping`, `POST /invocations`), plus `GET /metrics`.
+//!
+//! Requests are parsed on a small async executor; inference runs on dedicated
+//! threads. Concurrent requests are queued and run together (up to
+//! `max_batch` sentences, waiting at most `max_delay` for more), padded to the
+//! longest sentence of the batch.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use prometheus::{
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+};
+use serde_json::{json, Value};
+use tch::{CModule, Device, Kind};
+use tokio::sync::oneshot;
+
+use crate::tokenize::{pad, Encoder};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub package: PathBuf,
+    pub host: String,
+    pub port: u16,
+    pub max_batch: usize,
+    pub max_delay: Duration,
+    /// Inference threads, each with its own copy of the module.
+    pub workers: usize,
+    /// Intra-op threads of libtorch (shared by the workers).
+    pub threads: usize,
+    pub body_limit: usize,
+    /// Print `{"ready": URL}` on stdout once serving (for `deploy`).
+    pub announce: bool,
+}
+
+/// A loaded package: the unpacked directory and what `config.json` says.
+struct Model {
+    dir: PathBuf,
+    labels: Vec<String>,
+    max_len: usize,
+    _unpacked: Option<tempfile::TempDir>,
+}
+
+fn open(package: &Path) -> Result<Model> {
+    let (dir, unpacked) = if package.is_dir() {
+        (package.to_path_buf(), None)
+    } else {
+        let tmp = tempfile::Builder::new().prefix("pipe-serve-").tempdir()?;
+        let file = std::fs::File::open(package)
+            .with_context(|| format!("cannot open {}", package.display()))?;
+        tar::Archive::new(flate2::read::GzDecoder::new(file))
+            .unpack(tmp.path())
+            .with_context(|| format!("{}: not a model.tar.gz", package.display()))?;
+        (tmp.path().to_path_buf(), Some(tmp))
+    };
+    let config: Value = serde_json::from_slice(
+        &std::fs::read(dir.join("config.json"))
+            .with_context(|| format!("{}: no config.json", package.display()))?,
+    )?;
+    let max_len = config["max_len"].as_u64().unwrap_or(128) as usize;
+    let mut labels: Vec<(usize, String)> = config["id2label"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    labels.sort();
+    let labels = labels.into_iter().map(|(_, l)| l).collect();
+    Ok(Model {
+        dir,
+        labels,
+        max_len,
+        _unpacked: unpacked,
+    })
+}
+
+/// Sentences of one request, and where its logits go.
+struct Job {
+    sentences: Vec<String>,
+    reply: oneshot::Sender<Result<Vec<Vec<f32>>, String>>,
+}
+
+struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    batch: HistogramVec,
+    in_flight: IntGauge,
+}
+
+impl Metrics {
+    fn new() -> Result<Metrics> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("pipe_requests_total", "HTTP requests by path and status"),
+            &["path", "status"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new("pipe_request_seconds", "Latency of /invocations").buckets(vec![
+                0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+            ]),
+            &[],
+        )?;
+        let batch = HistogramVec::new(
+            HistogramOpts::new("pipe_batch_size", "Sentences per model call")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+            &[],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        let in_flight = IntGauge::new(
+            "pipe_in_flight_requests",
+            "Requests to /invocations being answered",
+        )?;
+        registry.register(Box::new(batch.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            latency,
+            batch,
+            in_flight,
+        })
+    }
+}
+
+struct App {
+    queue: std::sync::Mutex<mpsc::Sender<Job>>,
+    labels: Vec<String>,
+    metrics: Metrics,
+    body_limit: usize,
+}
+
+/// One inference thread: takes a job, gathers more until the batch is full or
+/// `max_delay` passed, runs them in one forward pass, and answers each.
+fn infer_loop(
+    rx: Arc<std::sync::Mutex<mpsc::Receiver<Job>>>,
+    module: CModule,
+    encoder: Encoder,
+    opts: Options,
+    batch_hist: HistogramVec,
+) {
+    let _guard = tch::no_grad_guard();
+    loop {
+        let mut jobs = Vec::new();
+        {
+            let Ok(rx) = rx.lock() else { return };
+            let Ok(first) = rx.recv() else { return };
+            let mut n = first.sentences.len();
+            jobs.push(first);
+            let deadline = Instant::now() + opts.max_delay;
+            while n < opts.max_batch {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(j) => {
+                        n += j.sentences.len();
+                        jobs.push(j);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        let sentences: Vec<String> = jobs.iter().flat_map(|j| j.sentences.clone()).collect();
+        batch_hist
+            .with_label_values::<&str>(&[])
+            .observe(sentences.len() as f64);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_batch(&module, &encoder, &sentences)
+        }))
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the model panicked")));
+        let mut rows = match result {
+            Ok(rows) => rows.into_iter(),
+            Err(e) => {
+                tracing::error!("inference failed: {e:#}");
+                for j in jobs {
+                    let _ = j.reply.send(Err(format!("inference failed: {e:#}")));
+                }
+                continue;
+            }
+        };
+        for j in jobs {
+            let mine: Vec<Vec<f32>> = rows.by_ref().take(j.sentences.len()).collect();
+            let _ = j.reply.send(Ok(mine));
+        }
+    }
+}
+
+fn run_batch(module: &CModule, encoder: &Encoder, sentences: &[String]) -> Result<Vec<Vec<f32>>> {
+    let ids = encoder.encode(sentences)?;
+    let seqs: Vec<&[i64]> = ids.iter().map(Vec::as_slice).collect();
+    let (x, m) = pad(&seqs, None);
+    let logits = module.forward_ts(&[x, m])?.to_kind(Kind::Float);
+    let n = logits.size();
+    if n.len() != 2 || n[0] != sentences.len() as i64 {
+        bail!(
+            "the model returned shape {n:?} for {} sentences",
+            sentences.len()
+        );
+    }
+    let flat = Vec::<f32>::try_from(logits.flatten(0, -1))?;
+    Ok(flat.chunks(n[1] as usize).map(<[f32]>::to_vec).collect())
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({"error": message.into()}))).into_response()
+}
+
+/// A request error: status and message.
+fn bad(status: StatusCode, message: impl Into<String>) -> (StatusCode, String) {
+    (status, message.into())
+}
+
+fn parse_sentences(headers: &HeaderMap, body: &[u8]) -> Result<Vec<String>, (StatusCode, String)> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/json") {
+        return Err(bad(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type must be application/json, not `{ct}`"),
+        ));
+    }
+    let text = std::str::from_utf8(body).map_err(|e| {
+        bad(
+            StatusCode::BAD_REQUEST,
+            format!("body is not valid UTF-8 (at byte {})", e.valid_up_to()),
+        )
+    })?;
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        bad(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "malformed JSON at line {} column {}: {e}",
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
+    match value {
+        Value::String(s) => Ok(vec![s]),
+        Value::Array(items) if items.is_empty() => Err(bad(
+            StatusCode::BAD_REQUEST,
+            "the list of sentences is empty",
+        )),
+        Value::Array(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) => Ok(s),
+                other => Err(bad(
+                    StatusCode::BAD_REQUEST,
+                    format!("item {i} is not a string: {other}"),
+                )),
+            })
+            .collect(),
+        other => Err(bad(
+            StatusCode::BAD_REQUEST,
+            format!("expected a string or a list of strings, got {other}"),
+        )),
+    }
+}
+
+fn softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+    let exp: Vec<f64> = row.iter().map(|&x| (x as f64 - max).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    exp.into_iter().map(|e| e / sum).collect()
+}
+
+async fn invocations(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    app.metrics.in_flight.inc();
+    let response = invoke(&app, &headers, body).await;
+    app.metrics.in_flight.dec();
+    app.metrics
+        .latency
+        .with_label_values::<&str>(&[])
+        .observe(started.elapsed().as_secs_f64());
+    app.metrics
+        .requests
+        .with_label_values(&["/invocations", response.status().as_str()])
+        .inc();
+    response
+}
+
+async fn invoke(app: &App, headers: &HeaderMap, body: Body) -> Response {
+    let bytes: Bytes = match axum::body::to_bytes(body, app.body_limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body is over the limit of {} bytes", app.body_limit),
+            )
+        }
+    };
+    let sentences = match parse_sentences(headers, &bytes) {
+        Ok(s) => s,
+        Err((status, message)) => return error(status, message),
+    };
+    let (tx, rx) = oneshot::channel();
+    let sent = match app.queue.lock() {
+        Ok(q) => q
+            .send(Job {
+                sentences,
+                reply: tx,
+            })
+            .is_ok(),
+        Err(_) => false,
+    };
+    if !sent {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the model is not running",
+        );
+    }
+    let rows = match rx.await {
+        Ok(Ok(rows)) => rows,
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "the model stopped"),
+    };
+    let verbose = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.replace(' ', "").contains("verbose=true"));
+    if !verbose {
+        return axum::Json(rows).into_response();
+    }
+    let out: Vec<Value> = rows
+        .iter()
+        .map(|row| {
+            let p = softmax(row);
+            let class = p
+                .iter()
+                .enumerate()
+                .fold(0, |best, (i, &x)| if x > p[best] { i } else { best });
+            json!({
+                "label": app.labels.get(class).cloned().unwrap_or_else(|| class.to_string()),
+                "class": class,
+                "probabilities": p,
+                "logits": row,
+            })
+        })
+        .collect();
+    axum::Json(out).into_response()
+}
+
+async fn ping(State(app): State<Arc<App>>) -> Response {
+    app.metrics
+        .requests
+        .with_label_values(&["/ping", "200"])
+        .inc();
+    (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response()
+}
+
+async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+    let mut buf = Vec::new();
+    if let Err(e) = prometheus::TextEncoder::new().encode(&app.metrics.registry.gather(), &mut buf)
+    {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf).into_response()
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    tracing::info!("draining in-flight requests, then exiting");
+}
+
+pub fn serve(opts: Options) -> Result<()> {
+    tch::set_num_threads(opts.threads.max(1) as i32);
+    let model = open(&opts.package)?;
+    let metrics = Metrics::new()?;
+    let (tx, rx) = mpsc::channel::<Job>();
+    let rx = Arc::new(std::sync::Mutex::new(rx));
+    let mut threads = Vec::new();
+    for _ in 0..opts.workers.max(1) {
+        let module = CModule::load_on_device(model.dir.join("model.pt"), Device::Cpu)
+            .with_context(|| format!("cannot load {}/model.pt", opts.package.display()))?;
+        let encoder = Encoder::load(&model.dir, model.max_len)?;
+        // Warm up: the first call of a TorchScript module optimises its graph.
+        for n in [1usize, 2] {
+            let warm: Vec<String> = vec!["warm up".to_string(); n];
+            run_batch(&module, &encoder, &warm).context("the model fails on a test sentence")?;
+        }
+        let (rx, opts, hist) = (rx.clone(), opts.clone(), metrics.batch.clone());
+        threads.push(std::thread::spawn(move || {
+            infer_loop(rx, module, encoder, opts, hist)
+        }));
+    }
+    let app = Arc::new(App {
+        queue: std::sync::Mutex::new(tx),
+        labels: model.labels.clone(),
+        metrics,
+        body_limit: opts.body_limit,
+    });
+    let router = Router::new()
+        .route("/ping", get(ping))
+        .route("/invocations", post(invocations))
+        .route("/metrics", get(metrics_text))
+        .with_state(app);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let addr: SocketAddr = format!("{}:{}", opts.host, opts.port)
+            .parse()
+            .with_context(|| format!("bad address {}:{}", opts.host, opts.port))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        let url = format!("http://{local}");
+        tracing::info!(
+            "serving {} on {url} ({} labels, max_len {}, max batch {}, max delay {:?}, {} workers × {} threads)",
+            opts.package.display(),
+            model.labels.len(),
+            model.max_len,
+            opts.max_batch,
+            opts.max_delay,
+            opts.workers,
+            opts.threads
+        );
+        if opts.announce {
+            println!("{}", json!({"ready": url, "pid": std::process::id()}));
+        }
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown())
+            .await?;
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}
