@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Serving benchmark: all-MiniLM-L6-v2 fine-tuned on CoLA behind `pipe serve`,
+# over HTTP on 127.0.0.1, against the Python (transformers) reference measured
+# in-process without HTTP; alternating, REPEAT times; medians.
+#
+#   PIPE_REF_BENCH=DIR PIPE_REF_PYTHON=PY bench/serve.sh [REPEAT]   (default 3)
+#
+# Per round: one client sending 300 single-sentence requests (latency), then 32
+# clients each sending 40 (throughput), for each server layout: 1 inference
+# worker × 2 intra-op threads, 2 workers × 1 thread, 1 worker × 1 thread.
+# Set PIPE_MIRROR to work offline.
+set -euo pipefail
+repeat=${1:-3}
+root=$(cd "$(dirname "$0")/.." && pwd)
+ref=${PIPE_REF_BENCH:?set PIPE_REF_BENCH to the folder of the reference scripts}
+py=${PIPE_REF_PYTHON:?set PIPE_REF_PYTHON to the reference python}
+work=$(mktemp -d "${TMPDIR:-/tmp}/pipe-bench-serve.XXXXXX")
+server=
+cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+
+"$root/scripts/setup-libtorch"
+(cd "$root" && cargo build --release -q --workspace --bins && cargo build --release -q --example load)
+pipe=$root/target/release/pipe
+load=$root/target/release/examples/load
+
+cat > "$work/bench.yaml" <<'YAML'
+version: 1
+name: bench
+stages:
+  cola:
+    kind: download
+    with: {url: "https://nyu-mll.github.io/CoLA/cola_public_1.1.zip", extract: none}
+  data:
+    kind: download
+    with: {url: "https://nyu-mll.github.io/CoLA/cola_public_1.1.zip", extract: zip}
+  split:
+    kind: split
+    inputs: {data: "data:cola_public/raw/in_domain_train.tsv"}
+    with: {format: tsv, header: false, text_column: 3, label_column: 1}
+  bert:
+    kind: download
+    with: {hf: sentence-transformers/all-MiniLM-L6-v2, files: [config.json, model.safetensors, tokenizer.json, tokenizer_config.json, special_tokens_map.json, vocab.txt]}
+  finetune:
+    kind: finetune
+    inputs: {model: "bert:", data: "split:"}
+    with: {epochs: 1, batch_size: 32, lr: 1e-4, warmup_ratio: 0.1, schedule: linear}
+  trace:
+    kind: trace
+    inputs: {model: "finetune:"}
+  package:
+    kind: package
+    inputs: {model: "trace:"}
+YAML
+cd "$work"
+git init -q .
+"$pipe" -q run bench.yaml
+zip=$work/.pipe/out/bench/cola/cola_public_1.1.zip
+python3 -c 'import io,sys,zipfile,csv
+z=zipfile.ZipFile(sys.argv[1]); rows=z.read("cola_public/raw/in_domain_dev.tsv").decode().splitlines()
+print("\n".join(r.split("\t")[3] for r in rows if r.count("\t")>=3))' "$zip" > sentences.txt
+results=$work/results.jsonl
+
+serve() { # WORKERS THREADS
+  "$pipe" serve .pipe/out/bench/package/model.tar.gz --port 0 --announce --workers "$1" --threads "$2" > ready.json 2> server.log &
+  server=$!
+  while [ ! -s ready.json ]; do kill -0 "$server" || { cat server.log >&2; exit 1; }; sleep 0.1; done
+  url=$(python3 -c 'import json,sys; print(json.load(open("ready.json"))["ready"])')
+}
+stop() { kill "$server"; wait "$server" || true; server=; rm -f ready.json; }
+
+for i in $(seq "$repeat"); do
+  for layout in "1 2" "2 1" "1 1"; do
+    set -- $layout
+    echo "== round $i/$repeat: pipe serve, $1 worker(s) x $2 thread(s)" >&2
+    serve "$1" "$2"
+    "$load" "$url" sentences.txt 1 20 > /dev/null   # warm up
+    single=$("$load" "$url" sentences.txt 1 300)
+    many=$("$load" "$url" sentences.txt 32 40)
+    stop
+    python3 -c 'import json,sys; s=json.loads(sys.argv[1]); m=json.loads(sys.argv[2]); print(json.dumps({"run": "pipe %sx%s" % (sys.argv[3], sys.argv[4]), "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"], "per_s": m["requests_per_s"], "errors": s["errors"] + m["errors"]}))' "$single" "$many" "$1" "$2" >> "$results"
+  done
+  echo "== round $i/$repeat: python in-process" >&2
+  HF_HUB_OFFLINE=1 "$py" "$ref/serve_ref.py" --model .pipe/out/bench/finetune --cola "$zip" --threads 2 --out py.json > py.log 2>&1 || { tail py.log >&2; exit 1; }
+  python3 -c 'import json,sys; m=json.load(open("py.json")); print(json.dumps({"run": "python", "p50_ms": m["eager_single_ms"]["p50"], "p99_ms": m["eager_single_ms"]["p99"], "per_s": m["batch32_sentences_per_s"], "errors": 0}))' >> "$results"
+done
+
+cp "$results" "${PIPE_BENCH_OUT:-/dev/null}" 2>/dev/null || true
+python3 - "$results" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+print(f"{'run':<12} {'p50 ms':>8} {'p99 ms':>8} {'32 clients req/s':>17} {'errors':>7}")
+for run in dict.fromkeys(r["run"] for r in rows):
+    r = [x for x in rows if x["run"] == run]
+    med = lambda k: statistics.median(x[k] for x in r)
+    print(f"{run:<12} {med('p50_ms'):>8.2f} {med('p99_ms'):>8.2f} {med('per_s'):>17.1f} {sum(x['errors'] for x in r):>7}")
+print("(python: in-process, no HTTP; its throughput column is batch-32 sentences/s)")
+PY
