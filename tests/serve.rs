@@ -250,19 +250,19 @@ fn concurrent_requests_are_batched_and_answered_correctly() {
 
 #[test]
 fn sigterm_drains_in_flight_requests_and_exits_0() {
-    let mut s = Server::start(&["--max-delay-ms", "300"]);
-    let url = s.url.clone();
-    // A request waits in the batcher for up to 300 ms; SIGTERM lands meanwhile.
-    let inflight = std::thread::spawn(move || {
-        reqwest::blocking::Client::new()
-            .post(format!("{url}/invocations"))
-            .header("content-type", "application/json")
-            .body("\"good\"")
-            .send()
-            .map(|r| r.status().as_u16())
-    });
-    // Wait until the server holds it (it waits in the batcher for 300 ms).
-    let pid = s.child.id();
+    use std::io::{Read, Write};
+    let mut s = Server::start(&[]);
+    // A request whose body is only half sent is in flight when SIGTERM lands.
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    let body = b"[\"good\", \"bad\"]";
+    write!(
+        conn,
+        "POST /invocations HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    conn.write_all(&body[..5]).unwrap();
     let metrics = format!("{}/metrics", s.url);
     let held = (0..1000).any(|_| {
         reqwest::blocking::get(&metrics)
@@ -270,8 +270,18 @@ fn sigterm_drains_in_flight_requests_and_exits_0() {
             .is_ok_and(|m| m.contains("pipe_in_flight_requests 1"))
     });
     assert!(held, "the request never reached the server");
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    assert_eq!(inflight.join().unwrap().unwrap(), 200);
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+    conn.write_all(&body[5..]).unwrap();
+    let mut answer = String::new();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    while !answer.contains("]]") {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "connection closed before the answer: {answer}");
+        answer.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let status = s.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }

@@ -29,13 +29,13 @@ struct ServeArgs {
     /// Most sentences run together in one forward pass
     #[arg(long, default_value_t = 32)]
     max_batch: usize,
-    /// Longest wait for more requests before a batch runs
+    /// Longest wait for requests on their way before a batch runs
     #[arg(long, default_value_t = 2)]
     max_delay_ms: u64,
-    /// Inference threads (each holds a copy of the model)
-    #[arg(long, default_value_t = 1)]
-    workers: usize,
-    /// libtorch intra-op threads (default: one per core)
+    /// Inference threads, each with its own copy of the model (default: 2, or 1 on one core)
+    #[arg(long)]
+    workers: Option<usize>,
+    /// libtorch intra-op threads (default: cores / workers)
     #[arg(long)]
     threads: Option<usize>,
     /// Largest request body in bytes
@@ -58,16 +58,18 @@ fn serve_command(args: &[String]) -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    // Two workers with a share of the cores each: measured steadier and faster
+    // than one worker with every core (bench/serve.sh).
+    let cores = tch::get_num_threads().max(1) as usize;
+    let workers = a.workers.unwrap_or(cores.min(2)).max(1);
     serve::serve(serve::Options {
         package: a.package,
         host: a.host,
         port: a.port,
         max_batch: a.max_batch.max(1),
         max_delay: std::time::Duration::from_millis(a.max_delay_ms),
-        workers: a.workers.max(1),
-        threads: a
-            .threads
-            .unwrap_or_else(|| tch::get_num_threads().max(1) as usize),
+        workers,
+        threads: a.threads.unwrap_or((cores / workers).max(1)),
         body_limit: a.body_limit,
         announce: a.announce,
     })

@@ -3,11 +3,13 @@
 //!
 //! Requests are parsed on a small async executor; inference runs on dedicated
 //! threads. Concurrent requests are queued and run together (up to
-//! `max_batch` sentences, waiting at most `max_delay` for more), padded to the
-//! longest sentence of the batch.
+//! `max_batch` sentences), padded to the longest sentence of the batch. A
+//! worker waits for more only while requests are on their way (accepted, not
+//! yet queued), and at most `max_delay`: a lone request never waits.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -139,15 +141,19 @@ impl Metrics {
 
 struct App {
     queue: std::sync::Mutex<mpsc::Sender<Job>>,
+    /// Requests accepted but not yet queued: what a batch may still wait for.
+    arriving: Arc<AtomicUsize>,
     labels: Vec<String>,
     metrics: Metrics,
     body_limit: usize,
 }
 
-/// One inference thread: takes a job, gathers more until the batch is full or
-/// `max_delay` passed, runs them in one forward pass, and answers each.
+/// One inference thread: takes a job, adds what is queued and what is on its
+/// way (up to `max_batch` sentences, for at most `max_delay`), runs them in one
+/// forward pass, and answers each.
 fn infer_loop(
     rx: Arc<std::sync::Mutex<mpsc::Receiver<Job>>>,
+    arriving: Arc<AtomicUsize>,
     module: CModule,
     encoder: Encoder,
     opts: Options,
@@ -163,14 +169,23 @@ fn infer_loop(
             jobs.push(first);
             let deadline = Instant::now() + opts.max_delay;
             while n < opts.max_batch {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(left) {
-                    Ok(j) => {
-                        n += j.sentences.len();
-                        jobs.push(j);
+                let job = match rx.try_recv() {
+                    Ok(j) => j,
+                    Err(mpsc::TryRecvError::Disconnected) => break,
+                    Err(mpsc::TryRecvError::Empty) => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if arriving.load(Ordering::Acquire) == 0 || left.is_zero() {
+                            break;
+                        }
+                        match rx.recv_timeout(left.min(Duration::from_micros(200))) {
+                            Ok(j) => j,
+                            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                        }
                     }
-                    Err(_) => break,
-                }
+                };
+                n += job.sentences.len();
+                jobs.push(job);
             }
         }
         let sentences: Vec<String> = jobs.iter().flat_map(|j| j.sentences.clone()).collect();
@@ -298,7 +313,24 @@ async fn invocations(State(app): State<Arc<App>>, headers: HeaderMap, body: Body
     response
 }
 
+/// Counts a request as on its way to the queue until dropped.
+struct Arriving<'a>(&'a AtomicUsize);
+
+impl<'a> Arriving<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Arriving(count)
+    }
+}
+
+impl Drop for Arriving<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 async fn invoke(app: &App, headers: &HeaderMap, body: Body) -> Response {
+    let arriving = Arriving::new(&app.arriving);
     let bytes: Bytes = match axum::body::to_bytes(body, app.body_limit).await {
         Ok(b) => b,
         Err(_) => {
@@ -313,6 +345,9 @@ async fn invoke(app: &App, headers: &HeaderMap, body: Body) -> Response {
         Err((status, message)) => return error(status, message),
     };
     let (tx, rx) = oneshot::channel();
+    // Off the count just before it is queued: a worker that finds the queue
+    // empty and nothing arriving runs what it has.
+    drop(arriving);
     let sent = match app.queue.lock() {
         Ok(q) => q
             .send(Job {
@@ -397,6 +432,7 @@ pub fn serve(opts: Options) -> Result<()> {
     let metrics = Metrics::new()?;
     let (tx, rx) = mpsc::channel::<Job>();
     let rx = Arc::new(std::sync::Mutex::new(rx));
+    let arriving = Arc::new(AtomicUsize::new(0));
     let mut threads = Vec::new();
     for _ in 0..opts.workers.max(1) {
         let module = CModule::load_on_device(model.dir.join("model.pt"), Device::Cpu)
@@ -407,13 +443,19 @@ pub fn serve(opts: Options) -> Result<()> {
             let warm: Vec<String> = vec!["warm up".to_string(); n];
             run_batch(&module, &encoder, &warm).context("the model fails on a test sentence")?;
         }
-        let (rx, opts, hist) = (rx.clone(), opts.clone(), metrics.batch.clone());
+        let (rx, arriving, opts, hist) = (
+            rx.clone(),
+            arriving.clone(),
+            opts.clone(),
+            metrics.batch.clone(),
+        );
         threads.push(std::thread::spawn(move || {
-            infer_loop(rx, module, encoder, opts, hist)
+            infer_loop(rx, arriving, module, encoder, opts, hist)
         }));
     }
     let app = Arc::new(App {
         queue: std::sync::Mutex::new(tx),
+        arriving,
         labels: model.labels.clone(),
         metrics,
         body_limit: opts.body_limit,
