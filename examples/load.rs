@@ -6,22 +6,24 @@
 
 use std::time::Instant;
 
-fn main() {
+use anyhow::{bail, Context, Result};
+
+fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [url, file, clients, per] = args.as_slice() else {
-        eprintln!("usage: load URL SENTENCES.txt CLIENTS REQUESTS_PER_CLIENT");
-        std::process::exit(2);
+        bail!("usage: load URL SENTENCES.txt CLIENTS REQUESTS_PER_CLIENT");
     };
     let sentences: Vec<String> = std::fs::read_to_string(file)
-        .expect("sentences file")
+        .with_context(|| format!("cannot read {file}"))?
         .lines()
         .filter(|l| !l.is_empty())
-        .map(|l| serde_json::to_string(l).expect("json"))
+        .map(|l| serde_json::Value::from(l).to_string())
         .collect();
-    let (clients, per): (usize, usize) = (
-        clients.parse().expect("clients"),
-        per.parse().expect("requests"),
-    );
+    if sentences.is_empty() {
+        bail!("{file} holds no sentences");
+    }
+    let clients: usize = clients.parse().context("CLIENTS is not a number")?;
+    let per: usize = per.parse().context("REQUESTS_PER_CLIENT is not a number")?;
     let url = format!("{url}/invocations");
     let started = Instant::now();
     let handles: Vec<_> = (0..clients)
@@ -52,11 +54,16 @@ fn main() {
     let mut lat = Vec::new();
     let mut errors = 0;
     for h in handles {
-        let (l, e) = h.join().expect("client thread");
+        let Ok((l, e)) = h.join() else {
+            bail!("a client thread panicked")
+        };
         lat.extend(l);
         errors += e;
     }
     let secs = started.elapsed().as_secs_f64();
+    if lat.is_empty() {
+        bail!("no requests sent");
+    }
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
     println!(
@@ -66,4 +73,5 @@ fn main() {
             "p50_ms": pct(0.5), "p99_ms": pct(0.99), "requests_per_s": lat.len() as f64 / secs,
         })
     );
+    Ok(())
 }
