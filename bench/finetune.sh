@@ -15,42 +15,14 @@
 #               throughput only, over its first 40 steps
 set -euo pipefail
 repeat=${1:-3}
-root=$(cd "$(dirname "$0")/.." && pwd)
-ref=${PIPE_REF_BENCH:?set PIPE_REF_BENCH to the folder of the reference scripts}
-py=${PIPE_REF_PYTHON:?set PIPE_REF_PYTHON to the reference python}
-work=$(mktemp -d "${TMPDIR:-/tmp}/pipe-bench-finetune.XXXXXX")
-trap 'rm -rf "$work"' EXIT
-
-"$root/scripts/setup-libtorch"
-(cd "$root" && cargo build --release -q --workspace --bins)
-pipe=$root/target/release/pipe
-
-cat > "$work/bench.yaml" <<'YAML'
-version: 1
-name: bench
-stages:
-  cola:
-    kind: download
-    with: {url: "https://nyu-mll.github.io/CoLA/cola_public_1.1.zip", extract: none}
-  data:
-    kind: download
-    with: {url: "https://nyu-mll.github.io/CoLA/cola_public_1.1.zip", extract: zip}
-  split:
-    kind: split
-    inputs: {data: "data:cola_public/raw/in_domain_train.tsv"}
-    with: {format: tsv, header: false, text_column: 3, label_column: 1, test_fraction: 0.25, seed: 42}
-  bert:
-    kind: download
-    with: {hf: sentence-transformers/all-MiniLM-L6-v2, files: [config.json, model.safetensors, tokenizer.json, tokenizer_config.json, special_tokens_map.json, vocab.txt]}
+. "$(dirname "$0")/common.sh"
+bench_setup finetune <<'YAML'
   finetune:
     kind: finetune
     inputs: {model: "bert:", data: "split:"}
     with: {epochs: 3, batch_size: 32, lr: 1e-4, warmup_ratio: 0.1, schedule: linear, threads: 2}
 YAML
-cd "$work"
-git init -q .
 "$pipe" -q run bench.yaml --until bert
-zip=$work/.pipe/out/bench/cola/cola_public_1.1.zip
 model=$work/.pipe/out/bench/bert
 results=$work/results.jsonl
 

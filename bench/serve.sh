@@ -11,36 +11,8 @@
 # Set PIPE_MIRROR to work offline.
 set -euo pipefail
 repeat=${1:-3}
-root=$(cd "$(dirname "$0")/.." && pwd)
-ref=${PIPE_REF_BENCH:?set PIPE_REF_BENCH to the folder of the reference scripts}
-py=${PIPE_REF_PYTHON:?set PIPE_REF_PYTHON to the reference python}
-work=$(mktemp -d "${TMPDIR:-/tmp}/pipe-bench-serve.XXXXXX")
-server=
-cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-
-"$root/scripts/setup-libtorch"
-(cd "$root" && cargo build --release -q --workspace --bins && cargo build --release -q --example load)
-pipe=$root/target/release/pipe
-load=$root/target/release/examples/load
-
-cat > "$work/bench.yaml" <<'YAML'
-version: 1
-name: bench
-stages:
-  cola:
-    kind: download
-    with: {url: "https://nyu-mll.github.io/CoLA/cola_public_1.1.zip", extract: none}
-  data:
-    kind: download
-    with: {url: "https://nyu-mll.github.io/CoLA/cola_public_1.1.zip", extract: zip}
-  split:
-    kind: split
-    inputs: {data: "data:cola_public/raw/in_domain_train.tsv"}
-    with: {format: tsv, header: false, text_column: 3, label_column: 1}
-  bert:
-    kind: download
-    with: {hf: sentence-transformers/all-MiniLM-L6-v2, files: [config.json, model.safetensors, tokenizer.json, tokenizer_config.json, special_tokens_map.json, vocab.txt]}
+. "$(dirname "$0")/common.sh"
+bench_setup serve <<'YAML'
   finetune:
     kind: finetune
     inputs: {model: "bert:", data: "split:"}
@@ -52,10 +24,11 @@ stages:
     kind: package
     inputs: {model: "trace:"}
 YAML
-cd "$work"
-git init -q .
+load=$root/target/release/examples/load
+server=
+cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
 "$pipe" -q run bench.yaml
-zip=$work/.pipe/out/bench/cola/cola_public_1.1.zip
 python3 -c 'import io,sys,zipfile,csv
 z=zipfile.ZipFile(sys.argv[1]); rows=z.read("cola_public/raw/in_domain_dev.tsv").decode().splitlines()
 print("\n".join(r.split("\t")[3] for r in rows if r.count("\t")>=3))' "$zip" > sentences.txt

@@ -214,8 +214,7 @@ fn cola_download_split_upload_offline_then_fully_cached() {
         ws.ran(&["--mirror", mirror]),
         ["download", "split", "upload"]
     );
-    let stats: serde_json::Value =
-        serde_json::from_str(&ws.read(".pipe/out/cola/split/stats.json")).unwrap();
+    let stats: serde_json::Value = ws.json(".pipe/out/cola/split/stats.json");
     assert_eq!(stats["train"]["rows"], 6413);
     assert_eq!(stats["test"]["rows"], 2138);
     // The same rows as scikit-learn's train_test_split(random_state=42): its
@@ -292,8 +291,7 @@ fn split_bad_rows_name_the_file_and_line() {
         ),
     );
     assert_eq!(ws.ran(&[]), ["split"]);
-    let stats: serde_json::Value =
-        serde_json::from_str(&ws.read(".pipe/out/s/split/stats.json")).unwrap();
+    let stats: serde_json::Value = ws.json(".pipe/out/s/split/stats.json");
     assert_eq!(stats["skipped_rows"], 1);
     let all = ws.read(".pipe/out/s/split/train.csv") + &ws.read(".pipe/out/s/split/test.csv");
     assert!(all.contains("\"WIN \"\"money\"\" now\",1"), "{all}");

@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::{http::shared_mirror, stages, worker, TestWorkspace};
+use common::{http::shared_mirror, output_hash, with_status, worker, TestWorkspace};
 use serde_json::Value;
 
 /// The CPU variant of cola.yaml from the README.
@@ -52,45 +51,10 @@ fn run(ws: &TestWorkspace, extra: &[&str]) -> Value {
     ws.run_json(&args)
 }
 
-fn by_status(doc: &Value, status: &str) -> Vec<String> {
-    stages(doc)
-        .into_iter()
-        .filter(|(_, s)| s == status)
-        .map(|(n, _)| n)
-        .collect()
-}
-
-fn hashes(doc: &Value) -> BTreeMap<String, String> {
-    doc["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["name"].as_str().unwrap().to_string(),
-                s["output_hash"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
-}
-
-fn json(ws: &TestWorkspace, rel: &str) -> Value {
-    serde_json::from_str(&ws.read(rel)).unwrap()
-}
-
-struct Down<'a>(&'a TestWorkspace);
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.pipe(&["down", "--all"]);
-    }
-}
-
 #[test]
 fn cola_end_to_end_cached_reproducible_and_selective() {
     let _serial = serial();
     let ws = workspace("cola.yaml");
-    let _down = Down(&ws);
     let first = run(&ws, &[]);
     let all = [
         "data",
@@ -103,14 +67,14 @@ fn cola_end_to_end_cached_reproducible_and_selective() {
         "deploy",
         "smoke",
     ];
-    assert_eq!(by_status(&first, "ran"), all);
-    let report = json(&ws, ".pipe/out/cola/smoke/report.json");
+    assert_eq!(with_status(&first, "ran"), all);
+    let report = ws.json(".pipe/out/cola/smoke/report.json");
     assert_eq!(
         report["cases"][0]["text"],
         "Somebody just left - guess who."
     );
     assert_eq!(report["cases"][0]["predicted"], 1);
-    let m = json(&ws, ".pipe/out/cola/finetune/metrics.json");
+    let m = ws.json(".pipe/out/cola/finetune/metrics.json");
     eprintln!(
         "cola metrics: accuracy {} mcc {} samples/s {}",
         m["accuracy"], m["mcc"], m["samples_per_second"]
@@ -123,15 +87,17 @@ fn cola_end_to_end_cached_reproducible_and_selective() {
 
     // Nothing to do; the live endpoint is reused and the smoke test re-checked it.
     let second = run(&ws, &[]);
-    assert_eq!(by_status(&second, "cached"), all, "{second}");
+    assert_eq!(with_status(&second, "cached"), all, "{second}");
 
     // A second workspace from scratch: byte-identical artifacts.
     let other = workspace("cola.yaml");
-    let _down_other = Down(&other);
     let again = run(&other, &["--set", "port=0"]);
-    let (a, b) = (hashes(&first), hashes(&again));
     for stage in ["data", "split", "pretrained", "trace", "package"] {
-        assert_eq!(a[stage], b[stage], "{stage} differs between two workspaces");
+        assert_eq!(
+            output_hash(&first, stage),
+            output_hash(&again, stage),
+            "{stage} differs between two workspaces"
+        );
     }
     for f in [
         "split/train.csv",
@@ -146,24 +112,24 @@ fn cola_end_to_end_cached_reproducible_and_selective() {
             "{f} differs"
         );
     }
-    drop(_down_other);
+    drop(other); // and its endpoint
 
     // A new split seed: split and everything after it.
     let reseeded = run(&ws, &["--set", "split_seed=7"]);
     assert_eq!(
-        by_status(&reseeded, "cached"),
+        with_status(&reseeded, "cached"),
         ["data", "pretrained"],
         "{reseeded}"
     );
     // A fine-tune parameter: fine-tune and what follows.
     let retuned = run(&ws, &["--set", "split_seed=7", "--set", "seed=2"]);
     assert_eq!(
-        by_status(&retuned, "cached"),
+        with_status(&retuned, "cached"),
         ["data", "split", "upload", "pretrained"],
         "{retuned}"
     );
     assert_eq!(
-        by_status(&retuned, "ran"),
+        with_status(&retuned, "ran"),
         ["finetune", "trace", "package", "deploy", "smoke"]
     );
 
@@ -176,7 +142,6 @@ fn cola_end_to_end_cached_reproducible_and_selective() {
 fn sst2_end_to_end_on_a_subset() {
     let _serial = serial();
     let ws = workspace("sst2.yaml");
-    let _down = Down(&ws);
     let mirror = shared_mirror();
     let doc = ws.run_json(&[
         "--mirror",
@@ -184,11 +149,11 @@ fn sst2_end_to_end_on_a_subset() {
         "--set",
         "max_rows=4000",
     ]);
-    assert!(by_status(&doc, "ran").len() == 9, "{doc}");
-    let m = json(&ws, ".pipe/out/sst2/finetune/metrics.json");
+    assert!(with_status(&doc, "ran").len() == 9, "{doc}");
+    let m = ws.json(".pipe/out/sst2/finetune/metrics.json");
     eprintln!("sst2 metrics: {m}");
     assert_eq!(m["train_rows"], 3600);
     assert!(m["accuracy"].as_f64().unwrap() > 0.7, "{m}");
-    let config = json(&ws, ".pipe/out/sst2/finetune/config.json");
+    let config = ws.json(".pipe/out/sst2/finetune/config.json");
     assert_eq!(config["id2label"]["1"], "positive");
 }

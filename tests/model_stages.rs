@@ -7,7 +7,7 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use common::{stages, tiny_bert, worker, TestWorkspace};
+use common::{output_hash, stages, tiny_bert, worker, TestWorkspace};
 use serde_json::Value;
 
 const MANIFEST: &str = r#"version: 1
@@ -37,27 +37,13 @@ fn workspace() -> TestWorkspace {
     ws
 }
 
-fn json(ws: &TestWorkspace, rel: &str) -> Value {
-    serde_json::from_str(&ws.read(rel)).unwrap()
-}
-
-fn output_hash(doc: &Value, stage: &str) -> String {
-    doc["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == stage)
-        .map(|s| s["output_hash"].as_str().unwrap().to_string())
-        .unwrap()
-}
-
 #[test]
 fn finetune_trace_package_and_reproduce() {
     let ws = workspace();
     let doc = ws.run_json(&[]);
     assert!(stages(&doc).iter().all(|(_, s)| s == "ran"), "{doc}");
 
-    let m = json(&ws, ".pipe/out/m/finetune/metrics.json");
+    let m = ws.json(".pipe/out/m/finetune/metrics.json");
     for k in [
         "accuracy",
         "mcc",
@@ -69,14 +55,14 @@ fn finetune_trace_package_and_reproduce() {
         assert!(m[k].is_number(), "{k} missing in {m}");
     }
     assert_eq!(m["accuracy"], 1.0, "the tiny separable set is learnt: {m}");
-    let config = json(&ws, ".pipe/out/m/finetune/config.json");
+    let config = ws.json(".pipe/out/m/finetune/config.json");
     assert_eq!(config["id2label"]["1"], "1");
     assert_eq!(config["num_labels"], 2);
     let log = ws.read(".pipe/logs/m/finetune.log");
     assert!(log.contains("Train Epoch: 1 [0/96 (0%)] Loss: "), "{log}");
     assert!(log.contains("Test set: Accuracy: 1.0000"), "{log}");
     assert!(
-        json(&ws, ".pipe/out/m/trace/trace.json")["max_abs_logit_diff"]
+        ws.json(".pipe/out/m/trace/trace.json")["max_abs_logit_diff"]
             .as_f64()
             .unwrap()
             <= 1e-5
@@ -211,7 +197,7 @@ stages:
     assert!(ws
         .read(".pipe/out/u/publish/uploaded.json")
         .contains("bucket/cola/train.csv"));
-    let m = json(&ws, ".pipe/out/u/finetune/metrics.json");
+    let m = ws.json(".pipe/out/u/finetune/metrics.json");
     assert_eq!(
         (m["train_rows"].as_u64(), m["test_rows"].as_u64()),
         (Some(96), Some(4))

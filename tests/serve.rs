@@ -301,9 +301,9 @@ fn deploy_reuse_replace_and_down() {
     ws.manifest(MANIFEST);
     let first = ws.run(&[]);
     assert!(first.iter().all(|(_, s)| s == "ran"), "{first:?}");
-    let ep: Value = serde_json::from_str(&ws.read(".pipe/out/s/deploy/endpoint.json")).unwrap();
+    let ep: Value = ws.json(".pipe/out/s/deploy/endpoint.json");
     assert_eq!(ep["name"], "tiny");
-    let report: Value = serde_json::from_str(&ws.read(".pipe/out/s/smoke/report.json")).unwrap();
+    let report: Value = ws.json(".pipe/out/s/smoke/report.json");
     assert_eq!(report["accuracy"], 1.0);
     assert_eq!(report["cases"][0]["predicted"], 1);
 
@@ -318,7 +318,7 @@ fn deploy_reuse_replace_and_down() {
     // Another model replaces the endpoint: the old server is stopped.
     let replaced = ws.run(&["--set", "epochs=21"]);
     assert!(replaced.iter().all(|(_, s)| s == "ran"), "{replaced:?}");
-    let ep2: Value = serde_json::from_str(&ws.read(".pipe/out/s/deploy/endpoint.json")).unwrap();
+    let ep2: Value = ws.json(".pipe/out/s/deploy/endpoint.json");
     assert_ne!(ep2["pid"], ep["pid"]);
     assert!(!alive(ep["pid"].as_u64().unwrap()));
 
@@ -344,7 +344,7 @@ fn deploy_reuse_replace_and_down() {
 
     let down = ws.pipe(&["down", "--all"]);
     assert!(down.status.success(), "{}", common::stderr(&down));
-    let ep3: Value = serde_json::from_str(&ws.read(".pipe/out/s/deploy/endpoint.json")).unwrap();
+    let ep3: Value = ws.json(".pipe/out/s/deploy/endpoint.json");
     let pid3 = ep3["pid"].as_u64().unwrap();
     assert!(!alive(pid3));
     assert!(endpoints(&ws).is_empty());

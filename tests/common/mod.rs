@@ -37,6 +37,11 @@ impl TestWorkspace {
         self.file("pipe.yaml", yaml)
     }
 
+    /// A JSON file of the workspace.
+    pub fn json(&self, rel: &str) -> Value {
+        serde_json::from_str(&self.read(rel)).expect("a JSON file")
+    }
+
     pub fn read(&self, rel: &str) -> String {
         std::fs::read_to_string(self.path(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
     }
@@ -96,12 +101,38 @@ impl TestWorkspace {
 
     /// Names of the stages that ran.
     pub fn ran(&self, args: &[&str]) -> Vec<String> {
-        self.run(args)
-            .into_iter()
-            .filter(|(_, s)| s == "ran")
-            .map(|(n, _)| n)
-            .collect()
+        with_status(&self.run_json(args), "ran")
     }
+}
+
+/// Endpoints a test deployed do not outlive it, even when it fails.
+impl Drop for TestWorkspace {
+    fn drop(&mut self) {
+        if self.path(".pipe/endpoints").is_dir() {
+            let _ = self.pipe(&["down", "--all"]);
+        }
+    }
+}
+
+/// Names of the stages of a `--json` document with this status.
+pub fn with_status(doc: &Value, status: &str) -> Vec<String> {
+    stages(doc)
+        .into_iter()
+        .filter(|(_, s)| s == status)
+        .map(|(n, _)| n)
+        .collect()
+}
+
+/// A stage's output hash in a `--json` document.
+pub fn output_hash(doc: &Value, stage: &str) -> String {
+    doc["stages"]
+        .as_array()
+        .expect("stages array")
+        .iter()
+        .find(|s| s["name"] == stage)
+        .and_then(|s| s["output_hash"].as_str())
+        .unwrap_or_else(|| panic!("no output hash for {stage}"))
+        .to_string()
 }
 
 pub fn stages(doc: &Value) -> Vec<(String, String)> {
