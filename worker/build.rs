@@ -2,12 +2,14 @@
 //! `.cargo/config.toml` to the `.libtorch/` that `scripts/setup-libtorch`
 //! fills), and give the worker's binaries an rpath to it, so that nothing has
 //! to be exported to run them. Also bakes in the libtorch version for cache
-//! fingerprints.
+//! fingerprints, and compiles the server's C++ module shim (`src/fast_cpu.cpp`)
+//! against libtorch's headers, with the flags torch-sys uses.
 
 use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-changed=src/fast_cpu.cpp");
     let Some(libtorch) = std::env::var_os("LIBTORCH").map(PathBuf::from) else {
         println!("cargo:rustc-env=PIPE_LIBTORCH_VERSION=unknown");
         return;
@@ -27,4 +29,16 @@ fn main() {
         "cargo:rustc-link-arg=-Wl,-rpath,{}",
         libtorch.join("lib").display()
     );
+    let include = libtorch.join("include");
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .file("src/fast_cpu.cpp")
+        .compile("pipe_fast_cpu");
 }

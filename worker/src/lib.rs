@@ -5,6 +5,7 @@
 pub mod bert;
 pub mod checkpoint;
 pub mod data;
+pub mod fast;
 pub mod finetune;
 pub mod metrics;
 pub mod serve;

@@ -32,9 +32,9 @@ struct ServeArgs {
     /// Longest wait for requests on their way before a batch runs
     #[arg(long, default_value_t = 2)]
     max_delay_ms: u64,
-    /// Inference threads, each with its own copy of the model (default: 2, or 1 on one core)
-    #[arg(long)]
-    workers: Option<usize>,
+    /// Inference threads, each with its own copy of the model
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
     /// libtorch intra-op threads (default: cores / workers)
     #[arg(long)]
     threads: Option<usize>,
@@ -58,10 +58,19 @@ fn serve_command(args: &[String]) -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    // Two workers with a share of the cores each: measured steadier and faster
-    // than one worker with every core (bench/serve.sh).
+    // One worker with every core by default: for a lone request and for a
+    // full batch alike it measured faster than a worker per core
+    // (bench/serve.sh). More threads than cores in all slows every forward
+    // pass: libtorch's OpenMP threads then sleep between ops instead of
+    // spinning.
     let cores = tch::get_num_threads().max(1) as usize;
-    let workers = a.workers.unwrap_or(cores.min(2)).max(1);
+    let workers = a.workers.max(1);
+    let threads = a.threads.unwrap_or((cores / workers).max(1));
+    if workers * threads > cores {
+        tracing::warn!(
+            "{workers} workers × {threads} threads is more than the {cores} cores: expect slower inference"
+        );
+    }
     serve::serve(serve::Options {
         package: a.package,
         host: a.host,
@@ -69,7 +78,7 @@ fn serve_command(args: &[String]) -> Result<()> {
         max_batch: a.max_batch.max(1),
         max_delay: std::time::Duration::from_millis(a.max_delay_ms),
         workers,
-        threads: a.threads.unwrap_or((cores / workers).max(1)),
+        threads,
         body_limit: a.body_limit,
         announce: a.announce,
     })

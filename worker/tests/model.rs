@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use pipe_protocol::{FinetuneWith, Schedule, TraceWith};
 use pipe_worker::bert::{Bert, BertConfig};
 use pipe_worker::checkpoint::{save_safetensors, Checkpoint};
+use pipe_worker::fast::FastModule;
 use pipe_worker::tokenize::{pad, Encoder};
 use pipe_worker::{finetune, trace, Report};
 use serde_json::{json, Value};
@@ -276,6 +277,11 @@ fn traced_model_works_at_every_shape() {
     std::fs::create_dir(&out).unwrap();
     trace::run(&TraceWith::default(), &model, &out, &Report).unwrap();
     let traced = tch::CModule::load(out.join("model.pt")).unwrap();
+    // The server's module: frozen, linear layers on packed oneDNN weights.
+    let fast = FastModule::load(&out.join("model.pt"), 320).unwrap();
+    // 2 layers × (query, key, value, output, intermediate, output) + pooler
+    // + classifier.
+    assert_eq!(fast.packed, 14);
     let ck = Checkpoint::load(&model, 2, Device::Cpu).unwrap();
     for (b, l) in [(1, 3), (5, 11), (2, 64), (7, 2)] {
         let ids = Tensor::randint_low(5, 20, [b, l], (tch::Kind::Int64, Device::Cpu));
@@ -285,6 +291,13 @@ fn traced_model_works_at_every_shape() {
         let got = traced.forward_ts(&[&ids, &mask]).unwrap();
         assert_eq!(got.size(), vec![b, 2]);
         assert!(max_diff(&got, &eager) <= 1e-5, "shape [{b}, {l}]");
+        let served =
+            tch::no_grad(|| fast.forward(&[ids.shallow_clone(), mask.shallow_clone()])).unwrap();
+        assert_eq!(served.size(), vec![b, 2]);
+        assert!(
+            max_diff(&served, &eager) <= 1e-5,
+            "packed, shape [{b}, {l}]"
+        );
     }
     // Tracing twice gives the same bytes.
     let again = t.path().join("again");

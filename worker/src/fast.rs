@@ -1,0 +1,86 @@
+//! The model server's CPU module: `model.pt` frozen, its linear layers on
+//! oneDNN weights packed at load time (see `fast_cpu.cpp`). Loaded per
+//! inference thread; `model.pt` itself is not changed.
+
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Result};
+use tch::Tensor;
+
+extern "C" {
+    fn pipe_fast_load(
+        path: *const c_char,
+        rows: i64,
+        module: *mut *mut c_void,
+        packed: *mut c_int,
+    ) -> *mut c_char;
+    fn pipe_fast_forward(
+        module: *mut c_void,
+        inputs: *const *mut c_void,
+        n: c_int,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
+    fn pipe_fast_free(module: *mut c_void);
+    fn pipe_fast_free_error(message: *mut c_char);
+}
+
+/// Turns the shim's error string (or null) into a `Result`.
+fn check(message: *mut c_char) -> Result<()> {
+    if message.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null result is a NUL-terminated string the shim malloc'd.
+    let text = unsafe { CStr::from_ptr(message) }
+        .to_string_lossy()
+        .into_owned();
+    unsafe { pipe_fast_free_error(message) };
+    Err(anyhow!(text))
+}
+
+/// A TorchScript module prepared for CPU inference.
+pub struct FastModule {
+    module: *mut c_void,
+    /// How many linear layers run on packed weights.
+    pub packed: usize,
+}
+
+// SAFETY: a libtorch module may move between threads; `FastModule` is not
+// `Sync`, so one thread at a time runs it.
+unsafe impl Send for FastModule {}
+
+impl FastModule {
+    /// Loads `path`, with weights laid out for about `rows` tokens per call.
+    pub fn load(path: &Path, rows: usize) -> Result<FastModule> {
+        let c_path = CString::new(path.as_os_str().as_encoded_bytes())?;
+        let mut module = std::ptr::null_mut();
+        let mut packed: c_int = 0;
+        // SAFETY: valid pointers for the call's duration.
+        check(unsafe { pipe_fast_load(c_path.as_ptr(), rows as i64, &mut module, &mut packed) })?;
+        if module.is_null() {
+            bail!("{}: the module did not load", path.display());
+        }
+        Ok(FastModule {
+            module,
+            packed: packed.max(0) as usize,
+        })
+    }
+
+    pub fn forward(&self, inputs: &[Tensor]) -> Result<Tensor> {
+        let ptrs: Vec<*mut c_void> = inputs.iter().map(|t| t.as_ptr() as *mut c_void).collect();
+        let mut out = std::ptr::null_mut();
+        // SAFETY: the inputs outlive the call; the shim only reads them.
+        check(unsafe {
+            pipe_fast_forward(self.module, ptrs.as_ptr(), ptrs.len() as c_int, &mut out)
+        })?;
+        // SAFETY: on success `out` is a new `at::Tensor*` that we now own.
+        Ok(unsafe { Tensor::from_ptr(out.cast()) })
+    }
+}
+
+impl Drop for FastModule {
+    fn drop(&mut self) {
+        // SAFETY: created by pipe_fast_load, freed once.
+        unsafe { pipe_fast_free(self.module) }
+    }
+}

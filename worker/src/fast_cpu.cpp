@@ -1,0 +1,186 @@
+// CPU inference module for `pipe serve`: a TorchScript module, frozen, with
+// every linear layer on oneDNN weights packed once at load time (and a GELU
+// that follows one fused into it). At the small row counts of single-sentence
+// requests the linear layers are most of the time, and plain `aten::linear`
+// re-reads and re-lays out its weights on every call; packed, they are about
+// twice as fast. The file on disk is not changed: model.pt stays portable.
+//
+// A C ABI for worker/src/fast.rs. Errors come back as malloc'd strings.
+
+#include <torch/script.h>
+#include <torch/csrc/jit/api/module.h>
+#include <torch/csrc/jit/ir/ir.h>
+#include <torch/csrc/jit/passes/dead_code_elimination.h>
+#include <ATen/Context.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/InferenceMode.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+namespace {
+
+using torch::jit::Graph;
+using torch::jit::NamedValue;
+using torch::jit::Node;
+using torch::jit::Value;
+
+char* error_string(const std::string& message) {
+  char* out = static_cast<char*>(std::malloc(message.size() + 1));
+  if (out != nullptr) {
+    std::memcpy(out, message.c_str(), message.size() + 1);
+  }
+  return out;
+}
+
+at::Tensor reorder_linear_weight(const at::Tensor& weight, int64_t rows) {
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(
+      "mkldnn::_reorder_linear_weight", "");
+  torch::jit::Stack stack{weight, rows};
+  op.callBoxed(&stack);
+  return stack.at(0).toTensor();
+}
+
+// The constant CPU float tensor behind `v`, if it is one.
+std::optional<at::Tensor> constant_weight(Value* v) {
+  auto iv = torch::jit::toIValue(v);
+  if (!iv || !iv->isTensor()) {
+    return std::nullopt;
+  }
+  at::Tensor t = iv->toTensor();
+  if (t.dim() != 2 || t.scalar_type() != at::kFloat || !t.device().is_cpu() ||
+      t.layout() != at::kStrided) {
+    return std::nullopt;
+  }
+  return t;
+}
+
+// `aten::linear(x, W, b)` with a constant W becomes
+// `mkldnn::_linear_pointwise(x, packed W, b, attr, [], algorithm)`; returns how
+// many were rewritten.
+int pack_linears(const std::shared_ptr<Graph>& graph, int64_t rows) {
+  static const auto linear = c10::Symbol::fromQualString("aten::linear");
+  static const auto gelu = c10::Symbol::fromQualString("aten::gelu");
+  static const auto pointwise =
+      c10::Symbol::fromQualString("mkldnn::_linear_pointwise");
+  int rewritten = 0;
+  if (!at::hasMKLDNN() ||
+      !c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""}) ||
+      !c10::Dispatcher::singleton().findSchema(
+          {"mkldnn::_reorder_linear_weight", ""})) {
+    return rewritten;  // a libtorch without oneDNN: plain frozen module
+  }
+  std::vector<Node*> linears;
+  for (Node* n : graph->nodes()) {
+    if (n->kind() == linear) {
+      linears.push_back(n);
+    }
+  }
+  for (Node* n : linears) {
+    auto weight = constant_weight(n->input(1));
+    if (!weight) {
+      continue;
+    }
+    // A GELU that is the only user of the output runs inside the linear.
+    Node* fused = nullptr;
+    std::string attr = "none";
+    c10::IValue algorithm;
+    if (n->output()->uses().size() == 1) {
+      Node* user = n->output()->uses()[0].user;
+      if (user->kind() == gelu && user->inputs().size() == 2) {
+        auto approximate = torch::jit::toIValue(user->input(1));
+        if (approximate && approximate->isString()) {
+          fused = user;
+          attr = "gelu";
+          algorithm = approximate->toStringRef();
+        }
+      }
+    }
+    torch::jit::WithInsertPoint guard(n);
+    // Tensors without storage cannot be `prim::Constant`s; libtorch's own
+    // oneDNN freezing pass holds them in this node kind.
+    Node* constant = graph->create(
+        c10::Symbol::fromQualString("prim::ConstantMKLDNNTensor"), 1);
+    constant->t_(c10::attr::value, reorder_linear_weight(*weight, rows));
+    constant->output()->setType(c10::TensorType::get());
+    Value* packed = graph->insertNode(constant)->output();
+    Value* scalars = graph
+                         ->insertNode(graph->createList(
+                             c10::OptionalType::create(c10::NumberType::get()),
+                             {}))
+                         ->output();
+    Value* out = graph->insert(
+        pointwise,
+        {NamedValue(n->input(0)),
+         NamedValue(packed),
+         NamedValue(n->input(2)),
+         NamedValue(c10::IValue(attr)),
+         NamedValue(scalars),
+         NamedValue(algorithm)});
+    out->setType(n->output()->type());
+    if (fused != nullptr) {
+      fused->output()->replaceAllUsesWith(out);
+      fused->destroy();
+    }
+    n->output()->replaceAllUsesWith(out);
+    n->destroy();
+    ++rewritten;
+  }
+  torch::jit::EliminateDeadCode(graph);
+  return rewritten;
+}
+
+}  // namespace
+
+extern "C" {
+
+// Loads `path` for CPU inference. `rows`: the row count the weights are laid
+// out for. `packed` gets the number of linear layers rewritten.
+char* pipe_fast_load(const char* path, int64_t rows, void** module,
+                     int* packed) {
+  try {
+    auto m = torch::jit::load(std::string(path), c10::Device(c10::kCPU));
+    m.eval();
+    auto frozen = torch::jit::freeze(m);
+    *packed = pack_linears(frozen.get_method("forward").graph(), rows);
+    *module = new torch::jit::Module(std::move(frozen));
+    return nullptr;
+  } catch (const std::exception& e) {
+    return error_string(e.what());
+  }
+}
+
+// Runs forward on `n` tensors (tch's `at::Tensor*`); `out` gets a new tensor,
+// or the first element when the module returns a tuple.
+char* pipe_fast_forward(void* module, void** inputs, int n, void** out) {
+  try {
+    c10::InferenceMode guard;
+    auto* m = static_cast<torch::jit::Module*>(module);
+    std::vector<c10::IValue> args;
+    args.reserve(n);
+    for (int i = 0; i < n; ++i) {
+      args.emplace_back(*static_cast<at::Tensor*>(inputs[i]));
+    }
+    c10::IValue result = m->forward(std::move(args));
+    if (result.isTuple()) {
+      result = result.toTupleRef().elements().at(0);
+    }
+    if (!result.isTensor()) {
+      return error_string("the model returned " + result.tagKind() +
+                          ", not a tensor");
+    }
+    *out = new at::Tensor(result.toTensor());
+    return nullptr;
+  } catch (const std::exception& e) {
+    return error_string(e.what());
+  }
+}
+
+void pipe_fast_free(void* module) {
+  delete static_cast<torch::jit::Module*>(module);
+}
+
+void pipe_fast_free_error(char* message) { std::free(message); }
+
+}  // extern "C"
