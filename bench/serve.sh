@@ -7,7 +7,8 @@
 #
 # Per round: one client sending 300 single-sentence requests (latency), then 32
 # clients each sending 40 (throughput), for each server layout: 1 inference
-# worker × 2 intra-op threads, 2 workers × 1 thread, 1 worker × 1 thread.
+# worker × 2 intra-op threads (the default on 2 cores), 2 workers × 1 thread,
+# 1 worker × 1 thread.
 # Set PIPE_MIRROR to work offline.
 set -euo pipefail
 repeat=${1:-3}
