@@ -195,11 +195,16 @@ fn sagemaker_contract_and_bad_input() {
 
 #[test]
 fn concurrent_requests_are_batched_and_answered_correctly() {
-    let s = Server::start(&["--max-delay-ms", "20"]);
+    // Two workers sharing the queue; sentences of 1 to 13 words, so that
+    // batches run in several length groups.
+    let s = Server::start(&["--max-delay-ms", "20", "--workers", "2"]);
     let sentences: Vec<String> = (0..200)
         .map(|i| {
             let w = tiny_bert::WORDS;
-            format!("{} {} {}", w[i % 16], w[(i / 16) % 16], w[(i * 7) % 16])
+            (0..1 + (i * 5) % 13)
+                .map(|k| w[(i + k * 7) % 16])
+                .collect::<Vec<_>>()
+                .join(" ")
         })
         .collect();
     // Unbatched answers, one request at a time.
