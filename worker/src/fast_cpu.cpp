@@ -8,7 +8,6 @@
 // A C ABI for worker/src/fast.rs. Errors come back as malloc'd strings.
 
 #include <torch/script.h>
-#include <torch/csrc/jit/api/module.h>
 #include <torch/csrc/jit/ir/ir.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <ATen/Context.h>

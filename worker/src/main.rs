@@ -60,9 +60,8 @@ fn serve_command(args: &[String]) -> Result<()> {
         .init();
     // One worker with every core by default: for a lone request and for a
     // full batch alike it measured faster than a worker per core
-    // (bench/serve.sh). More threads than cores in all slows every forward
-    // pass: libtorch's OpenMP threads then sleep between ops instead of
-    // spinning.
+    // (bench/serve.sh). More threads than cores slows every forward pass
+    // (see `serve::serve`).
     let cores = tch::get_num_threads().max(1) as usize;
     let workers = a.workers.max(1);
     let threads = a.threads.unwrap_or((cores / workers).max(1));

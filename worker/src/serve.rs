@@ -92,10 +92,6 @@ fn open(package: &Path) -> Result<Model> {
     })
 }
 
-/// The row count (tokens per call) the linear layers' weights are laid out
-/// for; measured on all-MiniLM-L6-v2, a few hundred is best from 1 to 320 rows.
-const PACK_ROWS: usize = 320;
-
 /// Sentences of one request, and where its logits go.
 struct Job {
     sentences: Vec<String>,
@@ -157,7 +153,7 @@ struct App {
 
 /// A worker's module and tokenizer, warmed up.
 fn load_worker(dir: &Path, max_len: usize, opts: &Options) -> Result<(FastModule, Encoder)> {
-    let module = FastModule::load(&dir.join("model.pt"), PACK_ROWS)
+    let module = FastModule::load(&dir.join("model.pt"))
         .with_context(|| format!("cannot load {}/model.pt", opts.package.display()))?;
     tracing::debug!("{} linear layers on packed weights", module.packed);
     let encoder = Encoder::load(dir, max_len)?;
@@ -507,8 +503,9 @@ pub fn serve(opts: Options) -> Result<()> {
     // Each worker loads its module on its own thread: libtorch's OpenMP spins
     // its threads between ops only while no more of them exist than cores, so
     // no other thread (this one included) may start a team of its own.
+    let workers = opts.workers.max(1);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
-    for _ in 0..opts.workers.max(1) {
+    for _ in 0..workers {
         let (rx, arriving, opts, hist, ready) = (
             rx.clone(),
             arriving.clone(),
@@ -532,7 +529,7 @@ pub fn serve(opts: Options) -> Result<()> {
         });
     }
     drop(ready_tx);
-    for _ in 0..opts.workers.max(1) {
+    for _ in 0..workers {
         ready_rx
             .recv()
             .map_err(|_| anyhow::anyhow!("an inference thread died while loading"))??;

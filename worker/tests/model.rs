@@ -278,7 +278,7 @@ fn traced_model_works_at_every_shape() {
     trace::run(&TraceWith::default(), &model, &out, &Report).unwrap();
     let traced = tch::CModule::load(out.join("model.pt")).unwrap();
     // The server's module: frozen, linear layers on packed oneDNN weights.
-    let fast = FastModule::load(&out.join("model.pt"), 320).unwrap();
+    let fast = FastModule::load(&out.join("model.pt")).unwrap();
     // 2 layers × (query, key, value, output, intermediate, output) + pooler
     // + classifier.
     assert_eq!(fast.packed, 14);
