@@ -118,6 +118,12 @@ pub trait StageKind: Send + Sync {
     /// Check `with:` before anything runs.
     fn check(&self, with: &Value) -> Result<(), WithError>;
 
+    /// Check `with:` against the names of the stage's inputs, for a kind where
+    /// an input can stand in for a field. Runs after [`StageKind::check`].
+    fn check_inputs(&self, _with: &Value, _inputs: &[&str]) -> Result<(), WithError> {
+        Ok(())
+    }
+
     /// Facts about this machine that change the result (go into the key).
     fn fingerprints(&self, _stage: &Stage) -> Result<BTreeMap<String, String>, StageError> {
         Ok(BTreeMap::new())

@@ -10,6 +10,9 @@
 //!     min_accuracy: 0.7                                     # over `data`
 //! ```
 //!
+//! A smoke test that would check nothing (no `cases`, and no `data` with
+//! `min_accuracy`) or a `min_accuracy` without `data` is a manifest error.
+//!
 //! Writes `report.json` (each case's prediction, probability and latency;
 //! accuracy over the data). A smoke test is an effect: on a cache hit it runs
 //! its checks again against the live endpoint, so a broken or replaced
@@ -42,12 +45,6 @@ struct Case {
 
 fn parse(v: &Value) -> Result<With, WithError> {
     let w: With = WithError::parse(v)?;
-    if w.cases.is_empty() && w.data.is_none() && w.min_accuracy.is_none() {
-        return Err(WithError::field(
-            "cases",
-            "give at least one case (or `data` with `min_accuracy`)",
-        ));
-    }
     if let Some(a) = w.min_accuracy {
         if !(0.0..=1.0).contains(&a) {
             return Err(WithError::field("min_accuracy", "must be between 0 and 1"));
@@ -214,6 +211,28 @@ impl StageKind for SmokeTest {
 
     fn check(&self, with: &Value) -> Result<(), WithError> {
         parse(with).map(|_| ())
+    }
+
+    /// A smoke test must check something: a test that passes with zero checks
+    /// would report a broken endpoint as healthy.
+    fn check_inputs(&self, with: &Value, inputs: &[&str]) -> Result<(), WithError> {
+        let w = parse(with)?;
+        let data = w.data.is_some() || inputs.contains(&"data");
+        if w.cases.is_empty() && !(data && w.min_accuracy.is_some()) {
+            return Err(WithError {
+                field: None,
+                message: "nothing to check: give `cases`, or `data` (a `with` field or an \
+                          input) with `min_accuracy`"
+                    .into(),
+            });
+        }
+        if w.min_accuracy.is_some() && !data {
+            return Err(WithError::field(
+                "min_accuracy",
+                "`min_accuracy` needs `data` (a `with` field or an input) to measure it on",
+            ));
+        }
+        Ok(())
     }
 
     fn is_effect(&self, _: &pipe_engine::Stage) -> bool {

@@ -244,7 +244,11 @@ pub fn parse(
         let with = to_json(&rs.with).map_err(|m| serr(m, &["with"]))?;
         let with = interpolate::interpolate(&with, &params, &mut used)
             .map_err(|u| unknown_param(u, &["with"]))?;
-        kind.check(&with).map_err(|e| {
+        let input_names: Vec<&str> = rs.inputs.0.iter().map(|(n, _)| n.as_str()).collect();
+        let checked = kind
+            .check(&with)
+            .and_then(|()| kind.check_inputs(&with, &input_names));
+        checked.map_err(|e| {
             let sub: Vec<&str> = match &e.field {
                 Some(f) => vec!["with", f.as_str()],
                 None => vec!["with"],
