@@ -378,3 +378,55 @@ fn allow_http_is_refused_for_non_loopback_endpoints() {
         stderr(&out)
     );
 }
+
+/// `stratify: true` is scikit-learn's `train_test_split(..., stratify=labels)`
+/// row for row: the sizes (test = ceil(n × fraction): 1115 of SMS spam's 5574
+/// rows at 0.2) and the rows, in order (tests/fixtures/stratified_split.py).
+#[test]
+fn split_stratified_matches_scikit_learn() {
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/stratified_split.json")).unwrap();
+    for case in fixture["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let mut csv = String::from("sentence,label\n");
+        for (i, label) in case["labels"].as_str().unwrap().chars().enumerate() {
+            csv += &format!("s{i},{label}\n");
+        }
+        let ws = TestWorkspace::new();
+        ws.file("data.csv", &csv);
+        ws.manifest(&format!(
+            "version: 1\nname: s\nstages:\n  split:\n    kind: split\n    inputs: {{data: data.csv}}\n    with: {{text_column: sentence, label_column: label, test_fraction: {}, seed: {}, stratify: true}}\n",
+            case["test_fraction"], case["seed"]
+        ));
+        ws.run(&[]);
+        for set in ["train", "test"] {
+            let got: Vec<u64> = ws
+                .read(&format!(".pipe/out/s/split/{set}.csv"))
+                .lines()
+                .skip(1)
+                .map(|l| l.split(',').next().unwrap()[1..].parse().unwrap())
+                .collect();
+            let want: Vec<u64> = case[set]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect();
+            assert_eq!(got.len(), want.len(), "{name}: {set} size");
+            assert!(got == want, "{name}: {set} rows differ from scikit-learn's");
+        }
+    }
+}
+
+/// Like scikit-learn, a label with a single row cannot be stratified.
+#[test]
+fn split_stratified_refuses_a_label_with_one_row() {
+    let ws = TestWorkspace::new();
+    ws.file("data.csv", "sentence,label\na,0\nb,0\nc,1\nd,0\n");
+    ws.manifest("version: 1\nname: s\nstages:\n  split:\n    kind: split\n    inputs: {data: data.csv}\n    with: {text_column: sentence, label_column: label, stratify: true}\n");
+    let err = ws.fails(&["run", "pipe.yaml"]);
+    assert!(
+        err.contains("data.csv: label 1 has 1 row; `stratify` needs at least 2 rows of each label"),
+        "{err}"
+    );
+}

@@ -4,11 +4,12 @@
 //! The split is scikit-learn's `train_test_split(test_size=f, random_state=seed)`
 //! row for row ([`mt19937`] reproduces numpy's permutation): the test set is
 //! the first `ceil(f·n)` rows of the permutation, the train set the rest, each
-//! in permutation order. With `stratify: true` each label is split that way on
-//! its own (its own permutation from the same generator, labels in ascending
-//! order), which keeps class ratios but is not scikit-learn's
-//! `StratifiedShuffleSplit`. With `shuffle: false` the last `ceil(f·n)` rows
-//! are the test set.
+//! in permutation order. With `stratify: true` it is
+//! `train_test_split(..., stratify=labels)` row for row, that is
+//! `StratifiedShuffleSplit`: `ceil(f·n)` test rows shared out between labels
+//! by [`approximate_mode`], each label's rows permuted, then each set permuted
+//! (see `tests/fixtures/stratified_split.py`). With `shuffle: false` the last
+//! `ceil(f·n)` rows (of each label, with `stratify`) are the test set.
 
 mod mt19937;
 
@@ -237,36 +238,110 @@ impl Split {
         Ok((rows, skipped))
     }
 
-    /// (train, test) row indices.
-    fn split(w: &With, rows: &[Row]) -> (Vec<usize>, Vec<usize>) {
-        let n_test = |n: usize| (w.test_fraction * n as f64).ceil() as usize;
-        let mut rng = Mt19937::new(w.seed);
-        let mut split_group = |idx: Vec<usize>| -> (Vec<usize>, Vec<usize>) {
-            let t = n_test(idx.len());
-            if !w.shuffle {
-                let cut = idx.len() - t;
-                return (idx[..cut].to_vec(), idx[cut..].to_vec());
-            }
-            let perm = rng.permutation(idx.len());
-            let test = perm[..t].iter().map(|&i| idx[i]).collect();
-            let train = perm[t..].iter().map(|&i| idx[i]).collect();
-            (train, test)
-        };
-        if !w.stratify {
-            return split_group((0..rows.len()).collect());
-        }
+    /// (train, test) row indices, or why the rows cannot be split.
+    fn split(w: &With, rows: &[Row]) -> Result<(Vec<usize>, Vec<usize>), String> {
+        let n_test = |n: usize| ((w.test_fraction * n as f64).ceil() as usize).min(n);
         let mut by_label: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
         for (i, r) in rows.iter().enumerate() {
             by_label.entry(r.label).or_default().push(i);
         }
-        let (mut train, mut test) = (Vec::new(), Vec::new());
-        for (_, idx) in by_label {
-            let (a, b) = split_group(idx);
-            train.extend(a);
-            test.extend(b);
+        if !w.shuffle {
+            let groups = if w.stratify {
+                by_label.into_values().collect()
+            } else {
+                vec![(0..rows.len()).collect::<Vec<_>>()]
+            };
+            let (mut train, mut test) = (Vec::new(), Vec::new());
+            for idx in groups {
+                let (a, b) = idx.split_at(idx.len() - n_test(idx.len()));
+                train.extend_from_slice(a);
+                test.extend_from_slice(b);
+            }
+            return Ok((train, test));
         }
-        (train, test)
+        let mut rng = Mt19937::new(w.seed);
+        let n = rows.len();
+        let t = n_test(n);
+        if !w.stratify {
+            let perm = rng.permutation(n);
+            return Ok((perm[t..].to_vec(), perm[..t].to_vec()));
+        }
+        // scikit-learn's `StratifiedShuffleSplit._iter_indices`, its checks included.
+        if let Some((label, idx)) = by_label.iter().find(|(_, idx)| idx.len() < 2) {
+            return Err(format!(
+                "label {label} has {} row; `stratify` needs at least 2 rows of each label",
+                idx.len()
+            ));
+        }
+        let labels = by_label.len();
+        if t < labels || n - t < labels {
+            return Err(format!(
+                "{t} test and {} train rows cannot hold all {labels} labels; \
+                 change `test_fraction` or drop `stratify`",
+                n - t
+            ));
+        }
+        let counts: Vec<usize> = by_label.values().map(Vec::len).collect();
+        let n_train = approximate_mode(&counts, n - t, &mut rng);
+        let left: Vec<usize> = counts
+            .iter()
+            .zip(&n_train)
+            .map(|(c, k)| c.saturating_sub(*k))
+            .collect();
+        let n_test = approximate_mode(&left, t, &mut rng);
+        let (mut train, mut test) = (Vec::new(), Vec::new());
+        for ((idx, &a), &b) in by_label.values().zip(&n_train).zip(&n_test) {
+            let perm: Vec<usize> = rng
+                .permutation(idx.len())
+                .into_iter()
+                .map(|i| idx[i])
+                .collect();
+            // numpy slices clamp at the end.
+            let a = a.min(perm.len());
+            train.extend_from_slice(&perm[..a]);
+            test.extend_from_slice(&perm[a..(a + b).min(perm.len())]);
+        }
+        let mut shuffled = |v: Vec<usize>| -> Vec<usize> {
+            rng.permutation(v.len()).into_iter().map(|i| v[i]).collect()
+        };
+        let train = shuffled(train);
+        let test = shuffled(test);
+        Ok((train, test))
     }
+}
+
+/// scikit-learn's `_approximate_mode(class_counts, n_draws, rng)`: how many of
+/// `draws` rows each class gets, in proportion to `counts` (floored), the
+/// rest going to the largest remainders, ties broken by the generator
+/// (`rng.choice(..., replace=False)`, i.e. a permutation).
+fn approximate_mode(counts: &[usize], draws: usize, rng: &mut Mt19937) -> Vec<usize> {
+    let total = counts.iter().sum::<usize>() as f64;
+    let continuous: Vec<f64> = counts
+        .iter()
+        .map(|&c| c as f64 / total * draws as f64)
+        .collect();
+    let mut floored: Vec<usize> = continuous.iter().map(|c| c.floor() as usize).collect();
+    let mut need = draws.saturating_sub(floored.iter().sum());
+    if need > 0 {
+        let remainder: Vec<f64> = continuous.iter().map(|c| c - c.floor()).collect();
+        let mut values = remainder.clone();
+        values.sort_by(|a, b| b.total_cmp(a));
+        values.dedup();
+        for value in values {
+            let inds: Vec<usize> = (0..remainder.len())
+                .filter(|&i| remainder[i] == value)
+                .collect();
+            let add = inds.len().min(need);
+            for j in &rng.permutation(inds.len())[..add] {
+                floored[inds[*j]] += 1;
+            }
+            need -= add;
+            if need == 0 {
+                break;
+            }
+        }
+    }
+    floored
 }
 
 fn write(path: &Path, rows: &[Row], idx: &[usize]) -> Result<Value, StageError> {
@@ -289,7 +364,8 @@ impl StageKind for Split {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: `stratify` is scikit-learn's stratified split.
+        2
     }
 
     fn check(&self, with: &Value) -> Result<(), WithError> {
@@ -307,7 +383,7 @@ impl StageKind for Split {
             )
             .into());
         }
-        let (train, test) = Self::split(&w, &rows);
+        let (train, test) = Self::split(&w, &rows).map_err(|e| format!("{source}: {e}"))?;
         let stats = json!({
             "source_rows": rows.len() + skipped,
             "skipped_rows": skipped,
