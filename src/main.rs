@@ -519,6 +519,12 @@ fn show(out: &mut impl Write, p: &Pipeline, stage: &str) -> Result<(), Failure> 
                 if exec { "  (executable)" } else { "" }
             );
         }
+        if !run.stats.is_empty() {
+            let _ = writeln!(out, "stats (not part of the output):");
+            for (name, value) in &run.stats {
+                let _ = writeln!(out, "  {name}: {value}");
+            }
+        }
     }
     Ok(())
 }

@@ -44,14 +44,7 @@ fn finetune_trace_package_and_reproduce() {
     assert!(stages(&doc).iter().all(|(_, s)| s == "ran"), "{doc}");
 
     let m = ws.json(".pipe/out/m/finetune/metrics.json");
-    for k in [
-        "accuracy",
-        "mcc",
-        "f1",
-        "train_loss",
-        "train_seconds",
-        "samples_per_second",
-    ] {
+    for k in ["accuracy", "mcc", "f1", "train_loss"] {
         assert!(m[k].is_number(), "{k} missing in {m}");
     }
     assert_eq!(m["accuracy"], 1.0, "the tiny separable set is learnt: {m}");
@@ -111,10 +104,11 @@ fn finetune_trace_package_and_reproduce() {
         ]
     );
 
-    // A second workspace from scratch: byte-identical weights, model.pt and archive.
+    // A second workspace from scratch: byte-identical weights, metrics,
+    // model.pt and archive.
     let again = workspace();
     let doc2 = again.run_json(&[]);
-    for stage in ["trace", "package"] {
+    for stage in ["finetune", "trace", "package"] {
         assert_eq!(
             output_hash(&doc, stage),
             output_hash(&doc2, stage),
@@ -238,4 +232,62 @@ fn bad_parameters_and_checkpoints_are_named() {
         "{err}"
     );
     assert!(!Path::new(&ws.path(".pipe/out/m/finetune")).exists());
+}
+
+/// Wall-clock figures stay out of `finetune`'s output (which is then a
+/// function of its inputs) and go to the run record: shown by `pipe show` and
+/// `--json`, also when cached; a forced rerun gives the same output hash, so
+/// `trace` and `package` stay cached (early cutoff).
+#[test]
+fn finetune_timings_go_to_the_run_record_and_reruns_cut_off() {
+    let ws = workspace();
+    ws.manifest(&MANIFEST.replace("epochs: 20", "epochs: 2"));
+    let first = ws.run_json(&[]);
+    let finetune = |doc: &Value| -> Value {
+        doc["stages"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == "finetune"))
+            .cloned()
+            .unwrap_or_else(|| panic!("no finetune in {doc}"))
+    };
+    for k in [
+        "train_seconds",
+        "samples_per_second",
+        "epoch_2_train_seconds",
+    ] {
+        assert!(
+            finetune(&first)["stats"][k]
+                .as_f64()
+                .is_some_and(|v| v > 0.0),
+            "{k} in {}",
+            finetune(&first)
+        );
+    }
+    let metrics = ws.read(".pipe/out/m/finetune/metrics.json");
+    assert!(!metrics.contains("seconds"), "{metrics}");
+
+    let forced = ws.run_json(&["--force", "finetune"]);
+    assert_eq!(
+        stages(&forced)
+            .iter()
+            .map(|(n, s)| format!("{n}:{s}"))
+            .collect::<Vec<_>>(),
+        ["finetune:ran", "trace:cached", "package:cached"]
+    );
+    assert_eq!(
+        output_hash(&first, "finetune"),
+        output_hash(&forced, "finetune")
+    );
+
+    // Cached: the figures of the run that produced the output.
+    let cached = ws.run_json(&[]);
+    assert_eq!(finetune(&cached)["status"], "cached");
+    assert_eq!(finetune(&cached)["stats"], finetune(&forced)["stats"]);
+
+    let out = ws.pipe(&["show", "pipe.yaml", "finetune"]);
+    let show = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(show.contains("stats (not part of the output):"), "{show}");
+    assert!(show.contains("  train_seconds: "), "{show}");
+    assert!(show.contains("  samples_per_second: "), "{show}");
 }

@@ -48,6 +48,10 @@ pub struct RunRecord {
     /// Facts the stage pinned for later runs (copied into `pipe.lock`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pins: BTreeMap<String, String>,
+    /// Figures about the run that are not part of its output (e.g. training
+    /// time), so that the output stays a function of the key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stats: BTreeMap<String, f64>,
 }
 
 pub struct Store {
@@ -151,6 +155,7 @@ impl Store {
         staged: &Path,
         seconds: f64,
         pins: BTreeMap<String, String>,
+        stats: BTreeMap<String, f64>,
     ) -> Result<RunRecord> {
         let output = Tree::scan(staged, &self.stat)?;
         let mut touched = HashSet::new();
@@ -189,6 +194,7 @@ impl Store {
             output,
             seconds,
             pins,
+            stats,
         };
         let bytes = serde_json::to_vec_pretty(&run).unwrap_or_default();
         write_atomic(&self.record_path(&key), &bytes)?;
@@ -420,7 +426,14 @@ mod tests {
         }
         let rec = record(n);
         store
-            .commit(rec.key(), rec, staged.path(), 0.0, BTreeMap::new())
+            .commit(
+                rec.key(),
+                rec,
+                staged.path(),
+                0.0,
+                BTreeMap::new(),
+                BTreeMap::new(),
+            )
             .unwrap()
     }
 

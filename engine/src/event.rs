@@ -1,5 +1,6 @@
 //! What the engine tells a reporter. The engine never prints.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use pipe_cache::{Digest, DirtyReason, Key};
@@ -37,6 +38,10 @@ pub struct StageResult {
     /// The end of the stage's log, for failures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_tail: Option<String>,
+    /// Figures the run that produced the output recorded (see
+    /// `StageContext::stat`), also for a cached stage.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub stats: BTreeMap<String, f64>,
 }
 
 fn display_opt<S: serde::Serializer>(r: &Option<DirtyReason>, s: S) -> Result<S::Ok, S::Error> {
@@ -58,6 +63,7 @@ impl StageResult {
             reason: None,
             error: None,
             log_tail: None,
+            stats: BTreeMap::new(),
         }
     }
 }

@@ -64,6 +64,7 @@ impl Executor<'_> {
                     result.key = Some(run.key);
                     result.output_hash = Some(run.output_hash);
                     result.output_dir = Some(self.pipeline.output_dir(&stage.name));
+                    result.stats = run.stats.clone();
                 }
                 (result, run)
             }
@@ -122,8 +123,10 @@ impl Executor<'_> {
                     Ok(()) => {
                         let drift = if kind.is_effect(stage) {
                             let pins = Mutex::new(BTreeMap::new());
-                            let ctx =
-                                self.context(stage, &resolved, &out_dir, &log, &run.pins, &pins);
+                            let stats = Mutex::new(BTreeMap::new());
+                            let ctx = self.context(
+                                stage, &resolved, &out_dir, &log, &run.pins, &pins, &stats,
+                            );
                             kind.verify(&ctx)?
                         } else {
                             None
@@ -182,13 +185,30 @@ impl Executor<'_> {
             (_, Some(entry)) => entry.pins.clone(),
         };
         let new_pins = Mutex::new(BTreeMap::new());
-        let ctx = self.context(stage, &resolved, &out, &log, &locked_pins, &new_pins);
+        let new_stats = Mutex::new(BTreeMap::new());
+        let ctx = self.context(
+            stage,
+            &resolved,
+            &out,
+            &log,
+            &locked_pins,
+            &new_pins,
+            &new_stats,
+        );
         if let Err(e) = kind.run(&ctx) {
             result.log_tail = log_tail(&log, 20);
             return Err(e);
         }
         let pins = new_pins.into_inner().unwrap_or_else(|e| e.into_inner());
-        let run = store.commit(key, record, &out, started.elapsed().as_secs_f64(), pins)?;
+        let stats = new_stats.into_inner().unwrap_or_else(|e| e.into_inner());
+        let run = store.commit(
+            key,
+            record,
+            &out,
+            started.elapsed().as_secs_f64(),
+            pins,
+            stats,
+        )?;
         store.materialize(&run, &out_dir)?;
         result.status = Status::Ran;
         Ok(Some(run))
@@ -203,6 +223,7 @@ impl Executor<'_> {
         log: &'b std::path::Path,
         locked_pins: &'b BTreeMap<String, String>,
         new_pins: &'b Mutex<BTreeMap<String, String>>,
+        new_stats: &'b Mutex<BTreeMap<String, f64>>,
     ) -> StageContext<'b> {
         StageContext {
             pipeline: self.pipeline,
@@ -215,6 +236,7 @@ impl Executor<'_> {
             reporter: self.reporter,
             locked_pins,
             new_pins,
+            new_stats,
         }
     }
 

@@ -87,6 +87,8 @@ pub struct StageContext<'a> {
     pub locked_pins: &'a BTreeMap<String, String>,
     /// Pins to record in `pipe.lock` for this run (see [`StageContext::pin`]).
     pub new_pins: &'a Mutex<BTreeMap<String, String>>,
+    /// Figures about this run for its run record (see [`StageContext::stat`]).
+    pub new_stats: &'a Mutex<BTreeMap<String, f64>>,
 }
 
 impl StageContext<'_> {
@@ -105,6 +107,19 @@ impl StageContext<'_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_string(), value.to_string());
+    }
+
+    /// Record a figure about this run that must stay out of the output, such
+    /// as a wall-clock time: it goes to the run record (`pipe show`, `--json`),
+    /// so the output stays a function of the inputs. Non-finite values are
+    /// dropped (JSON cannot hold them).
+    pub fn stat(&self, name: &str, value: f64) {
+        if value.is_finite() {
+            self.new_stats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.to_string(), value);
+        }
     }
 }
 

@@ -170,6 +170,9 @@ pub struct Request {
 pub enum Message {
     /// A one-line progress message for the terminal.
     Progress(String),
+    /// Figures about this run that must not enter the output (wall-clock
+    /// times, throughput): they go to the stage's run record.
+    Stats(BTreeMap<String, f64>),
 }
 
 /// `pipe-worker info`: facts about this machine's libtorch.

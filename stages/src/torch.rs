@@ -87,7 +87,11 @@ impl StageKind for Torch {
     }
 
     fn version(&self) -> u32 {
-        1
+        match self {
+            // 2: wall-clock figures left `metrics.json` for the run record.
+            Torch::Finetune => 2,
+            Torch::Trace => 1,
+        }
     }
 
     fn check(&self, with: &Value) -> Result<(), WithError> {

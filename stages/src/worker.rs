@@ -115,7 +115,8 @@ pub fn info() -> Result<Info, StageError> {
 }
 
 /// Runs one torch stage in the worker: the request on its stdin, progress
-/// lines from its stdout to the reporter, its stderr into the stage log.
+/// lines from its stdout to the reporter (and figures to the run record), its
+/// stderr into the stage log.
 pub fn run_stage(ctx: &StageContext, request: &Request) -> Result<(), StageError> {
     let worker = path()?;
     let log = std::fs::File::options().append(true).open(ctx.log)?;
@@ -134,6 +135,11 @@ pub fn run_stage(ctx: &StageContext, request: &Request) -> Result<(), StageError
         for line in BufReader::new(stdout).lines() {
             match serde_json::from_str::<Message>(&line?) {
                 Ok(Message::Progress(m)) => ctx.progress(&m),
+                Ok(Message::Stats(stats)) => {
+                    for (name, value) in stats {
+                        ctx.stat(&name, value);
+                    }
+                }
                 Err(_) => continue,
             }
         }

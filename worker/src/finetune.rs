@@ -6,6 +6,7 @@
 //! grouping sentences of similar length into batches, and keeping host work out
 //! of the step (the loss is read back only when logged).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -103,6 +104,11 @@ pub fn predict(model: &crate::bert::Bert, ids: &[Vec<i64>], device: Device) -> V
     pred
 }
 
+/// Fine-tune and write the model, `metrics.json` and `loss.svg` into `out`.
+///
+/// The output is a function of the inputs alone (same device and thread
+/// count: byte-identical), so it can be cached and cut off early; wall-clock
+/// figures are returned instead, for the stage's run record.
 pub fn run(
     w: &FinetuneWith,
     model_dir: &Path,
@@ -110,7 +116,7 @@ pub fn run(
     out: &Path,
     device: Device,
     report: &Report,
-) -> Result<()> {
+) -> Result<BTreeMap<String, f64>> {
     tch::manual_seed(w.seed as i64);
     let labels: Vec<String> = w
         .labels
@@ -166,8 +172,9 @@ pub fn run(
     let mut step = 0;
     let mut losses: Vec<f64> = Vec::new();
     let mut epochs = Vec::new();
+    let mut stats = BTreeMap::new();
     let mut train_seconds = 0.0;
-    let mut last: Option<(f64, Scores, f64)> = None;
+    let mut last: Option<(f64, Scores)> = None;
     for epoch in 1..=w.epochs {
         let started = Instant::now();
         let mut epoch_losses: Vec<Tensor> = Vec::with_capacity(per_epoch);
@@ -220,23 +227,25 @@ pub fn run(
             "Test set: Accuracy: {:.4}, MCC: {:.4}, F1: {:.4}",
             s.accuracy, s.mcc, s.f1
         ));
-        let rate = n as f64 / seconds;
+        stats.insert(format!("epoch_{epoch}_train_seconds"), seconds);
+        stats.insert(
+            format!("epoch_{epoch}_samples_per_second"),
+            n as f64 / seconds,
+        );
         epochs.push(json!({
             "epoch": epoch, "train_loss": avg, "accuracy": s.accuracy, "mcc": s.mcc,
-            "f1": s.f1, "confusion": s.confusion, "train_seconds": seconds, "samples_per_second": rate,
+            "f1": s.f1, "confusion": s.confusion,
         }));
-        last = Some((avg, s, rate));
+        last = Some((avg, s));
     }
-    let Some((train_loss, s, _)) = last else {
+    let Some((train_loss, s)) = last else {
         bail!("no epoch ran");
     };
     ck.save(out, &labels, &[("max_len", json!(w.max_len))])?;
     copy_tokenizer(model_dir, out)?;
     let metrics = json!({
         "accuracy": s.accuracy, "mcc": s.mcc, "f1": s.f1, "confusion": s.confusion,
-        "train_loss": train_loss, "train_seconds": train_seconds,
-        "samples_per_second": (n * w.epochs) as f64 / train_seconds,
-        "train_rows": n, "test_rows": test_ids.len(), "steps": step,
+        "train_loss": train_loss, "train_rows": n, "test_rows": test_ids.len(), "steps": step,
         "device": format!("{device:?}").to_lowercase(), "threads": tch::get_num_threads(),
         "labels": labels, "epochs": epochs,
     });
@@ -248,5 +257,10 @@ pub fn run(
         out.join("loss.svg"),
         loss_svg(&losses, "training loss per step"),
     )?;
-    Ok(())
+    stats.insert("train_seconds".into(), train_seconds);
+    stats.insert(
+        "samples_per_second".into(),
+        (n * w.epochs) as f64 / train_seconds,
+    );
+    Ok(stats)
 }

@@ -12,6 +12,7 @@ pub mod serve;
 pub mod tokenize;
 pub mod trace;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
 use pipe_protocol::Message;
@@ -26,7 +27,16 @@ impl Report {
     }
 
     pub fn progress(&self, message: &str) {
-        if let Ok(line) = serde_json::to_string(&Message::Progress(message.to_string())) {
+        self.send(&Message::Progress(message.to_string()));
+    }
+
+    /// Figures for the stage's run record (see [`Message::Stats`]).
+    pub fn stats(&self, stats: BTreeMap<String, f64>) {
+        self.send(&Message::Stats(stats));
+    }
+
+    fn send(&self, message: &Message) {
+        if let Ok(line) = serde_json::to_string(message) {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{line}");
             let _ = out.flush();

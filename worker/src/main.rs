@@ -112,14 +112,16 @@ fn stage() -> Result<()> {
     match req.kind.as_str() {
         "finetune" => {
             let w: FinetuneWith = serde_json::from_value(req.with.clone())?;
-            finetune::run(
+            let stats = finetune::run(
                 &w,
                 input(&req, "model")?,
                 input(&req, "data")?,
                 &req.out,
                 device,
                 &report,
-            )
+            )?;
+            report.stats(stats);
+            Ok(())
         }
         "trace" => {
             let w: TraceWith = serde_json::from_value(req.with.clone())?;
