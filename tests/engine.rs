@@ -358,3 +358,72 @@ fn pipe_binary_does_not_link_libtorch() {
     assert!(out.status.success(), "{libs}");
     assert!(!libs.contains("torch") && !libs.contains("c10"), "{libs}");
 }
+
+/// Replace every store object holding `from` with `to` (made writable first).
+fn tamper_objects(ws: &TestWorkspace, from: &[u8], to: Option<&[u8]>) -> usize {
+    let mut n = 0;
+    for obj in files_under(&ws.path(".pipe/cas-v1/objects")) {
+        if std::fs::read(&obj).unwrap() == from {
+            n += 1;
+            match to {
+                Some(to) => {
+                    std::fs::set_permissions(&obj, std::fs::Permissions::from_mode(0o644)).unwrap();
+                    std::fs::write(&obj, to).unwrap();
+                }
+                None => std::fs::remove_file(&obj).unwrap(),
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn missing_store_object_is_a_miss_and_repaired() {
+    let ws = TestWorkspace::new();
+    ws.manifest(DEMO);
+    ws.run(&[]);
+    assert_eq!(tamper_objects(&ws, b"HELLO\n", None), 1);
+    let out = ws.pipe(&["run", "pipe.yaml"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("Running upper: stored output is corrupt: object"),
+        "{err}"
+    );
+    assert!(err.contains("is missing"), "{err}");
+    assert_eq!(ws.read(".pipe/out/demo/upper/upper.txt"), "HELLO\n");
+    // Repaired: the next run is fully cached.
+    assert!(ws.ran(&[]).is_empty());
+}
+
+#[test]
+fn truncated_run_record_is_a_miss_and_repaired() {
+    let ws = TestWorkspace::new();
+    ws.manifest(DEMO);
+    ws.run(&[]);
+    for rec in files_under(&ws.path(".pipe/cas-v1/runs")) {
+        let bytes = std::fs::read(&rec).unwrap();
+        std::fs::write(&rec, &bytes[..bytes.len() / 2]).unwrap();
+    }
+    assert_eq!(ws.ran(&[]), ["make", "upper", "side"]);
+    assert!(ws.ran(&[]).is_empty());
+    assert_eq!(ws.read(".pipe/out/demo/upper/upper.txt"), "HELLO\n");
+}
+
+#[test]
+fn corrupt_object_shared_by_parallel_stages_is_repaired() {
+    let ws = TestWorkspace::new();
+    let mut yaml = String::from("version: 1\nname: s\nstages:\n");
+    for i in 0..6 {
+        yaml += &format!("  s{i}:\n    kind: shell\n    with: {{cmd: 'echo {i} > /dev/null; echo shared > $PIPE_OUT/x'}}\n");
+    }
+    ws.manifest(&yaml);
+    ws.run(&["-j", "6"]);
+    assert_eq!(tamper_objects(&ws, b"shared\n", Some(b"EVIL!!\n")), 1);
+    let doc = ws.run_json(&["-j", "6"]);
+    assert_eq!(common::with_status(&doc, "ran").len(), 6, "{doc}");
+    for i in 0..6 {
+        assert_eq!(ws.read(&format!(".pipe/out/s/s{i}/x")), "shared\n");
+    }
+    assert!(ws.ran(&["-j", "6"]).is_empty());
+}

@@ -136,12 +136,15 @@ impl Executor<'_> {
                             Some(detail) => reason = Some(DirtyReason::Drift { detail }),
                         }
                     }
+                    // Damage is a miss: the rerun's commit repairs the store.
                     Err(CacheError::Corrupt { digest, .. }) => {
-                        if let Some(store) = self.store {
-                            store.remove(&key)?;
-                        }
                         reason = Some(DirtyReason::OutputCorrupt {
                             detail: format!("object {} failed its hash check", digest.short()),
+                        });
+                    }
+                    Err(CacheError::Missing { digest }) => {
+                        reason = Some(DirtyReason::OutputCorrupt {
+                            detail: format!("object {} is missing", digest.short()),
                         });
                     }
                     Err(e) => return Err(e.into()),
