@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -13,6 +12,7 @@ use pipe_cache::{
 };
 
 use crate::event::{Event, Reporter, StageResult, Status};
+use crate::interrupt::Interrupt;
 use crate::lockfile::LockFile;
 use crate::pipeline::{InputRef, Pipeline, Stage};
 use crate::stage::{Registry, StageContext, StageError};
@@ -36,7 +36,7 @@ pub struct Executor<'a> {
     pub store: Option<&'a Store>,
     pub old_lock: &'a LockFile,
     pub reporter: &'a dyn Reporter,
-    pub cancel: &'a AtomicBool,
+    pub interrupt: &'a Interrupt,
 }
 
 /// Inputs resolved to paths and digests.
@@ -186,7 +186,12 @@ impl Executor<'_> {
         };
         let new_pins = Mutex::new(BTreeMap::new());
         let ctx = self.context(stage, &resolved, &out, &log, &locked_pins, &new_pins);
-        if let Err(e) = kind.run(&ctx) {
+        let ran = kind.run(&ctx);
+        // Whatever an interrupted stage produced is dropped with its staging dir.
+        if self.interrupt.is_set() {
+            return Err("interrupted".into());
+        }
+        if let Err(e) = ran {
             result.log_tail = log_tail(&log, 20);
             return Err(e);
         }
@@ -214,7 +219,8 @@ impl Executor<'_> {
             out,
             inputs: resolved.paths.clone(),
             log,
-            cancel: self.cancel,
+            cancel: self.interrupt.flag(),
+            interrupt: self.interrupt,
             reporter: self.reporter,
             locked_pins,
             new_pins,

@@ -18,10 +18,12 @@ pub mod stage;
 pub use pipe_cache as cache;
 pub mod event;
 pub mod executor;
+pub mod interrupt;
 pub mod lockfile;
 pub mod scheduler;
 
 pub use event::{Event, Reporter, StageResult, Status};
+pub use interrupt::Interrupt;
 pub use manifest::{load, ManifestError};
 pub use pipeline::{Input, InputRef, Pipeline, Stage};
 pub use scheduler::{run, EngineError, Force, RunOptions, RunSummary};

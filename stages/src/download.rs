@@ -12,7 +12,6 @@
 //! `pipe run --force STAGE` accepts new content (like `dvc update`).
 
 use std::path::Path;
-use std::time::Duration;
 
 use pipe_engine::{StageContext, StageError, StageKind, WithError};
 use serde::Deserialize;
@@ -53,6 +52,7 @@ fn default_max_bytes() -> u64 {
 
 fn parse(v: &Value) -> Result<With, WithError> {
     let w: With = WithError::parse(v)?;
+    WithError::seconds("timeout", w.timeout)?;
     match (&w.url, &w.hf) {
         (Some(_), Some(_)) => {
             return Err(WithError::field(
@@ -175,7 +175,7 @@ impl StageKind for Download {
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let w = parse(&ctx.stage.with)?;
-        let fetcher = Fetcher::new(Duration::from_secs_f64(w.timeout.max(0.001)), w.retries)?;
+        let fetcher = Fetcher::new(WithError::seconds("timeout", w.timeout)?, w.retries)?;
         let progress = |name: &str| {
             let name = name.to_string();
             move |have: u64, total: Option<u64>| match total {

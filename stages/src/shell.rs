@@ -7,7 +7,6 @@
 //! a non-zero exit makes the stage run again.
 
 use std::fs::File;
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use pipe_engine::{Stage, StageContext, StageError, StageKind, WithError};
@@ -45,14 +44,14 @@ impl Shell {
             cmd.env(format!("PIPE_IN_{}", name.to_uppercase()), path);
         }
         cmd.envs(&ctx.stage.env);
-        // Die with pipe: a killed run must not leave commands writing into the store.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
         Ok(cmd)
+    }
+
+    /// Run a script to the end in its own process group (killed with the run,
+    /// and with whatever it left running when it exits).
+    fn status(ctx: &StageContext, script: &str) -> Result<std::process::ExitStatus, StageError> {
+        let mut cmd = Self::command(ctx, script)?;
+        Ok(ctx.interrupt.spawn(&mut cmd)?.wait()?)
     }
 }
 
@@ -75,7 +74,7 @@ impl StageKind for Shell {
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let w = with(&ctx.stage.with)?;
-        let status = Self::command(ctx, &w.cmd)?.status()?;
+        let status = Self::status(ctx, &w.cmd)?;
         if !status.success() {
             return Err(match status.code() {
                 Some(code) => format!("command exited with status {code}").into(),
@@ -90,7 +89,7 @@ impl StageKind for Shell {
         let Some(verify) = w.verify else {
             return Ok(None);
         };
-        let status = Self::command(ctx, &verify)?.status()?;
+        let status = Self::status(ctx, &verify)?;
         Ok((!status.success()).then(|| format!("verify command exited with {status}")))
     }
 }
