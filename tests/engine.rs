@@ -427,3 +427,51 @@ fn corrupt_object_shared_by_parallel_stages_is_repaired() {
     }
     assert!(ws.ran(&["-j", "6"]).is_empty());
 }
+
+#[test]
+fn workspace_input_through_a_link_to_outside_is_rejected() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), "outside\n").unwrap();
+    let ws = TestWorkspace::new();
+    std::os::unix::fs::symlink(outside.path(), ws.path("linkdir")).unwrap();
+    ws.manifest("version: 1\nname: l\nstages:\n  s:\n    kind: shell\n    inputs: {data: linkdir/secret}\n    with: {cmd: 'cat $PIPE_IN_DATA > $PIPE_OUT/o'}\n");
+    let err = ws.fails(&["run", "pipe.yaml"]);
+    assert!(
+        err.contains("Failed s: input `data`: `linkdir/secret` resolves to"),
+        "{err}"
+    );
+    assert!(err.contains("outside the workspace"), "{err}");
+    assert!(!ws.path(".pipe/out/l/s/o").exists());
+}
+
+#[test]
+fn workspace_input_through_a_link_inside_is_hashed_by_content() {
+    let ws = TestWorkspace::new();
+    ws.file("real/data.txt", "one\n");
+    std::os::unix::fs::symlink("real", ws.path("linkdir")).unwrap();
+    std::os::unix::fs::symlink("real/data.txt", ws.path("link.txt")).unwrap();
+    ws.manifest("version: 1\nname: l\nstages:\n  s:\n    kind: shell\n    inputs: {a: linkdir/data.txt, b: link.txt}\n    with: {cmd: 'cat $PIPE_IN_A $PIPE_IN_B > $PIPE_OUT/o'}\n");
+    assert_eq!(ws.ran(&[]), ["s"]);
+    assert!(ws.ran(&[]).is_empty());
+    ws.file("real/data.txt", "two\n");
+    assert_eq!(ws.ran(&[]), ["s"]);
+    assert_eq!(ws.read(".pipe/out/l/s/o"), "two\ntwo\n");
+}
+
+#[test]
+fn dot_input_never_hashes_pipe_state_or_lock_files() {
+    let ws = TestWorkspace::new();
+    ws.file("data.txt", "x\n").manifest(
+        "version: 1\nname: d\nstages:\n  all:\n    kind: shell\n    inputs: {ws: .}\n    with: {cmd: 'cat $PIPE_IN_WS/data.txt > $PIPE_OUT/o'}\n  other:\n    kind: shell\n    with: {cmd: 'echo > $PIPE_OUT/o'}\n",
+    );
+    ws.file("other.yaml", "version: 1\nname: o\nstages: {}\n");
+    ws.file("other.lock", "one\n");
+    assert_eq!(ws.ran(&[]), ["all", "other"]);
+    // The run wrote .pipe/ and the lock file; another manifest's lock changed.
+    ws.file("other.lock", "two\n");
+    assert!(ws.ran(&["--force", "other"]) == ["other"]);
+    assert!(ws.ran(&[]).is_empty());
+    // A real change still counts.
+    ws.file("data.txt", "y\n");
+    assert_eq!(ws.ran(&[]), ["all"]);
+}

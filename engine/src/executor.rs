@@ -3,7 +3,7 @@
 //! commit the result.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -263,10 +263,15 @@ impl Executor<'_> {
                 }
                 InputRef::Workspace(rel) => {
                     let abs = p.root.join(rel);
+                    let real = self.real_workspace_path(&abs).map_err(|why| {
+                        format!("input `{}`: `{}` {why}", input.name, rel.display())
+                    })?;
+                    let skip = |path: &Path| is_pipe_state(p, path);
                     let hash = match self.store {
-                        Some(store) => Tree::scan(&abs, store.stat_cache())?.hash(),
-                        None => Tree::scan(&abs, &pipe_cache::PlainHasher)?.hash(),
-                    };
+                        Some(store) => Tree::scan_skipping(&real, store.stat_cache(), &skip)?,
+                        None => Tree::scan_skipping(&real, &pipe_cache::PlainHasher, &skip)?,
+                    }
+                    .hash();
                     (abs, hash)
                 }
             };
@@ -282,6 +287,28 @@ impl Executor<'_> {
         Ok(Resolved { paths, digests })
     }
 
+    /// The real path of a workspace input: symbolic links along it are
+    /// followed, and it must still be inside the (real) workspace.
+    fn real_workspace_path(&self, abs: &Path) -> Result<PathBuf, String> {
+        let real = abs
+            .canonicalize()
+            .map_err(|e| format!("cannot be resolved: {e}"))?;
+        let root = self.pipeline.root.canonicalize().map_err(|e| {
+            format!(
+                "cannot be resolved: workspace {}: {e}",
+                self.pipeline.root.display()
+            )
+        })?;
+        if !real.starts_with(&root) {
+            return Err(format!(
+                "resolves to {}, outside the workspace {} (through a symbolic link)",
+                real.display(),
+                root.display()
+            ));
+        }
+        Ok(real)
+    }
+
     /// Why a stage whose key is not in the store must run.
     fn explain(&self, stage: &Stage, record: &KeyRecord) -> DirtyReason {
         let Some(entry) = self.old_lock.stages.get(&stage.name) else {
@@ -292,6 +319,30 @@ impl Executor<'_> {
             Some(old) => record.compare(&old.record).unwrap_or(DirtyReason::NeverRun),
             None => DirtyReason::NeverRun,
         }
+    }
+}
+
+/// pipe's own files, never part of a workspace input (an input of `.`): the
+/// `.pipe` dir and lock files (`pipe.lock`, and `NAME.lock` beside a manifest
+/// `NAME.yaml`/`NAME.yml`).
+fn is_pipe_state(p: &Pipeline, path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let same = |a: &Path| {
+        a.canonicalize()
+            .is_ok_and(|a| path.canonicalize().is_ok_and(|b| a == b))
+    };
+    let lock = p.lock_file();
+    match name {
+        ".pipe" => path.is_dir() && same(&p.pipe_dir()),
+        "pipe.lock" => true,
+        _ if lock.file_name() == path.file_name() && same(&lock) => true,
+        _ => name.strip_suffix(".lock").is_some_and(|stem| {
+            ["yaml", "yml"]
+                .iter()
+                .any(|ext| path.with_file_name(format!("{stem}.{ext}")).is_file())
+        }),
     }
 }
 
