@@ -421,7 +421,10 @@ fn corrupt_object_shared_by_parallel_stages_is_repaired() {
     ws.run(&["-j", "6"]);
     assert_eq!(tamper_objects(&ws, b"shared\n", Some(b"EVIL!!\n")), 1);
     let doc = ws.run_json(&["-j", "6"]);
-    assert_eq!(common::with_status(&doc, "ran").len(), 6, "{doc}");
+    // Each stage either reran or found the object already repaired by another.
+    let ran = common::with_status(&doc, "ran").len();
+    assert!(ran >= 1, "{doc}");
+    assert_eq!(ran + common::with_status(&doc, "cached").len(), 6, "{doc}");
     for i in 0..6 {
         assert_eq!(ws.read(&format!(".pipe/out/s/s{i}/x")), "shared\n");
     }

@@ -272,10 +272,14 @@ impl Store {
         self.verify(run)?;
         let parent = dest.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(parent).ctx("create directory", parent)?;
+        // Built in the store's `tmp/` (same filesystem as `.pipe/out`), so that
+        // what a SIGKILL leaves mid-swap is removed by `clean_tmp`, not left
+        // beside the outputs.
+        let tmp = self.cas.join("tmp");
         let build = tempfile::Builder::new()
-            .prefix(".materialize-")
-            .tempdir_in(parent)
-            .ctx("create a temp dir in", parent)?;
+            .prefix("materialize-")
+            .tempdir_in(&tmp)
+            .ctx("create a temp dir in", tmp)?;
         let root = build.path().join("out");
         for entry in &run.output.entries {
             let path = if entry.path.is_empty() {
