@@ -8,7 +8,8 @@
 //!
 //! Start reading at [`manifest`], then [`scheduler::run`]. The engine knows
 //! stage kinds only through [`stage::StageKind`]; it never prints, it emits
-//! [`event::Event`]s for a reporter.
+//! [`event::Event`]s for a reporter. Stages start child processes through
+//! [`interrupt::Interrupt`], which stops them on Ctrl-C and after a crash.
 
 pub mod dag;
 pub mod manifest;
