@@ -96,13 +96,26 @@ impl Store {
             .ctx("create a staging dir in", tmp)
     }
 
-    /// Remove staging dirs left behind by killed runs. Call with the workspace lock held.
+    /// Remove staging dirs left behind by killed runs, and the temp files of
+    /// atomic writes they interrupted (`.tmp…` beside run records and in
+    /// `.pipe/`). Call with the workspace lock held.
     pub fn clean_tmp(&self) -> Result<()> {
         let tmp = self.cas.join("tmp");
         for e in fs::read_dir(&tmp).ctx("list", &tmp)? {
             let p = e.ctx("list", &tmp)?.path();
             make_writable(&p);
             let _ = fs::remove_dir_all(&p).or_else(|_| fs::remove_file(&p));
+        }
+        let pipe_dir = self.cas.parent().unwrap_or(&self.cas);
+        for dir in [self.cas.join("runs"), pipe_dir.to_path_buf()] {
+            for e in fs::read_dir(&dir).ctx("list", &dir)? {
+                let e = e.ctx("list", &dir)?;
+                if e.file_name().to_string_lossy().starts_with(".tmp")
+                    && e.file_type().is_ok_and(|t| t.is_file())
+                {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
         }
         Ok(())
     }
