@@ -154,7 +154,14 @@ impl Interrupt {
     /// progress. Call with the workspace lock held, before cleaning staging.
     pub fn begin(&self, pipe_dir: &Path) -> pipe_cache::Result<()> {
         reap_dead_run(pipe_dir);
-        pipe_cache::write_atomic(&pipe_dir.join(RUN_FILE), self.token.as_bytes())
+        // No fsync: after a power loss no process of the run is left, and a
+        // torn token matches no process.
+        let path = pipe_dir.join(RUN_FILE);
+        std::fs::write(&path, self.token.as_bytes()).map_err(|source| pipe_cache::Error::Io {
+            op: "write",
+            path,
+            source,
+        })
     }
 
     /// The run ended (normally or interrupted): nothing of it is left running.
