@@ -33,6 +33,58 @@ fn download_retries_after_a_server_error() {
 }
 
 #[test]
+fn too_many_requests_waits_as_retry_after_says() {
+    let server = Server::start();
+    server.body("data.txt", b"rows\n".to_vec());
+    let ws = TestWorkspace::new();
+    ws.manifest(&download_manifest(
+        &format!("{}/busy/data.txt", server.base),
+        "",
+    ));
+    let out = ws.pipe(&["run", "pipe.yaml"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("retrying in 1s (Retry-After)"), "{err}");
+    assert_eq!(server.hits("data.txt"), 2);
+    assert_eq!(ws.read(".pipe/out/d/get/data.txt"), "rows\n");
+}
+
+#[test]
+fn service_unavailable_honours_a_retry_after_date() {
+    let server = Server::start();
+    server.body("data.txt", b"rows\n".to_vec());
+    let ws = TestWorkspace::new();
+    ws.manifest(&download_manifest(
+        &format!("{}/unavailable/data.txt", server.base),
+        "",
+    ));
+    let out = ws.pipe(&["run", "pipe.yaml"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    // The date is past: retry at once.
+    assert!(err.contains("retrying in 0ns (Retry-After)"), "{err}");
+    assert_eq!(server.hits("data.txt"), 2);
+}
+
+#[test]
+fn max_bytes_caps_a_plain_download() {
+    let server = Server::start();
+    server.body("big.bin", vec![0u8; 2_000_000]);
+    let ws = TestWorkspace::new();
+    ws.manifest(&download_manifest(
+        &format!("{}/ok/big.bin", server.base),
+        ", max_bytes: 1000000",
+    ));
+    let err = ws.fails(&["run", "pipe.yaml"]);
+    assert!(
+        err.contains("/ok/big.bin: larger than `max_bytes` (1000000 bytes"),
+        "{err}"
+    );
+    assert_eq!(server.hits("big.bin"), 1, "no retries");
+    assert!(files_under(&ws.path(".pipe/cas-v1/runs")).is_empty());
+}
+
+#[test]
 fn truncated_body_fails_and_caches_nothing() {
     let server = Server::start();
     let ws = TestWorkspace::new();
