@@ -118,6 +118,13 @@ pub trait StageKind: Send + Sync {
     /// Check `with:` before anything runs.
     fn check(&self, with: &Value) -> Result<(), WithError>;
 
+    /// Top-level `with:` fields that hold shell scripts. A `${params.X}` in one
+    /// is replaced by the value quoted for the shell (always data, never code),
+    /// and a `PIPE_PARAM_<X>` named in one makes the stage read param `X`.
+    fn script_fields(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Facts about this machine that change the result (go into the key).
     fn fingerprints(&self, _stage: &Stage) -> Result<BTreeMap<String, String>, StageError> {
         Ok(BTreeMap::new())
