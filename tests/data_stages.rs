@@ -419,6 +419,37 @@ fn upload_to_s3_reads_back_and_keeps_credentials_out() {
 }
 
 #[test]
+fn endpoint_user_info_is_masked_in_messages() {
+    // A loopback port nothing listens on: the upload fails, and the client's
+    // error names the URL it was given.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let secret = "sEcReT-in-the-url-42";
+    let ws = TestWorkspace::new();
+    ws.file("data.txt", "rows\n").manifest(&format!(
+        "version: 1\nname: u\nstages:\n  up:\n    kind: upload\n    inputs: {{data: data.txt}}\n    with: {{to: 's3://b/p', endpoint: 'http://user:{secret}@127.0.0.1:{port}', region: us-east-1, allow_http: true}}\n"
+    ));
+    for args in [&["run", "pipe.yaml"][..], &["run", "pipe.yaml", "--json"]] {
+        let out = ws
+            .cmd(args)
+            .env("AWS_ACCESS_KEY_ID", "AKIAPIPETEST0001")
+            .env("AWS_SECRET_ACCESS_KEY", "not-this-one")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let all = stderr(&out) + &String::from_utf8_lossy(&out.stdout);
+        assert!(
+            all.contains(&format!("http://***@127.0.0.1:{port}")),
+            "{all}"
+        );
+        assert!(!all.contains(secret), "{all}");
+    }
+}
+
+#[test]
 fn allow_http_is_refused_for_non_loopback_endpoints() {
     let ws = TestWorkspace::new();
     ws.manifest("version: 1\nname: u\nstages:\n  up:\n    kind: upload\n    inputs: {data: pipe.yaml}\n    with: {to: 's3://b/p', endpoint: 'http://10.1.2.3:9000', allow_http: true}\n");

@@ -94,7 +94,7 @@ impl StageContext<'_> {
     pub fn progress(&self, message: &str) {
         self.reporter.event(Event::Progress {
             stage: &self.stage.name,
-            message,
+            message: &crate::cache::redact_userinfo(message),
         });
     }
 
