@@ -82,6 +82,17 @@ fn max_bytes_caps_a_plain_download() {
     );
     assert_eq!(server.hits("big.bin"), 1, "no retries");
     assert!(files_under(&ws.path(".pipe/cas-v1/runs")).is_empty());
+    // Without a Content-Length, the stream is cut at the limit.
+    ws.manifest(&download_manifest(
+        &format!("{}/nolength/big.bin", server.base),
+        ", max_bytes: 1000000",
+    ));
+    let err = ws.fails(&["run", "pipe.yaml"]);
+    assert!(
+        err.contains("/nolength/big.bin: larger than `max_bytes` (1000000 bytes"),
+        "{err}"
+    );
+    assert_eq!(server.hits("big.bin"), 2, "no retries");
 }
 
 #[test]
