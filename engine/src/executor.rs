@@ -350,7 +350,7 @@ fn io_err(op: &str, path: &std::path::Path, e: std::io::Error) -> StageError {
     format!("cannot {op} {}: {e}", path.display()).into()
 }
 
-/// `a: b: c` from an error and its sources.
+/// `a: b: c` from an error and its sources, URL user info masked.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -362,7 +362,7 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         }
         cur = src.source();
     }
-    s
+    crate::cache::redact_userinfo(&s)
 }
 
 fn log_tail(path: &std::path::Path, lines: usize) -> Option<String> {

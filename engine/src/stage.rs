@@ -111,7 +111,7 @@ impl StageContext<'_> {
     pub fn progress(&self, message: &str) {
         self.reporter.event(Event::Progress {
             stage: &self.stage.name,
-            message,
+            message: &crate::cache::redact_userinfo(message),
         });
     }
 
@@ -134,6 +134,13 @@ pub trait StageKind: Send + Sync {
 
     /// Check `with:` before anything runs.
     fn check(&self, with: &Value) -> Result<(), WithError>;
+
+    /// Top-level `with:` fields that hold shell scripts. A `${params.X}` in one
+    /// is replaced by the value quoted for the shell (always data, never code),
+    /// and a `PIPE_PARAM_<X>` named in one makes the stage read param `X`.
+    fn script_fields(&self) -> &'static [&'static str] {
+        &[]
+    }
 
     /// Facts about this machine that change the result (go into the key).
     fn fingerprints(&self, _stage: &Stage) -> Result<BTreeMap<String, String>, StageError> {

@@ -1,7 +1,9 @@
 //! `kind: shell`: run a command with `sh -ec` (the first failing command fails the stage).
 //!
 //! The command runs in the workspace root with `$PIPE_OUT` (its output dir),
-//! `$PIPE_IN_<NAME>` for each input, and the stage's `env:`; stdout and stderr
+//! `$PIPE_IN_<NAME>` for each input, `$PIPE_PARAM_<NAME>` for each param it
+//! reads, and the stage's `env:`. A `${params.NAME}` in `cmd` or `verify` is
+//! spliced in shell-quoted: a value is data, never code. stdout and stderr
 //! go to the stage log. With `verify:`, the stage is an effect: on a cache hit
 //! the verify command runs with `$PIPE_OUT` pointing at the stored receipt, and
 //! a non-zero exit makes the stage run again.
@@ -9,6 +11,7 @@
 use std::fs::File;
 use std::process::{Command, Stdio};
 
+use pipe_engine::manifest::{param_env_var, param_text};
 use pipe_engine::{Stage, StageContext, StageError, StageKind, WithError};
 use serde::Deserialize;
 use serde_json::Value;
@@ -43,6 +46,9 @@ impl Shell {
         for (name, path) in &ctx.inputs {
             cmd.env(format!("PIPE_IN_{}", name.to_uppercase()), path);
         }
+        for (name, value) in &ctx.stage.params_used {
+            cmd.env(param_env_var(name), param_text(value));
+        }
         cmd.envs(&ctx.stage.env);
         Ok(cmd)
     }
@@ -66,6 +72,10 @@ impl StageKind for Shell {
 
     fn check(&self, v: &Value) -> Result<(), WithError> {
         with(v).map(|_| ())
+    }
+
+    fn script_fields(&self) -> &'static [&'static str] {
+        &["cmd", "verify"]
     }
 
     fn is_effect(&self, stage: &Stage) -> bool {
