@@ -12,6 +12,7 @@ pub const OK: i32 = 0;
 pub const STAGE_FAILED: i32 = 1;
 pub const BAD_INPUT: i32 = 2;
 pub const INTERNAL: i32 = 3;
+pub const INTERRUPTED: i32 = 130;
 
 /// An error and the exit code it maps to.
 pub struct Failure {

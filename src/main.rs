@@ -3,6 +3,7 @@
 
 mod exit;
 mod reporter;
+mod signals;
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -173,6 +174,7 @@ fn gpus() -> u32 {
 }
 
 fn main() -> ExitCode {
+    signals::install();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -232,7 +234,9 @@ fn run(cli: Cli) -> Result<i32, Failure> {
                 dry_run,
                 jobs: jobs.unwrap_or(RunOptions::default().jobs),
                 gpus: gpus(),
+                interrupt: Default::default(),
             };
+            signals::watch(opts.interrupt.clone());
             let started = Instant::now();
             let human = reporter::Human::new(cli.quiet || json, cli.verbose);
             let summary = if json {
@@ -247,6 +251,12 @@ fn run(cli: Cli) -> Result<i32, Failure> {
                 print_status(&mut out, &summary);
             } else {
                 human.finish(&summary, started.elapsed().as_secs_f64());
+            }
+            if summary.interrupted {
+                if !json {
+                    eprintln!("error: interrupted");
+                }
+                return Ok(exit::INTERRUPTED);
             }
             if summary.failed() {
                 let names = |status: Status| -> Vec<&str> {

@@ -87,8 +87,13 @@ impl Human {
         }
         let n = summary.results.len();
         let plural = if n == 1 { "" } else { "s" };
+        let interrupted = if summary.interrupted {
+            " (interrupted)"
+        } else {
+            ""
+        };
         self.print(&format!(
-            "{n} stage{plural}: {} in {seconds:.2}s",
+            "{n} stage{plural}: {} in {seconds:.2}s{interrupted}",
             parts.join(", ")
         ));
     }
@@ -158,6 +163,9 @@ impl Reporter for Json {
 }
 
 pub fn json_summary(summary: &RunSummary) -> String {
-    serde_json::to_string_pretty(&serde_json::json!({ "stages": summary.results }))
-        .unwrap_or_default()
+    let mut doc = serde_json::json!({ "stages": summary.results });
+    if summary.interrupted {
+        doc["interrupted"] = true.into();
+    }
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
 }

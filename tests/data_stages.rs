@@ -33,6 +33,69 @@ fn download_retries_after_a_server_error() {
 }
 
 #[test]
+fn too_many_requests_waits_as_retry_after_says() {
+    let server = Server::start();
+    server.body("data.txt", b"rows\n".to_vec());
+    let ws = TestWorkspace::new();
+    ws.manifest(&download_manifest(
+        &format!("{}/busy/data.txt", server.base),
+        "",
+    ));
+    let out = ws.pipe(&["run", "pipe.yaml"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("retrying in 1s (Retry-After)"), "{err}");
+    assert_eq!(server.hits("data.txt"), 2);
+    assert_eq!(ws.read(".pipe/out/d/get/data.txt"), "rows\n");
+}
+
+#[test]
+fn service_unavailable_honours_a_retry_after_date() {
+    let server = Server::start();
+    server.body("data.txt", b"rows\n".to_vec());
+    let ws = TestWorkspace::new();
+    ws.manifest(&download_manifest(
+        &format!("{}/unavailable/data.txt", server.base),
+        "",
+    ));
+    let out = ws.pipe(&["run", "pipe.yaml"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    // The date is past: retry at once.
+    assert!(err.contains("retrying in 0ns (Retry-After)"), "{err}");
+    assert_eq!(server.hits("data.txt"), 2);
+}
+
+#[test]
+fn max_bytes_caps_a_plain_download() {
+    let server = Server::start();
+    server.body("big.bin", vec![0u8; 2_000_000]);
+    let ws = TestWorkspace::new();
+    ws.manifest(&download_manifest(
+        &format!("{}/ok/big.bin", server.base),
+        ", max_bytes: 1000000",
+    ));
+    let err = ws.fails(&["run", "pipe.yaml"]);
+    assert!(
+        err.contains("/ok/big.bin: larger than `max_bytes` (1000000 bytes"),
+        "{err}"
+    );
+    assert_eq!(server.hits("big.bin"), 1, "no retries");
+    assert!(files_under(&ws.path(".pipe/cas-v1/runs")).is_empty());
+    // Without a Content-Length, the stream is cut at the limit.
+    ws.manifest(&download_manifest(
+        &format!("{}/nolength/big.bin", server.base),
+        ", max_bytes: 1000000",
+    ));
+    let err = ws.fails(&["run", "pipe.yaml"]);
+    assert!(
+        err.contains("/nolength/big.bin: larger than `max_bytes` (1000000 bytes"),
+        "{err}"
+    );
+    assert_eq!(server.hits("big.bin"), 2, "no retries");
+}
+
+#[test]
 fn truncated_body_fails_and_caches_nothing() {
     let server = Server::start();
     let ws = TestWorkspace::new();
@@ -363,6 +426,37 @@ fn upload_to_s3_reads_back_and_keeps_credentials_out() {
                 f.display()
             );
         }
+    }
+}
+
+#[test]
+fn endpoint_user_info_is_masked_in_messages() {
+    // A loopback port nothing listens on: the upload fails, and the client's
+    // error names the URL it was given.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let secret = "sEcReT-in-the-url-42";
+    let ws = TestWorkspace::new();
+    ws.file("data.txt", "rows\n").manifest(&format!(
+        "version: 1\nname: u\nstages:\n  up:\n    kind: upload\n    inputs: {{data: data.txt}}\n    with: {{to: 's3://b/p', endpoint: 'http://user:{secret}@127.0.0.1:{port}', region: us-east-1, allow_http: true}}\n"
+    ));
+    for args in [&["run", "pipe.yaml"][..], &["run", "pipe.yaml", "--json"]] {
+        let out = ws
+            .cmd(args)
+            .env("AWS_ACCESS_KEY_ID", "AKIAPIPETEST0001")
+            .env("AWS_SECRET_ACCESS_KEY", "not-this-one")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let all = stderr(&out) + &String::from_utf8_lossy(&out.stdout);
+        assert!(
+            all.contains(&format!("http://***@127.0.0.1:{port}")),
+            "{all}"
+        );
+        assert!(!all.contains(secret), "{all}");
     }
 }
 

@@ -358,3 +358,123 @@ fn pipe_binary_does_not_link_libtorch() {
     assert!(out.status.success(), "{libs}");
     assert!(!libs.contains("torch") && !libs.contains("c10"), "{libs}");
 }
+
+/// Replace every store object holding `from` with `to` (made writable first).
+fn tamper_objects(ws: &TestWorkspace, from: &[u8], to: Option<&[u8]>) -> usize {
+    let mut n = 0;
+    for obj in files_under(&ws.path(".pipe/cas-v1/objects")) {
+        if std::fs::read(&obj).unwrap() == from {
+            n += 1;
+            match to {
+                Some(to) => {
+                    std::fs::set_permissions(&obj, std::fs::Permissions::from_mode(0o644)).unwrap();
+                    std::fs::write(&obj, to).unwrap();
+                }
+                None => std::fs::remove_file(&obj).unwrap(),
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn missing_store_object_is_a_miss_and_repaired() {
+    let ws = TestWorkspace::new();
+    ws.manifest(DEMO);
+    ws.run(&[]);
+    assert_eq!(tamper_objects(&ws, b"HELLO\n", None), 1);
+    let out = ws.pipe(&["run", "pipe.yaml"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("Running upper: stored output is corrupt: object"),
+        "{err}"
+    );
+    assert!(err.contains("is missing"), "{err}");
+    assert_eq!(ws.read(".pipe/out/demo/upper/upper.txt"), "HELLO\n");
+    // Repaired: the next run is fully cached.
+    assert!(ws.ran(&[]).is_empty());
+}
+
+#[test]
+fn truncated_run_record_is_a_miss_and_repaired() {
+    let ws = TestWorkspace::new();
+    ws.manifest(DEMO);
+    ws.run(&[]);
+    for rec in files_under(&ws.path(".pipe/cas-v1/runs")) {
+        let bytes = std::fs::read(&rec).unwrap();
+        std::fs::write(&rec, &bytes[..bytes.len() / 2]).unwrap();
+    }
+    assert_eq!(ws.ran(&[]), ["make", "upper", "side"]);
+    assert!(ws.ran(&[]).is_empty());
+    assert_eq!(ws.read(".pipe/out/demo/upper/upper.txt"), "HELLO\n");
+}
+
+#[test]
+fn corrupt_object_shared_by_parallel_stages_is_repaired() {
+    let ws = TestWorkspace::new();
+    let mut yaml = String::from("version: 1\nname: s\nstages:\n");
+    for i in 0..6 {
+        yaml += &format!("  s{i}:\n    kind: shell\n    with: {{cmd: 'echo {i} > /dev/null; echo shared > $PIPE_OUT/x'}}\n");
+    }
+    ws.manifest(&yaml);
+    ws.run(&["-j", "6"]);
+    assert_eq!(tamper_objects(&ws, b"shared\n", Some(b"EVIL!!\n")), 1);
+    let doc = ws.run_json(&["-j", "6"]);
+    // Each stage either reran or found the object already repaired by another.
+    let ran = common::with_status(&doc, "ran").len();
+    assert!(ran >= 1, "{doc}");
+    assert_eq!(ran + common::with_status(&doc, "cached").len(), 6, "{doc}");
+    for i in 0..6 {
+        assert_eq!(ws.read(&format!(".pipe/out/s/s{i}/x")), "shared\n");
+    }
+    assert!(ws.ran(&["-j", "6"]).is_empty());
+}
+
+#[test]
+fn workspace_input_through_a_link_to_outside_is_rejected() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), "outside\n").unwrap();
+    let ws = TestWorkspace::new();
+    std::os::unix::fs::symlink(outside.path(), ws.path("linkdir")).unwrap();
+    ws.manifest("version: 1\nname: l\nstages:\n  s:\n    kind: shell\n    inputs: {data: linkdir/secret}\n    with: {cmd: 'cat $PIPE_IN_DATA > $PIPE_OUT/o'}\n");
+    let err = ws.fails(&["run", "pipe.yaml"]);
+    assert!(
+        err.contains("Failed s: input `data`: `linkdir/secret` resolves to"),
+        "{err}"
+    );
+    assert!(err.contains("outside the workspace"), "{err}");
+    assert!(!ws.path(".pipe/out/l/s/o").exists());
+}
+
+#[test]
+fn workspace_input_through_a_link_inside_is_hashed_by_content() {
+    let ws = TestWorkspace::new();
+    ws.file("real/data.txt", "one\n");
+    std::os::unix::fs::symlink("real", ws.path("linkdir")).unwrap();
+    std::os::unix::fs::symlink("real/data.txt", ws.path("link.txt")).unwrap();
+    ws.manifest("version: 1\nname: l\nstages:\n  s:\n    kind: shell\n    inputs: {a: linkdir/data.txt, b: link.txt}\n    with: {cmd: 'cat $PIPE_IN_A $PIPE_IN_B > $PIPE_OUT/o'}\n");
+    assert_eq!(ws.ran(&[]), ["s"]);
+    assert!(ws.ran(&[]).is_empty());
+    ws.file("real/data.txt", "two\n");
+    assert_eq!(ws.ran(&[]), ["s"]);
+    assert_eq!(ws.read(".pipe/out/l/s/o"), "two\ntwo\n");
+}
+
+#[test]
+fn dot_input_never_hashes_pipe_state_or_lock_files() {
+    let ws = TestWorkspace::new();
+    ws.file("data.txt", "x\n").manifest(
+        "version: 1\nname: d\nstages:\n  all:\n    kind: shell\n    inputs: {ws: .}\n    with: {cmd: 'cat $PIPE_IN_WS/data.txt > $PIPE_OUT/o'}\n  other:\n    kind: shell\n    with: {cmd: 'echo > $PIPE_OUT/o'}\n",
+    );
+    ws.file("other.yaml", "version: 1\nname: o\nstages: {}\n");
+    ws.file("other.lock", "one\n");
+    assert_eq!(ws.ran(&[]), ["all", "other"]);
+    // The run wrote .pipe/ and the lock file; another manifest's lock changed.
+    ws.file("other.lock", "two\n");
+    assert!(ws.ran(&["--force", "other"]) == ["other"]);
+    assert!(ws.ran(&[]).is_empty());
+    // A real change still counts.
+    ws.file("data.txt", "y\n");
+    assert_eq!(ws.ran(&[]), ["all"]);
+}

@@ -62,8 +62,8 @@ pub enum DirtyReason {
 fn show(v: &Option<Value>) -> String {
     match v {
         None => "(unset)".into(),
-        Some(Value::String(s)) => s.clone(),
-        Some(v) => v.to_string(),
+        Some(Value::String(s)) => crate::redact_userinfo(s),
+        Some(v) => crate::redact_userinfo(&v.to_string()),
     }
 }
 
@@ -101,5 +101,24 @@ impl fmt::Display for DirtyReason {
             OutputCorrupt { detail } => write!(f, "stored output is corrupt: {detail}"),
             Drift { detail } => write!(f, "receipt no longer holds: {detail}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DirtyReason;
+    use serde_json::json;
+
+    #[test]
+    fn a_rotated_url_password_is_not_shown() {
+        let reason = DirtyReason::WithChanged {
+            field: "endpoint".into(),
+            old: Some(json!("http://k:old-secret@127.0.0.1:9000")),
+            new: Some(json!("http://k:new-secret@127.0.0.1:9000")),
+        };
+        assert_eq!(
+            reason.to_string(),
+            "with.endpoint changed: http://***@127.0.0.1:9000 → http://***@127.0.0.1:9000"
+        );
     }
 }

@@ -22,6 +22,8 @@ pub enum Error {
     },
     #[error("store object {digest} is corrupt (its content hashes to {actual})")]
     Corrupt { digest: Digest, actual: Digest },
+    #[error("store object {digest} is missing")]
+    Missing { digest: Digest },
     #[error("{} is a symbolic link pointing outside its tree ({target})", path.display())]
     UnsafeLink { path: PathBuf, target: String },
     #[error("{} is neither a file, a directory nor a symbolic link", path.display())]

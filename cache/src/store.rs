@@ -100,13 +100,26 @@ impl Store {
             .ctx("create a staging dir in", tmp)
     }
 
-    /// Remove staging dirs left behind by killed runs. Call with the workspace lock held.
+    /// Remove staging dirs left behind by killed runs, and the temp files of
+    /// atomic writes they interrupted (`.tmp…` beside run records and in
+    /// `.pipe/`). Call with the workspace lock held.
     pub fn clean_tmp(&self) -> Result<()> {
         let tmp = self.cas.join("tmp");
         for e in fs::read_dir(&tmp).ctx("list", &tmp)? {
             let p = e.ctx("list", &tmp)?.path();
             make_writable(&p);
             let _ = fs::remove_dir_all(&p).or_else(|_| fs::remove_file(&p));
+        }
+        let pipe_dir = self.cas.parent().unwrap_or(&self.cas);
+        for dir in [self.cas.join("runs"), pipe_dir.to_path_buf()] {
+            for e in fs::read_dir(&dir).ctx("list", &dir)? {
+                let e = e.ctx("list", &dir)?;
+                if e.file_name().to_string_lossy().starts_with(".tmp")
+                    && e.file_type().is_ok_and(|t| t.is_file())
+                {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
         }
         Ok(())
     }
@@ -125,24 +138,19 @@ impl Store {
         self.cas.join("objects").join(&hex[..2]).join(name)
     }
 
-    /// The run record of `key`, if one was committed.
+    /// The run record of `key`, if one was committed and can be read.
+    ///
+    /// A record that does not parse (truncated by a full disk, edited by hand)
+    /// is a miss, not an error: the stage runs again and its commit replaces
+    /// the record. Failing instead would fail every rerun until `--force`.
     pub fn get(&self, key: &Key) -> Result<Option<RunRecord>> {
         let path = self.record_path(key);
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|source| Error::Json { path, source }),
+            Ok(bytes) => Ok(serde_json::from_slice::<RunRecord>(&bytes)
+                .ok()
+                .filter(|run| run.key == *key)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).ctx("read", path),
-        }
-    }
-
-    /// Drop the run record of `key` (e.g. its output was found corrupt).
-    pub fn remove(&self, key: &Key) -> Result<()> {
-        let path = self.record_path(key);
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).ctx("remove", path),
-            _ => Ok(()),
         }
     }
 
@@ -161,7 +169,10 @@ impl Store {
         let mut touched = HashSet::new();
         for (rel, digest, executable, _) in output.files() {
             let obj = self.object_path(&digest, executable);
-            if obj.exists() {
+            // An intact object is shared; a damaged one is replaced by the good
+            // copy through the rename below, never deleted first (another stage
+            // may be linking it right now).
+            if self.check_object(&digest, executable).is_ok() {
                 continue;
             }
             let src = staged.join(rel);
@@ -203,14 +214,21 @@ impl Store {
 
     /// Check one object against its name, using the stat cache to skip
     /// re-hashing objects that have not been touched since they were checked.
+    ///
+    /// A damaged object is left where it is: the stage that produced it runs
+    /// again and [`Store::commit`] renames a good copy over it.
     fn check_object(&self, digest: &Digest, executable: bool) -> Result<(PathBuf, Metadata)> {
         let path = self.object_path(digest, executable);
-        let meta = fs::metadata(&path).ctx("read store object", &path)?;
+        let meta = match fs::metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Missing { digest: *digest })
+            }
+            Err(e) => return Err(e).ctx("read store object", &path),
+        };
         let actual = self.stat.hash(&path, &meta)?;
         if actual != *digest {
             self.stat.forget(&path);
-            make_writable(&path);
-            let _ = fs::remove_file(&path);
             return Err(Error::Corrupt {
                 digest: *digest,
                 actual,
@@ -219,8 +237,8 @@ impl Store {
         Ok((path, meta))
     }
 
-    /// Check every object of a run record. A corrupt object is deleted so that
-    /// rerunning the stage stores a good copy.
+    /// Check every object of a run record: [`Error::Corrupt`] or
+    /// [`Error::Missing`] when one is damaged.
     pub fn verify(&self, run: &RunRecord) -> Result<()> {
         for (_, digest, executable, _) in run.output.files() {
             self.check_object(&digest, executable)?;
@@ -273,10 +291,14 @@ impl Store {
         self.verify(run)?;
         let parent = dest.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(parent).ctx("create directory", parent)?;
+        // Built in the store's `tmp/` (same filesystem as `.pipe/out`), so that
+        // what a SIGKILL leaves mid-swap is removed by `clean_tmp`, not left
+        // beside the outputs.
+        let tmp = self.cas.join("tmp");
         let build = tempfile::Builder::new()
-            .prefix(".materialize-")
-            .tempdir_in(parent)
-            .ctx("create a temp dir in", parent)?;
+            .prefix("materialize-")
+            .tempdir_in(&tmp)
+            .ctx("create a temp dir in", tmp)?;
         let root = build.path().join("out");
         for entry in &run.output.entries {
             let path = if entry.path.is_empty() {
@@ -471,7 +493,26 @@ mod tests {
         fs::set_permissions(&obj, fs::Permissions::from_mode(0o644)).unwrap();
         fs::write(&obj, "HELLO").unwrap();
         assert!(matches!(store.verify(&run), Err(Error::Corrupt { .. })));
-        assert!(!obj.exists());
+        // Left for the rerun to replace, not deleted under another stage's feet.
+        assert!(obj.exists());
+        let again = commit(&store, 1, &[("a.txt", "hello")]);
+        store.verify(&again).unwrap();
+        assert_eq!(fs::read(&obj).unwrap(), b"hello");
+        fs::remove_file(&obj).unwrap();
+        assert!(matches!(store.verify(&run), Err(Error::Missing { .. })));
+    }
+
+    #[test]
+    fn unparseable_run_record_is_a_miss() {
+        let ws = tempfile::tempdir().unwrap();
+        let store = Store::open(ws.path()).unwrap();
+        let run = commit(&store, 1, &[("a.txt", "a")]);
+        let path = store.record_path(&run.key);
+        let bytes = fs::read(&path).unwrap();
+        fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(store.get(&run.key).unwrap().is_none());
+        commit(&store, 1, &[("a.txt", "a")]);
+        assert!(store.get(&run.key).unwrap().is_some());
     }
 
     #[test]

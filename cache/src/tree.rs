@@ -64,9 +64,25 @@ impl Tree {
     /// List and hash `root` (a file or a directory). Files are hashed in
     /// parallel; symbolic links must stay inside `root`.
     pub fn scan(root: &Path, hasher: &dyn FileHasher) -> Result<Tree> {
+        Tree::scan_skipping(root, hasher, &|_| false)
+    }
+
+    /// Like [`Tree::scan`], leaving out every path below `root` for which
+    /// `skip` holds (with everything under it).
+    pub fn scan_skipping(
+        root: &Path,
+        hasher: &dyn FileHasher,
+        skip: &dyn Fn(&Path) -> bool,
+    ) -> Result<Tree> {
         let mut pending: Vec<(String, PathBuf, Metadata)> = Vec::new();
         let mut entries = Vec::new();
-        walk(root, root, String::new(), &mut entries, &mut pending)?;
+        let mut walker = Walker {
+            root,
+            skip,
+            entries: &mut entries,
+            pending: &mut pending,
+        };
+        walker.walk(root, String::new())?;
         let hashed: Vec<Entry> = pending
             .into_par_iter()
             .map(|(rel, path, meta)| {
@@ -184,63 +200,71 @@ impl Tree {
     }
 }
 
-fn walk(
-    root: &Path,
-    path: &Path,
-    rel: String,
-    entries: &mut Vec<Entry>,
-    pending: &mut Vec<(String, PathBuf, Metadata)>,
-) -> Result<()> {
-    let meta = std::fs::symlink_metadata(path).ctx("read metadata of", path)?;
-    let ft = meta.file_type();
-    if ft.is_file() {
-        pending.push((rel, path.to_path_buf(), meta));
-    } else if ft.is_symlink() {
-        let target = std::fs::read_link(path).ctx("read link", path)?;
-        if !link_stays_inside(root, path, &target) {
-            return Err(Error::UnsafeLink {
+struct Walker<'a> {
+    root: &'a Path,
+    skip: &'a dyn Fn(&Path) -> bool,
+    entries: &'a mut Vec<Entry>,
+    pending: &'a mut Vec<(String, PathBuf, Metadata)>,
+}
+
+impl Walker<'_> {
+    fn walk(&mut self, path: &Path, rel: String) -> Result<()> {
+        let root = self.root;
+        let meta = std::fs::symlink_metadata(path).ctx("read metadata of", path)?;
+        let ft = meta.file_type();
+        if ft.is_file() {
+            self.pending.push((rel, path.to_path_buf(), meta));
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(path).ctx("read link", path)?;
+            if !link_stays_inside(root, path, &target) {
+                return Err(Error::UnsafeLink {
+                    path: path.to_path_buf(),
+                    target: target.display().to_string(),
+                });
+            }
+            let target = target
+                .to_str()
+                .ok_or_else(|| Error::NonUtf8Path {
+                    path: path.to_path_buf(),
+                })?
+                .to_string();
+            self.entries.push(Entry {
+                path: rel,
+                kind: EntryKind::Symlink { target },
+            });
+        } else if ft.is_dir() {
+            self.entries.push(Entry {
+                path: rel.clone(),
+                kind: EntryKind::Dir,
+            });
+            let mut children: Vec<_> = std::fs::read_dir(path)
+                .ctx("list", path)?
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<std::io::Result<_>>()
+                .ctx("list", path)?;
+            children.sort();
+            for name in children {
+                let child = path.join(&name);
+                if (self.skip)(&child) {
+                    continue;
+                }
+                let name_str = name.to_str().ok_or_else(|| Error::NonUtf8Path {
+                    path: child.clone(),
+                })?;
+                let child_rel = if rel.is_empty() {
+                    name_str.to_string()
+                } else {
+                    format!("{rel}/{name_str}")
+                };
+                self.walk(&child, child_rel)?;
+            }
+        } else {
+            return Err(Error::Special {
                 path: path.to_path_buf(),
-                target: target.display().to_string(),
             });
         }
-        let target = target
-            .to_str()
-            .ok_or_else(|| Error::NonUtf8Path {
-                path: path.to_path_buf(),
-            })?
-            .to_string();
-        entries.push(Entry {
-            path: rel,
-            kind: EntryKind::Symlink { target },
-        });
-    } else if ft.is_dir() {
-        entries.push(Entry {
-            path: rel.clone(),
-            kind: EntryKind::Dir,
-        });
-        let mut children: Vec<_> = std::fs::read_dir(path)
-            .ctx("list", path)?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<std::io::Result<_>>()
-            .ctx("list", path)?;
-        children.sort();
-        for name in children {
-            let name_str = name.to_str().ok_or_else(|| Error::NonUtf8Path {
-                path: path.join(&name),
-            })?;
-            let child_rel = if rel.is_empty() {
-                name_str.to_string()
-            } else {
-                format!("{rel}/{name_str}")
-            };
-            walk(root, &path.join(&name), child_rel, entries, pending)?;
-        }
-    } else {
-        return Err(Error::Special {
-            path: path.to_path_buf(),
-        });
+        Ok(())
     }
-    Ok(())
 }
 
 /// Whether a relative link target, resolved lexically from the link's folder,

@@ -3,8 +3,7 @@
 //! commit the result.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -13,6 +12,7 @@ use pipe_cache::{
 };
 
 use crate::event::{Event, Reporter, StageResult, Status};
+use crate::interrupt::Interrupt;
 use crate::lockfile::LockFile;
 use crate::pipeline::{InputRef, Pipeline, Stage};
 use crate::stage::{Registry, StageContext, StageError};
@@ -36,7 +36,7 @@ pub struct Executor<'a> {
     pub store: Option<&'a Store>,
     pub old_lock: &'a LockFile,
     pub reporter: &'a dyn Reporter,
-    pub cancel: &'a AtomicBool,
+    pub interrupt: &'a Interrupt,
 }
 
 /// Inputs resolved to paths and digests.
@@ -139,12 +139,15 @@ impl Executor<'_> {
                             Some(detail) => reason = Some(DirtyReason::Drift { detail }),
                         }
                     }
+                    // Damage is a miss: the rerun's commit repairs the store.
                     Err(CacheError::Corrupt { digest, .. }) => {
-                        if let Some(store) = self.store {
-                            store.remove(&key)?;
-                        }
                         reason = Some(DirtyReason::OutputCorrupt {
                             detail: format!("object {} failed its hash check", digest.short()),
+                        });
+                    }
+                    Err(CacheError::Missing { digest }) => {
+                        reason = Some(DirtyReason::OutputCorrupt {
+                            detail: format!("object {} is missing", digest.short()),
                         });
                     }
                     Err(e) => return Err(e.into()),
@@ -195,7 +198,12 @@ impl Executor<'_> {
             &new_pins,
             &new_stats,
         );
-        if let Err(e) = kind.run(&ctx) {
+        let ran = kind.run(&ctx);
+        // Whatever an interrupted stage produced is dropped with its staging dir.
+        if self.interrupt.is_set() {
+            return Err("interrupted".into());
+        }
+        if let Err(e) = ran {
             result.log_tail = log_tail(&log, 20);
             return Err(e);
         }
@@ -232,7 +240,8 @@ impl Executor<'_> {
             out,
             inputs: resolved.paths.clone(),
             log,
-            cancel: self.cancel,
+            cancel: self.interrupt.flag(),
+            interrupt: self.interrupt,
             reporter: self.reporter,
             locked_pins,
             new_pins,
@@ -276,10 +285,15 @@ impl Executor<'_> {
                 }
                 InputRef::Workspace(rel) => {
                     let abs = p.root.join(rel);
+                    let real = self.real_workspace_path(&abs).map_err(|why| {
+                        format!("input `{}`: `{}` {why}", input.name, rel.display())
+                    })?;
+                    let skip = |path: &Path| is_pipe_state(p, path);
                     let hash = match self.store {
-                        Some(store) => Tree::scan(&abs, store.stat_cache())?.hash(),
-                        None => Tree::scan(&abs, &pipe_cache::PlainHasher)?.hash(),
-                    };
+                        Some(store) => Tree::scan_skipping(&real, store.stat_cache(), &skip)?,
+                        None => Tree::scan_skipping(&real, &pipe_cache::PlainHasher, &skip)?,
+                    }
+                    .hash();
                     (abs, hash)
                 }
             };
@@ -295,6 +309,28 @@ impl Executor<'_> {
         Ok(Resolved { paths, digests })
     }
 
+    /// The real path of a workspace input: symbolic links along it are
+    /// followed, and it must still be inside the (real) workspace.
+    fn real_workspace_path(&self, abs: &Path) -> Result<PathBuf, String> {
+        let real = abs
+            .canonicalize()
+            .map_err(|e| format!("cannot be resolved: {e}"))?;
+        let root = self.pipeline.root.canonicalize().map_err(|e| {
+            format!(
+                "cannot be resolved: workspace {}: {e}",
+                self.pipeline.root.display()
+            )
+        })?;
+        if !real.starts_with(&root) {
+            return Err(format!(
+                "resolves to {}, outside the workspace {} (through a symbolic link)",
+                real.display(),
+                root.display()
+            ));
+        }
+        Ok(real)
+    }
+
     /// Why a stage whose key is not in the store must run.
     fn explain(&self, stage: &Stage, record: &KeyRecord) -> DirtyReason {
         let Some(entry) = self.old_lock.stages.get(&stage.name) else {
@@ -308,11 +344,35 @@ impl Executor<'_> {
     }
 }
 
+/// pipe's own files, never part of a workspace input (an input of `.`): the
+/// `.pipe` dir and lock files (`pipe.lock`, and `NAME.lock` beside a manifest
+/// `NAME.yaml`/`NAME.yml`).
+fn is_pipe_state(p: &Pipeline, path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let same = |a: &Path| {
+        a.canonicalize()
+            .is_ok_and(|a| path.canonicalize().is_ok_and(|b| a == b))
+    };
+    let lock = p.lock_file();
+    match name {
+        ".pipe" => path.is_dir() && same(&p.pipe_dir()),
+        "pipe.lock" => true,
+        _ if lock.file_name() == path.file_name() && same(&lock) => true,
+        _ => name.strip_suffix(".lock").is_some_and(|stem| {
+            ["yaml", "yml"]
+                .iter()
+                .any(|ext| path.with_file_name(format!("{stem}.{ext}")).is_file())
+        }),
+    }
+}
+
 fn io_err(op: &str, path: &std::path::Path, e: std::io::Error) -> StageError {
     format!("cannot {op} {}: {e}", path.display()).into()
 }
 
-/// `a: b: c` from an error and its sources.
+/// `a: b: c` from an error and its sources, URL user info masked.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -324,7 +384,7 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         }
         cur = src.source();
     }
-    s
+    crate::cache::redact_userinfo(&s)
 }
 
 fn log_tail(path: &std::path::Path, lines: usize) -> Option<String> {

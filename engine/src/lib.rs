@@ -8,7 +8,8 @@
 //!
 //! Start reading at [`manifest`], then [`scheduler::run`]. The engine knows
 //! stage kinds only through [`stage::StageKind`]; it never prints, it emits
-//! [`event::Event`]s for a reporter.
+//! [`event::Event`]s for a reporter. Stages start child processes through
+//! [`interrupt::Interrupt`], which stops them on Ctrl-C and after a crash.
 
 pub mod dag;
 pub mod manifest;
@@ -18,10 +19,12 @@ pub mod stage;
 pub use pipe_cache as cache;
 pub mod event;
 pub mod executor;
+pub mod interrupt;
 pub mod lockfile;
 pub mod scheduler;
 
 pub use event::{Event, Reporter, StageResult, Status};
+pub use interrupt::Interrupt;
 pub use manifest::{load, ManifestError};
 pub use pipeline::{Input, InputRef, Pipeline, Stage};
 pub use scheduler::{run, EngineError, Force, RunOptions, RunSummary};

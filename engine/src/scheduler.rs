@@ -6,13 +6,14 @@
 //! bytes leaves everything below it cached (early cutoff).
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::AtomicBool;
-use std::sync::mpsc;
+use std::panic::AssertUnwindSafe;
+use std::sync::{mpsc, Arc};
 
 use pipe_cache::{RunRecord, Store, WorkspaceLock};
 
 use crate::event::{Event, Reporter, StageResult, Status};
 use crate::executor::{Executor, Mode};
+use crate::interrupt::Interrupt;
 use crate::lockfile::{LockEntry, LockFile};
 use crate::pipeline::Pipeline;
 use crate::stage::Registry;
@@ -37,6 +38,8 @@ pub struct RunOptions {
     pub jobs: usize,
     /// GPUs on this machine.
     pub gpus: u32,
+    /// Set by Ctrl-C / SIGTERM (see [`Interrupt::interrupt`]).
+    pub interrupt: Arc<Interrupt>,
 }
 
 impl Default for RunOptions {
@@ -50,6 +53,7 @@ impl Default for RunOptions {
                 .map(|n| n.get())
                 .unwrap_or(1),
             gpus: 0,
+            interrupt: Arc::default(),
         }
     }
 }
@@ -66,6 +70,8 @@ pub enum EngineError {
 #[derive(Debug)]
 pub struct RunSummary {
     pub results: Vec<StageResult>,
+    /// The run was stopped by Ctrl-C / SIGTERM.
+    pub interrupted: bool,
 }
 
 impl RunSummary {
@@ -165,18 +171,19 @@ pub fn run(
             reporter.event(Event::WaitingForLock { pid })
         })?;
         let store = Store::open(&pipe_dir)?;
+        opts.interrupt.begin(&pipe_dir)?;
         store.clean_tmp()?;
         (Some(lock), Some(store))
     };
 
-    let cancel = AtomicBool::new(false);
+    let interrupt = &*opts.interrupt;
     let exec = Executor {
         pipeline: p,
         registry,
         store: store.as_ref(),
         old_lock: &old_lock,
         reporter,
-        cancel: &cancel,
+        interrupt,
     };
     let n = p.stages.len();
     let mut states: Vec<State> = (0..n).map(|_| State::Pending).collect();
@@ -221,6 +228,13 @@ pub fn run(
                 if waiting {
                     continue;
                 }
+                if interrupt.is_set() {
+                    let mut r = StageResult::new(&p.stages[i].name, Status::Skipped);
+                    r.error = Some("interrupted".into());
+                    reporter.event(Event::Finished(&r));
+                    states[i] = State::Done(Box::new(r), None);
+                    continue;
+                }
                 if let Some((status, up)) = blocked {
                     let mut r = StageResult::new(&p.stages[i].name, status);
                     if status == Status::Pending {
@@ -244,7 +258,15 @@ pub fn run(
                 let exec = &exec;
                 let stage = &p.stages[i];
                 scope.spawn(move || {
-                    let (r, run) = exec.execute(stage, mode, &upstream);
+                    // A panic fails this stage only; the run goes on and ends.
+                    let (r, run) = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        exec.execute(stage, mode, &upstream)
+                    }))
+                    .unwrap_or_else(|panic| {
+                        let mut r = StageResult::new(&stage.name, Status::Failed);
+                        r.error = Some(format!("stage panicked: {}", panic_message(&*panic)));
+                        (r, None)
+                    });
                     let _ = tx.send((i, r, run));
                 });
             }
@@ -285,6 +307,102 @@ pub fn run(
         lock.stages.retain(|name, _| p.stage(name).is_some());
         lock.save(p)?;
         store.save()?;
+        interrupt.end(&pipe_dir);
     }
-    Ok(RunSummary { results })
+    Ok(RunSummary {
+        results,
+        interrupted: interrupt.is_set(),
+    })
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stage::{StageContext, StageError, StageKind, WithError};
+
+    /// A kind whose `run` panics, standing in for any bug in a stage.
+    struct Panics;
+
+    impl StageKind for Panics {
+        fn name(&self) -> &'static str {
+            "panics"
+        }
+        fn version(&self) -> u32 {
+            1
+        }
+        fn check(&self, _: &serde_json::Value) -> Result<(), WithError> {
+            Ok(())
+        }
+        fn run(&self, _: &StageContext) -> Result<(), StageError> {
+            panic!("boom in the stage")
+        }
+    }
+
+    struct Writes;
+
+    impl StageKind for Writes {
+        fn name(&self) -> &'static str {
+            "writes"
+        }
+        fn version(&self) -> u32 {
+            1
+        }
+        fn check(&self, _: &serde_json::Value) -> Result<(), WithError> {
+            Ok(())
+        }
+        fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
+            Ok(std::fs::write(ctx.out.join("ok"), "ok")?)
+        }
+    }
+
+    #[test]
+    fn a_panicking_stage_fails_alone_and_the_run_ends() {
+        let ws = tempfile::tempdir().unwrap();
+        std::fs::create_dir(ws.path().join(".pipe")).unwrap();
+        let file = ws.path().join("pipe.yaml");
+        std::fs::write(
+            &file,
+            "version: 1\nname: p\nstages:\n  bad:\n    kind: panics\n  after:\n    kind: writes\n    inputs: {x: 'bad:'}\n  other:\n    kind: writes\n",
+        )
+        .unwrap();
+        let mut registry = Registry::new();
+        registry.register(Box::new(Panics));
+        registry.register(Box::new(Writes));
+        let p = crate::load(&file, &[], &registry).unwrap();
+        let summary = run(&p, &registry, &RunOptions::default(), &crate::event::Silent).unwrap();
+        let status: Vec<_> = summary
+            .results
+            .iter()
+            .map(|r| (r.name.as_str(), r.status, r.error.as_deref()))
+            .collect();
+        assert_eq!(
+            status,
+            [
+                (
+                    "bad",
+                    Status::Failed,
+                    Some("stage panicked: boom in the stage")
+                ),
+                (
+                    "after",
+                    Status::Skipped,
+                    Some("upstream stage `bad` did not complete")
+                ),
+                ("other", Status::Ran, None),
+            ]
+        );
+        // The workspace lock was released: it can be taken again at once.
+        let lock = pipe_cache::WorkspaceLock::acquire(&ws.path().join(".pipe/lock"), |_| {
+            panic!("the lock is still held")
+        });
+        assert!(lock.is_ok());
+    }
 }

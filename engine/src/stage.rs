@@ -8,10 +8,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::event::{Event, Reporter};
+use crate::interrupt::Interrupt;
 use crate::pipeline::{Pipeline, Stage};
 
 pub type StageError = Box<dyn std::error::Error + Send + Sync>;
@@ -39,6 +41,18 @@ impl WithError {
         WithError {
             field: Some(field.to_string()),
             message: message.into(),
+        }
+    }
+
+    /// A positive number of seconds from `with:` as a `Duration`. Huge,
+    /// negative, zero or NaN values are an error, never a panic.
+    pub fn seconds(field: &str, secs: f64) -> Result<Duration, WithError> {
+        match Duration::try_from_secs_f64(secs) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            _ => Err(WithError::field(
+                field,
+                format!("must be a positive number of seconds that fits a duration, got {secs:?}"),
+            )),
         }
     }
 
@@ -80,6 +94,9 @@ pub struct StageContext<'a> {
     pub log: &'a Path,
     /// Set when the run is interrupted; long stages check it.
     pub cancel: &'a AtomicBool,
+    /// Starts child processes so that an interrupt or a crash stops them
+    /// (see [`Interrupt::spawn`]).
+    pub interrupt: &'a Interrupt,
     /// Where progress messages go (see [`StageContext::progress`]).
     pub reporter: &'a dyn Reporter,
     /// Pins this stage recorded in `pipe.lock` last time (e.g. the content hash of
@@ -96,7 +113,7 @@ impl StageContext<'_> {
     pub fn progress(&self, message: &str) {
         self.reporter.event(Event::Progress {
             stage: &self.stage.name,
-            message,
+            message: &crate::cache::redact_userinfo(message),
         });
     }
 
@@ -137,6 +154,13 @@ pub trait StageKind: Send + Sync {
     /// an input can stand in for a field. Runs after [`StageKind::check`].
     fn check_inputs(&self, _with: &Value, _inputs: &[&str]) -> Result<(), WithError> {
         Ok(())
+    }
+
+    /// Top-level `with:` fields that hold shell scripts. A `${params.X}` in one
+    /// is replaced by the value quoted for the shell (always data, never code),
+    /// and a `PIPE_PARAM_<X>` named in one makes the stage read param `X`.
+    fn script_fields(&self) -> &'static [&'static str] {
+        &[]
     }
 
     /// Facts about this machine that change the result (go into the key).

@@ -1,20 +1,49 @@
 //! Safe archive extraction: zip, tar and tar.gz.
 //!
-//! Entries with absolute paths or `..`, and links pointing outside the output
-//! dir, are rejected; so is an archive that expands past `max_bytes` (archive
-//! bombs). With `only`, just those entries (files, or folders and what is
-//! below them) are extracted, and each must exist.
+//! Nothing is ever written, linked or copied through a symlink:
+//!
+//! - entries with absolute paths or `..` are rejected;
+//! - files, folders and hard-link copies are made first, and each path is
+//!   checked, component by component, to cross no symlink;
+//! - symlinks are made last, each only where no symlink lies on its path,
+//!   and once all exist every one is resolved the way the kernel would (link
+//!   by link, confined to the output dir): one that ends outside fails the
+//!   extraction and all links are removed. This catches chains whose links
+//!   each look harmless alone (`up -> ../..`, then `esc -> up/../..`).
+//!
+//! An archive that expands past `max_bytes` (archive bombs; hard-link copies
+//! count) fails, and link targets and long-name records are read with a bound.
+//! With `only`, just those entries (files, or folders and what is below them)
+//! are extracted, and each must exist.
 
-use std::fs::File;
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
+
+/// The longest symlink target or entry name read from an archive (Linux's `PATH_MAX`).
+const MAX_NAME: u64 = 4096;
+/// The largest pax extended header read (it holds names and a few fields).
+const MAX_PAX: u64 = 1 << 16;
+/// Symlinks followed while resolving one link (Linux's `MAXSYMLINKS`).
+const MAX_HOPS: u32 = 40;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     #[error("archive entry `{0}` would escape the output directory")]
     Unsafe(String),
+    #[error("archive entry `{0}` goes through a symlink")]
+    ThroughLink(String),
     #[error("archive link `{name}` → `{target}` points outside the output directory")]
     UnsafeLink { name: String, target: String },
+    #[error("archive link `{0}` has the name of another entry")]
+    LinkClash(String),
+    #[error("archive entry `{name}` has a name or link target longer than {limit} bytes")]
+    NameTooLong { name: String, limit: u64 },
+    #[error("hard link `{name}` → `{target}` does not name a regular file extracted before it")]
+    BadHardLink { name: String, target: String },
     #[error("archive expands past {limit} bytes (raise `max_bytes` if this is expected)")]
     TooBig { limit: u64 },
     #[error("`{0}` is not in the archive")]
@@ -74,6 +103,8 @@ struct Sink<'a> {
     limit: u64,
     only: &'a [String],
     seen: Vec<bool>,
+    /// Symlinks to make once every file exists: (path in the archive, target).
+    links: Vec<(PathBuf, String)>,
 }
 
 impl Sink<'_> {
@@ -99,27 +130,59 @@ impl Sink<'_> {
         }
     }
 
+    /// `dest/rel`, after checking that no existing component of it below
+    /// `dest` is a symlink.
+    fn no_links(&self, rel: &Path) -> Result<PathBuf, ArchiveError> {
+        let mut path = self.dest.to_path_buf();
+        for part in rel.components() {
+            path.push(part);
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(ArchiveError::ThroughLink(rel.display().to_string()))
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) => return Err(Self::io(&path)(e)),
+            }
+        }
+        Ok(self.dest.join(rel))
+    }
+
+    /// `dest/rel`, its parent folders made, nothing on the way a symlink.
+    fn prepare(&self, rel: &Path) -> Result<PathBuf, ArchiveError> {
+        let path = self.no_links(rel)?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(Self::io(dir))?;
+        }
+        Ok(path)
+    }
+
+    fn dir(&self, rel: &Path) -> Result<(), ArchiveError> {
+        let path = self.no_links(rel)?;
+        std::fs::create_dir_all(&path).map_err(Self::io(&path))
+    }
+
     fn file(
         &mut self,
         rel: &Path,
         mut reader: impl Read,
         executable: bool,
     ) -> Result<(), ArchiveError> {
-        let path = self.dest.join(rel);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(Self::io(dir))?;
-        }
-        let mut f = File::create(&path).map_err(Self::io(&path))?;
+        let path = self.prepare(rel)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(Self::io(&path))?;
         let mut buf = vec![0u8; 1 << 16];
         loop {
             let n = reader.read(&mut buf).map_err(Self::io(&path))?;
             if n == 0 {
                 break;
             }
-            self.written += n as u64;
-            if self.written > self.limit {
-                return Err(ArchiveError::TooBig { limit: self.limit });
-            }
+            self.count(n as u64)?;
             f.write_all(&buf[..n]).map_err(Self::io(&path))?;
         }
         if executable {
@@ -130,21 +193,131 @@ impl Sink<'_> {
         Ok(())
     }
 
-    fn link(&mut self, rel: &Path, target: &str) -> Result<(), ArchiveError> {
-        let path = self.dest.join(rel);
-        if !pipe_engine::cache::link_stays_inside(self.dest, &path, Path::new(target)) {
-            return Err(ArchiveError::UnsafeLink {
-                name: rel.display().to_string(),
-                target: target.to_string(),
-            });
+    fn count(&mut self, n: u64) -> Result<(), ArchiveError> {
+        self.written = self.written.saturating_add(n);
+        if self.written > self.limit {
+            return Err(ArchiveError::TooBig { limit: self.limit });
         }
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(Self::io(dir))?;
-        }
-        std::os::unix::fs::symlink(target, &path).map_err(Self::io(&path))
+        Ok(())
     }
 
-    fn finish(self) -> Result<(), ArchiveError> {
+    /// A tar hard link: a copy of an earlier regular file, counted like one.
+    fn hard_link(&mut self, rel: &Path, target: &str) -> Result<(), ArchiveError> {
+        let bad = || ArchiveError::BadHardLink {
+            name: rel.display().to_string(),
+            target: target.to_string(),
+        };
+        let from = self.no_links(&safe_path(target)?)?;
+        let meta = std::fs::symlink_metadata(&from).map_err(|_| bad())?;
+        if !meta.file_type().is_file() {
+            return Err(bad());
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let exec = meta.permissions().mode() & 0o111 != 0;
+        let source = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&from)
+            .map_err(Self::io(&from))?;
+        self.file(rel, source, exec)
+    }
+
+    fn link(&mut self, rel: &Path, target: String) -> Result<(), ArchiveError> {
+        if !pipe_engine::cache::link_stays_inside(
+            self.dest,
+            &self.dest.join(rel),
+            Path::new(&target),
+        ) {
+            return Err(ArchiveError::UnsafeLink {
+                name: rel.display().to_string(),
+                target,
+            });
+        }
+        self.links.push((rel.to_path_buf(), target));
+        Ok(())
+    }
+
+    /// Make the symlinks, then check where each really leads; on any error,
+    /// remove them all.
+    fn make_links(&mut self) -> Result<(), ArchiveError> {
+        let mut made = Vec::new();
+        let result = self.try_make_links(&mut made);
+        if result.is_err() {
+            for path in made {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        result
+    }
+
+    fn try_make_links(&self, made: &mut Vec<PathBuf>) -> Result<(), ArchiveError> {
+        for (rel, target) in &self.links {
+            let path = self.prepare(rel)?;
+            if std::fs::symlink_metadata(&path).is_ok() {
+                return Err(ArchiveError::LinkClash(rel.display().to_string()));
+            }
+            std::os::unix::fs::symlink(target, &path).map_err(Self::io(&path))?;
+            made.push(path);
+        }
+        for (rel, target) in &self.links {
+            if !self.resolves_inside(rel)? {
+                return Err(ArchiveError::UnsafeLink {
+                    name: rel.display().to_string(),
+                    target: target.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the link at `rel` leads inside `dest`, following every link on
+    /// the way as the kernel would; a missing component ends the lookup there.
+    fn resolves_inside(&self, rel: &Path) -> Result<bool, ArchiveError> {
+        let mut at: Vec<OsString> = Vec::new();
+        let mut todo: VecDeque<OsString> = rel.iter().map(OsString::from).collect();
+        let mut hops = 0u32;
+        while let Some(part) = todo.pop_front() {
+            if part == ".." {
+                if at.pop().is_none() {
+                    return Ok(false);
+                }
+                continue;
+            }
+            if part == "." || part.is_empty() {
+                continue;
+            }
+            at.push(part);
+            let path: PathBuf = self
+                .dest
+                .iter()
+                .chain(at.iter().map(|p| p.as_os_str()))
+                .collect();
+            let target = match std::fs::read_link(&path) {
+                Ok(t) => t,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::InvalidInput | std::io::ErrorKind::NotFound
+                    ) || e.raw_os_error() == Some(libc::ENOTDIR) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(Self::io(&path)(e)),
+            };
+            hops += 1;
+            if hops > MAX_HOPS || target.has_root() {
+                return Ok(false);
+            }
+            at.pop();
+            for c in target.iter().rev() {
+                todo.push_front(c.to_os_string());
+            }
+        }
+        Ok(true)
+    }
+
+    fn finish(mut self) -> Result<(), ArchiveError> {
+        self.make_links()?;
         match self.seen.iter().position(|s| !s) {
             Some(i) => Err(ArchiveError::Missing(self.only[i].clone())),
             None => Ok(()),
@@ -152,7 +325,51 @@ impl Sink<'_> {
     }
 }
 
-/// Extract `archive` into `dest`.
+/// Read at most `limit` bytes of `reader` as a name, or fail naming `entry`.
+fn bounded_name(reader: impl Read, limit: u64, entry: &str) -> Result<String, ArchiveError> {
+    let mut bytes = Vec::new();
+    reader
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| ArchiveError::Io {
+            path: PathBuf::from(entry),
+            source,
+        })?;
+    if bytes.len() as u64 > limit {
+        return Err(ArchiveError::NameTooLong {
+            name: entry.to_string(),
+            limit,
+        });
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The tar crate reads GNU long names and pax headers whole into memory, so
+/// check their sizes in a first pass over the raw records.
+fn check_tar_records(reader: impl Read, archive: &Path) -> Result<(), ArchiveError> {
+    let mut tar = tar::Archive::new(reader);
+    let entries = tar.entries().map_err(Sink::io(archive))?.raw(true);
+    for entry in entries {
+        let entry = entry.map_err(Sink::io(archive))?;
+        let kind = entry.header().entry_type();
+        let limit = if kind.is_gnu_longname() || kind.is_gnu_longlink() {
+            MAX_NAME + 1
+        } else if kind.is_pax_local_extensions() || kind.is_pax_global_extensions() {
+            MAX_PAX
+        } else {
+            continue;
+        };
+        if entry.size() > limit {
+            return Err(ArchiveError::NameTooLong {
+                name: String::from_utf8_lossy(&entry.path_bytes()).into_owned(),
+                limit,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Extract `archive` into `dest` (a fresh folder).
 pub fn extract(
     archive: &Path,
     format: Format,
@@ -167,6 +384,14 @@ pub fn extract(
         limit: max_bytes,
         only,
         seen: vec![false; only.len()],
+        links: Vec::new(),
+    };
+    let tar_reader = |format: Format| -> Result<Box<dyn Read>, ArchiveError> {
+        Ok(if format == Format::TarGz {
+            Box::new(flate2::read::GzDecoder::new(open()?))
+        } else {
+            Box::new(std::io::BufReader::new(open()?))
+        })
     };
     match format {
         Format::None => {}
@@ -181,26 +406,18 @@ pub fn extract(
                 }
                 let mode = entry.unix_mode().unwrap_or(0o644);
                 if entry.is_dir() {
-                    let p = dest.join(&rel);
-                    std::fs::create_dir_all(&p).map_err(Sink::io(&p))?;
+                    sink.dir(&rel)?;
                 } else if mode & 0o170000 == 0o120000 {
-                    let mut target = String::new();
-                    entry
-                        .read_to_string(&mut target)
-                        .map_err(Sink::io(archive))?;
-                    sink.link(&rel, &target)?;
+                    let target = bounded_name(&mut entry, MAX_NAME, &name)?;
+                    sink.link(&rel, target)?;
                 } else {
                     sink.file(&rel, &mut entry, mode & 0o111 != 0)?;
                 }
             }
         }
         Format::Tar | Format::TarGz => {
-            let reader: Box<dyn Read> = if format == Format::TarGz {
-                Box::new(flate2::read::GzDecoder::new(open()?))
-            } else {
-                Box::new(open()?)
-            };
-            let mut tar = tar::Archive::new(reader);
+            check_tar_records(tar_reader(format)?, archive)?;
+            let mut tar = tar::Archive::new(tar_reader(format)?);
             for entry in tar.entries().map_err(Sink::io(archive))? {
                 let mut entry = entry.map_err(Sink::io(archive))?;
                 let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
@@ -210,23 +427,17 @@ pub fn extract(
                 }
                 let kind = entry.header().entry_type();
                 if kind.is_dir() {
-                    let p = dest.join(&rel);
-                    std::fs::create_dir_all(&p).map_err(Sink::io(&p))?;
+                    sink.dir(&rel)?;
                 } else if kind.is_symlink() || kind.is_hard_link() {
                     let target = entry
-                        .link_name()
-                        .ok()
-                        .flatten()
-                        .map(|t| t.to_string_lossy().into_owned())
+                        .link_name_bytes()
+                        .map(|t| String::from_utf8_lossy(&t).into_owned())
                         .unwrap_or_default();
                     if kind.is_hard_link() {
                         // Hard links name another entry by its archive path.
-                        let target_rel = safe_path(&target)?;
-                        let from = dest.join(&target_rel);
-                        let to = dest.join(&rel);
-                        std::fs::copy(&from, &to).map_err(Sink::io(&to))?;
+                        sink.hard_link(&rel, &target)?;
                     } else {
-                        sink.link(&rel, &target)?;
+                        sink.link(&rel, target)?;
                     }
                 } else if kind.is_file() {
                     let exec = entry

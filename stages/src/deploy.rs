@@ -65,12 +65,7 @@ fn parse(v: &Value) -> Result<With, WithError> {
             ));
         }
     }
-    if !(w.timeout > 0.0 && w.timeout.is_finite()) {
-        return Err(WithError::field(
-            "timeout",
-            "must be a positive number of seconds",
-        ));
-    }
+    WithError::seconds("timeout", w.timeout)?;
     Ok(w)
 }
 
@@ -162,7 +157,7 @@ impl StageKind for Deploy {
                 host: &w.host,
                 port: w.port,
                 extra_args: extra,
-                timeout: Duration::from_secs_f64(w.timeout),
+                timeout: WithError::seconds("timeout", w.timeout)?,
             },
         )?;
         ctx.progress(&format!("{name} is up at {}", record.url));

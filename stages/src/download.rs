@@ -12,7 +12,6 @@
 //! `pipe run --force STAGE` accepts new content (like `dvc update`).
 
 use std::path::Path;
-use std::time::Duration;
 
 use pipe_engine::{StageContext, StageError, StageKind, WithError};
 use serde::Deserialize;
@@ -36,7 +35,8 @@ struct With {
     /// Seconds without progress before a request counts as timed out.
     #[serde(default = "default_timeout")]
     timeout: f64,
-    /// Extraction limit in bytes.
+    /// Size limit in bytes: of each file downloaded, and of what an archive
+    /// expands to (hard-link copies included).
     #[serde(default = "default_max_bytes")]
     max_bytes: u64,
 }
@@ -47,12 +47,14 @@ fn default_retries() -> u32 {
 fn default_timeout() -> f64 {
     60.0
 }
+/// 20 GiB: far above any data set or model this tool fetches, far below a full disk.
 fn default_max_bytes() -> u64 {
-    50_000_000_000
+    20 << 30
 }
 
 fn parse(v: &Value) -> Result<With, WithError> {
     let w: With = WithError::parse(v)?;
+    WithError::seconds("timeout", w.timeout)?;
     match (&w.url, &w.hf) {
         (Some(_), Some(_)) => {
             return Err(WithError::field(
@@ -175,7 +177,11 @@ impl StageKind for Download {
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let w = parse(&ctx.stage.with)?;
-        let fetcher = Fetcher::new(Duration::from_secs_f64(w.timeout.max(0.001)), w.retries)?;
+        let fetcher = Fetcher::new(
+            WithError::seconds("timeout", w.timeout)?,
+            w.retries,
+            w.max_bytes,
+        )?;
         let progress = |name: &str| {
             let name = name.to_string();
             move |have: u64, total: Option<u64>| match total {

@@ -1,15 +1,17 @@
 //! `kind: shell`: run a command with `sh -ec` (the first failing command fails the stage).
 //!
 //! The command runs in the workspace root with `$PIPE_OUT` (its output dir),
-//! `$PIPE_IN_<NAME>` for each input, and the stage's `env:`; stdout and stderr
+//! `$PIPE_IN_<NAME>` for each input, `$PIPE_PARAM_<NAME>` for each param it
+//! reads, and the stage's `env:`. A `${params.NAME}` in `cmd` or `verify` is
+//! spliced in shell-quoted: a value is data, never code. stdout and stderr
 //! go to the stage log. With `verify:`, the stage is an effect: on a cache hit
 //! the verify command runs with `$PIPE_OUT` pointing at the stored receipt, and
 //! a non-zero exit makes the stage run again.
 
 use std::fs::File;
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
+use pipe_engine::manifest::{param_env_var, param_text};
 use pipe_engine::{Stage, StageContext, StageError, StageKind, WithError};
 use serde::Deserialize;
 use serde_json::Value;
@@ -44,15 +46,18 @@ impl Shell {
         for (name, path) in &ctx.inputs {
             cmd.env(format!("PIPE_IN_{}", name.to_uppercase()), path);
         }
-        cmd.envs(&ctx.stage.env);
-        // Die with pipe: a killed run must not leave commands writing into the store.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
+        for (name, value) in &ctx.stage.params_used {
+            cmd.env(param_env_var(name), param_text(value));
         }
+        cmd.envs(&ctx.stage.env);
         Ok(cmd)
+    }
+
+    /// Run a script to the end in its own process group (killed with the run,
+    /// and with whatever it left running when it exits).
+    fn status(ctx: &StageContext, script: &str) -> Result<std::process::ExitStatus, StageError> {
+        let mut cmd = Self::command(ctx, script)?;
+        Ok(ctx.interrupt.spawn(&mut cmd)?.wait()?)
     }
 }
 
@@ -69,13 +74,17 @@ impl StageKind for Shell {
         with(v).map(|_| ())
     }
 
+    fn script_fields(&self) -> &'static [&'static str] {
+        &["cmd", "verify"]
+    }
+
     fn is_effect(&self, stage: &Stage) -> bool {
         with(&stage.with).is_ok_and(|w| w.verify.is_some())
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let w = with(&ctx.stage.with)?;
-        let status = Self::command(ctx, &w.cmd)?.status()?;
+        let status = Self::status(ctx, &w.cmd)?;
         if !status.success() {
             return Err(match status.code() {
                 Some(code) => format!("command exited with status {code}").into(),
@@ -90,7 +99,7 @@ impl StageKind for Shell {
         let Some(verify) = w.verify else {
             return Ok(None);
         };
-        let status = Self::command(ctx, &verify)?.status()?;
+        let status = Self::status(ctx, &verify)?;
         Ok((!status.success()).then(|| format!("verify command exited with {status}")))
     }
 }

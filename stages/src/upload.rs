@@ -8,7 +8,9 @@
 //!
 //! Credentials come from the standard AWS environment variables, else from the
 //! profile `AWS_PROFILE` (or `default`) in `~/.aws/credentials`; they are never
-//! part of `with`, the key, the receipt, `pipe.lock` or any message.
+//! part of `with`, the key, the receipt, `pipe.lock` or any message. User info
+//! written into `endpoint` is masked in every message (but, being part of
+//! `with`, is in the key record and the receipt: keep secrets in the environment).
 //!
 //! An upload is an effect: its output is `uploaded.json` (URI, size and sha256
 //! of each object). Objects already holding the same bytes are not sent again;

@@ -120,14 +120,18 @@ pub fn info() -> Result<Info, StageError> {
 pub fn run_stage(ctx: &StageContext, request: &Request) -> Result<(), StageError> {
     let worker = path()?;
     let log = std::fs::File::options().append(true).open(ctx.log)?;
-    let mut child = command(&worker)
-        .arg("stage")
-        .current_dir(ctx.workspace)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
+    let mut group = ctx
+        .interrupt
+        .spawn(
+            command(&worker)
+                .arg("stage")
+                .current_dir(ctx.workspace)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(log),
+        )
         .map_err(|e| format!("cannot start {}: {e}", worker.display()))?;
+    let child = group.child();
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(&serde_json::to_vec(request)?)?;
     }
@@ -144,7 +148,7 @@ pub fn run_stage(ctx: &StageContext, request: &Request) -> Result<(), StageError
             }
         }
     }
-    let status = child.wait()?;
+    let status = group.wait()?;
     if status.success() {
         return Ok(());
     }

@@ -7,6 +7,10 @@
 //! - `/truncated/PATH`: promises the full length, sends half, closes
 //! - `/cutonce/PATH`: like `/truncated/` on the first request, then as `/ok/`
 //! - `/hang/PATH`: reads the request and never answers
+//! - `/nolength/PATH`: as `/ok/`, without `Content-Length` (the body ends at close)
+//! - `/busy/PATH`: HTTP 429 with `Retry-After: 1` on the first request, then as `/ok/`
+//! - `/unavailable/PATH`: HTTP 503 with a `Retry-After` date (in the past) on
+//!   the first request, then as `/ok/`
 //!
 //! Every request is counted by path so tests can assert retries.
 
@@ -121,6 +125,18 @@ fn handle(conn: TcpStream, state: &Mutex<State>) {
         let _ = reader.read(&mut [0u8; 1]);
         return;
     }
+    if mode == "busy" && hits == 1 {
+        let _ = conn.write_all(
+            b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        return;
+    }
+    if mode == "unavailable" && hits == 1 {
+        let _ = conn.write_all(
+            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: Wed, 21 Oct 2015 07:28:00 GMT\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        return;
+    }
     if mode == "flaky" && hits == 1 {
         let _ = conn.write_all(
             b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
@@ -146,10 +162,14 @@ fn handle(conn: TcpStream, state: &Mutex<State>) {
         "200 OK"
     };
     let rest = &body[start..];
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n",
-        rest.len()
-    );
+    let head = if mode == "nolength" {
+        format!("HTTP/1.1 {status}\r\nConnection: close\r\n\r\n")
+    } else {
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n",
+            rest.len()
+        )
+    };
     let _ = conn.write_all(head.as_bytes());
     if mode == "truncated" || (mode == "cutonce" && hits == 1) {
         let _ = conn.write_all(&rest[..rest.len() / 2]);

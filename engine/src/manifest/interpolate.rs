@@ -2,6 +2,13 @@
 //! the param's type (`epochs: ${params.epochs}` stays a number); references
 //! inside longer strings are replaced by the param's text. Other `${…}` (shell
 //! variables) are left alone.
+//!
+//! In a shell script (a kind's [`script_fields`](crate::StageKind::script_fields))
+//! params are data, never code: each value is quoted for where it stands (bare:
+//! one single-quoted word; inside `"…"`: `$`, `` ` ``, `"` and `\` escaped;
+//! inside `'…'`: each `'` closed, escaped and reopened), so `--set
+//! 'x=$(rm -rf ~)'` is the text `$(rm -rf ~)`. A script that names
+//! `$PIPE_PARAM_<NAME>` reads that param too (it goes into the key).
 
 use std::collections::BTreeMap;
 
@@ -46,6 +53,117 @@ pub fn interpolate_str(
     Ok(Value::String(out))
 }
 
+/// Where a `${params.…}` stands in a shell script.
+#[derive(Clone, Copy, PartialEq)]
+enum Quote {
+    None,
+    Single,
+    Double,
+}
+
+/// `value` as shell data for the quoting context it is spliced into.
+fn shell_quote(value: &str, context: Quote) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "@%+=:,./_-".contains(c);
+    match context {
+        Quote::None if !value.is_empty() && value.chars().all(plain) => value.to_string(),
+        Quote::None => format!("'{}'", value.replace('\'', r"'\''")),
+        Quote::Single => value.replace('\'', r"'\''"),
+        Quote::Double => value.chars().fold(String::new(), |mut out, c| {
+            if matches!(c, '$' | '`' | '"' | '\\') {
+                out.push('\\');
+            }
+            out.push(c);
+            out
+        }),
+    }
+}
+
+/// The environment variable a shell script reads a param from: `max-len` → `PIPE_PARAM_MAX_LEN`.
+pub fn env_var(param: &str) -> String {
+    let name: String = param
+        .chars()
+        .map(|c| match c {
+            c if c.is_ascii_alphanumeric() => c.to_ascii_uppercase(),
+            _ => '_',
+        })
+        .collect();
+    format!("PIPE_PARAM_{name}")
+}
+
+/// Interpolate a shell script: values are shell-quoted (see the module doc),
+/// and params named as `PIPE_PARAM_<NAME>` count as read.
+pub fn interpolate_script(
+    s: &str,
+    params: &BTreeMap<String, Value>,
+    used: &mut BTreeMap<String, Value>,
+) -> Result<String, Unknown> {
+    let mut out = String::new();
+    let mut quote = Quote::None;
+    let mut chars = s.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if s[i..].starts_with(OPEN) {
+            if let Some(end) = s[i..].find('}') {
+                let name = &s[i + OPEN.len()..i + end];
+                let value = params.get(name).ok_or_else(|| Unknown(name.to_string()))?;
+                used.insert(name.to_string(), value.clone());
+                out.push_str(&shell_quote(&text(value), quote));
+                while chars.peek().is_some_and(|(j, _)| *j <= i + end) {
+                    chars.next();
+                }
+                continue;
+            }
+        }
+        out.push(c);
+        match (quote, c) {
+            (Quote::None, '\'') => quote = Quote::Single,
+            (Quote::Single, '\'') => quote = Quote::None,
+            (Quote::None, '"') => quote = Quote::Double,
+            (Quote::Double, '"') => quote = Quote::None,
+            (Quote::None | Quote::Double, '\\') => {
+                if let Some((_, next)) = chars.next() {
+                    out.push(next);
+                }
+            }
+            _ => {}
+        }
+    }
+    for (name, value) in params {
+        let var = env_var(name);
+        let named = s.match_indices(&var).any(|(at, _)| {
+            !s[at + var.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+        });
+        if named {
+            used.insert(name.clone(), value.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Interpolate a stage's `with:`; its top-level `scripts` fields as shell scripts.
+pub fn interpolate_with(
+    v: &Value,
+    scripts: &[&str],
+    params: &BTreeMap<String, Value>,
+    used: &mut BTreeMap<String, Value>,
+) -> Result<Value, Unknown> {
+    let Value::Object(map) = v else {
+        return interpolate(v, params, used);
+    };
+    Ok(Value::Object(
+        map.iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Value::String(s) if scripts.contains(&k.as_str()) => {
+                        Value::String(interpolate_script(s, params, used)?)
+                    }
+                    v => interpolate(v, params, used)?,
+                };
+                Ok((k.clone(), v))
+            })
+            .collect::<Result<_, _>>()?,
+    ))
+}
+
 /// Interpolate every string inside `v`.
 pub fn interpolate(
     v: &Value,
@@ -88,5 +206,43 @@ mod tests {
         );
         assert_eq!(used.len(), 1);
         assert!(interpolate(&json!("${params.m}"), &params, &mut used).is_err());
+    }
+
+    #[test]
+    fn scripts_get_quoted_values() {
+        let params = [
+            ("g".to_string(), json!("a b'\"$x")),
+            ("n".to_string(), json!(3)),
+            ("max-len".to_string(), json!(128)),
+            ("lr".to_string(), json!(0.1)),
+        ]
+        .into();
+        let mut used = BTreeMap::new();
+        let script = |s: &str, used: &mut BTreeMap<String, Value>| {
+            interpolate_script(s, &params, used)
+                .ok()
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            script("echo ${params.n} ${params.g}", &mut used),
+            r#"echo 3 'a b'\''"$x'"#
+        );
+        assert_eq!(
+            script(r#"echo "<${params.g}>""#, &mut used),
+            r#"echo "<a b'\"\$x>""#
+        );
+        assert_eq!(
+            script("echo '<${params.g}>'", &mut used),
+            r#"echo '<a b'\''"$x>'"#
+        );
+        assert_eq!(
+            script(r#"echo \"${params.g}"#, &mut used),
+            r#"echo \"'a b'\''"$x'"#
+        );
+        assert_eq!(script("echo ${params.n}", &mut used), "echo 3");
+        assert_eq!(used.len(), 2);
+        script("echo $PIPE_PARAM_MAX_LEN $PIPE_PARAM_LRX", &mut used);
+        assert!(used.contains_key("max-len") && !used.contains_key("lr"));
+        assert_eq!(env_var("max-len"), "PIPE_PARAM_MAX_LEN");
     }
 }

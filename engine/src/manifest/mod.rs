@@ -12,6 +12,7 @@
 
 pub mod diagnostic;
 mod interpolate;
+pub use interpolate::{env_var as param_env_var, text as param_text};
 pub mod locate;
 
 use std::collections::BTreeMap;
@@ -242,7 +243,7 @@ pub fn parse(
             .hint(did_you_mean(&u.0, params.keys().map(String::as_str)))
         };
         let with = to_json(&rs.with).map_err(|m| serr(m, &["with"]))?;
-        let with = interpolate::interpolate(&with, &params, &mut used)
+        let with = interpolate::interpolate_with(&with, kind.script_fields(), &params, &mut used)
             .map_err(|u| unknown_param(u, &["with"]))?;
         let input_names: Vec<&str> = rs.inputs.0.iter().map(|(n, _)| n.as_str()).collect();
         let checked = kind
