@@ -8,7 +8,7 @@
 //!
 //! Credentials come from the standard AWS environment variables, else from the
 //! profile `AWS_PROFILE` (or `default`) in `~/.aws/credentials`; they are never
-//! part of `with`, the key, the receipt, `pipe.lock` or any message.
+//! part of `with`, the key, the receipt, the lock file or any message.
 //!
 //! An upload is an effect: its output is `uploaded.json` (URI, size and sha256
 //! of each object). Objects already holding the same bytes are not sent again;

@@ -106,17 +106,6 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ordered<T> {
     }
 }
 
-/// The workspace root for a manifest: the nearest ancestor of its folder that
-/// holds `.pipe` or `.git`, else the manifest's own folder.
-pub fn workspace_root(manifest: &Path) -> PathBuf {
-    let abs = std::path::absolute(manifest).unwrap_or_else(|_| manifest.to_path_buf());
-    let dir = abs.parent().unwrap_or(Path::new("/")).to_path_buf();
-    dir.ancestors()
-        .find(|d| d.join(".pipe").is_dir() || d.join(".git").exists())
-        .map(Path::to_path_buf)
-        .unwrap_or(dir)
-}
-
 fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
@@ -144,11 +133,11 @@ pub fn load(
 ) -> Result<Pipeline, ManifestError> {
     let src = std::fs::read_to_string(file)
         .map_err(|e| ManifestError::new(file, format!("cannot read manifest: {e}")))?;
-    let root = workspace_root(file);
+    let root = crate::workspace::root_of_manifest(file);
     parse(file, &src, &root, sets, registry)
 }
 
-/// Validate manifest text (`file` is only used in messages and for `pipe.lock`).
+/// Validate manifest text (`file` is only used in messages and to name the lock file).
 pub fn parse(
     file: &Path,
     src: &str,
