@@ -87,10 +87,14 @@ enum Command {
         #[arg(long, value_enum, default_value_t = DagFormat::Text)]
         format: DagFormat,
     },
-    /// Check a manifest without running anything.
+    /// Check manifests without running anything.
     Validate {
-        #[command(flatten)]
-        m: ManifestArgs,
+        /// The pipeline manifests (YAML); each is checked, and each error printed.
+        #[arg(required = true)]
+        manifests: Vec<PathBuf>,
+        /// Override a pipeline param: --set KEY=VALUE (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
+        sets: Vec<(String, String)>,
     },
     /// Show a stage's output: its directory, hash and files.
     Show {
@@ -288,12 +292,21 @@ fn run(cli: Cli) -> Result<i32, Failure> {
             let _ = write!(out, "{}", render_dag(&p, format));
             Ok(exit::OK)
         }
-        Command::Validate { m } => {
-            let p = load(&m, &registry)?;
-            if !cli.quiet {
-                eprintln!("{}: ok ({} stages)", m.manifest.display(), p.stages.len());
+        Command::Validate { manifests, sets } => {
+            let mut code = exit::OK;
+            for m in &manifests {
+                match pipe_engine::load(m, &sets, &registry) {
+                    Ok(p) if !cli.quiet => {
+                        eprintln!("{}: ok ({} stages)", m.display(), p.stages.len())
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        code = exit::BAD_INPUT;
+                    }
+                }
             }
-            Ok(exit::OK)
+            Ok(code)
         }
         Command::Serve { args } => {
             let worker =

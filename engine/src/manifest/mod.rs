@@ -131,8 +131,23 @@ pub fn load(
     sets: &[(String, String)],
     registry: &Registry,
 ) -> Result<Pipeline, ManifestError> {
-    let src = std::fs::read_to_string(file)
+    let bytes = std::fs::read(file)
         .map_err(|e| ManifestError::new(file, format!("cannot read manifest: {e}")))?;
+    let src = String::from_utf8(bytes).map_err(|e| {
+        // Point at the first byte that is not UTF-8.
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line_start = valid.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let span = Span {
+            line: valid.iter().filter(|b| **b == b'\n').count() + 1,
+            col: String::from_utf8_lossy(&valid[line_start..])
+                .chars()
+                .count()
+                + 1,
+            len: 1,
+        };
+        let lossy = String::from_utf8_lossy(e.as_bytes()).into_owned();
+        ManifestError::new(file, "the manifest is not valid UTF-8").at(&lossy, Some(span))
+    })?;
     let root = crate::workspace::root_of_manifest(file);
     parse(file, &src, &root, sets, registry)
 }
