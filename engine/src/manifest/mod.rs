@@ -170,12 +170,15 @@ pub fn parse(
             None => text.clone(),
         };
         let hint = unknown_field_hint(&message);
-        let span = e.location().map(|l| Span {
-            line: l.line(),
-            col: l.column(),
-            len: 1,
-        });
-        err(message).at(src, span).hint(hint)
+        let span = match e.location() {
+            Some(l) => Span {
+                line: l.line(),
+                col: l.column(),
+                len: 1,
+            },
+            None => second_document(src),
+        };
+        err(message).at(src, Some(span)).hint(hint)
     })?;
 
     if raw.version != SCHEMA_VERSION {
@@ -378,6 +381,36 @@ pub fn parse(
         stages,
         dag,
     })
+}
+
+/// Where the text goes on after the first YAML document, for the one serde
+/// error without a location ("more than one document"): a `---` or `...`
+/// line after content, else the first line after a complete flow document,
+/// else the first line.
+fn second_document(src: &str) -> Span {
+    let lines: Vec<&str> = src.lines().collect();
+    let content = |l: &str| !l.trim().is_empty() && !l.trim_start().starts_with('#');
+    let first = lines.iter().position(|l| content(l)).unwrap_or(0);
+    let marker = lines
+        .iter()
+        .enumerate()
+        .skip(first + 1)
+        .find(|(_, l)| l.starts_with("---") || l.starts_with("..."));
+    let line = marker.map(|(i, _)| i).or_else(|| {
+        // The shortest prefix that is a whole document, then the next content line.
+        let end = (first + 1..=lines.len()).find(|&k| {
+            serde_yaml::from_str::<serde_yaml::Value>(&lines[..k].join("\n"))
+                .is_ok_and(|v| !v.is_null())
+        })?;
+        (end..lines.len()).find(|&i| content(lines[i]))
+    });
+    let i = line.unwrap_or(0);
+    let indent = lines.get(i).map_or(0, |l| l.len() - l.trim_start().len());
+    Span {
+        line: i + 1,
+        col: indent + 1,
+        len: 1,
+    }
 }
 
 /// For serde's "unknown field `x`, expected one of `a`, `b`": a did-you-mean.
