@@ -4,7 +4,7 @@
 //! | ---- | ------- |
 //! | 0    | success |
 //! | 1    | a stage failed (or was skipped because an upstream stage failed) |
-//! | 2    | bad manifest or bad usage; nothing ran |
+//! | 2    | bad manifest, unreadable lock file or bad usage; nothing ran |
 //! | 3    | pipe itself failed (I/O error in the store, lock file …) |
 //! | 130  | interrupted |
 
@@ -33,7 +33,8 @@ impl From<pipe_engine::EngineError> for Failure {
     fn from(e: pipe_engine::EngineError) -> Failure {
         let code = match e {
             pipe_engine::EngineError::UnknownStage(_) => BAD_INPUT,
-            pipe_engine::EngineError::Cache(_) => INTERNAL,
+            pipe_engine::EngineError::Lock(ref l) if l.is_bad_content() => BAD_INPUT,
+            pipe_engine::EngineError::Cache(_) | pipe_engine::EngineError::Lock(_) => INTERNAL,
         };
         Failure {
             code,

@@ -88,10 +88,14 @@ enum Command {
         #[arg(long, value_enum, default_value_t = DagFormat::Text)]
         format: DagFormat,
     },
-    /// Check a manifest without running anything.
+    /// Check manifests without running anything.
     Validate {
-        #[command(flatten)]
-        m: ManifestArgs,
+        /// The pipeline manifests (YAML); each is checked, and each error printed.
+        #[arg(required = true)]
+        manifests: Vec<PathBuf>,
+        /// Override a pipeline param: --set KEY=VALUE (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
+        sets: Vec<(String, String)>,
     },
     /// Show a stage's output: its directory, hash and files.
     Show {
@@ -126,12 +130,13 @@ enum Command {
         workspace: Option<PathBuf>,
     },
     /// Delete store objects that no run record references. With manifests,
-    /// also delete run records their pipe.lock files do not reference.
+    /// also delete run records their lock files do not reference.
     Gc {
         manifests: Vec<PathBuf>,
-        /// Workspace whose store to clean (default: the current directory).
-        #[arg(long, default_value = ".")]
-        workspace: PathBuf,
+        /// Workspace whose store to clean (default: the nearest one above the
+        /// current directory).
+        #[arg(long)]
+        workspace: Option<PathBuf>,
     },
 }
 
@@ -153,18 +158,14 @@ fn load(m: &ManifestArgs, registry: &Registry) -> Result<Pipeline, Failure> {
     Ok(pipe_engine::load(&m.manifest, &m.sets, registry)?)
 }
 
-/// The workspace: `dir`, or the nearest directory holding `.pipe` above the
-/// current one.
+/// The workspace root, found from `dir` or the current directory by the one
+/// rule every command uses ([`pipe_engine::workspace::find_root`]).
 fn find_workspace(dir: Option<PathBuf>) -> Result<PathBuf, Failure> {
-    if let Some(d) = dir {
-        return Ok(d);
-    }
-    let cwd = std::env::current_dir().context("no current directory")?;
-    Ok(cwd
-        .ancestors()
-        .find(|d| d.join(".pipe").is_dir())
-        .unwrap_or(&cwd)
-        .to_path_buf())
+    let start = match dir {
+        Some(d) => d,
+        None => std::env::current_dir().context("no current directory")?,
+    };
+    Ok(pipe_engine::workspace::find_root(&start))
 }
 
 fn gpus() -> u32 {
@@ -301,12 +302,21 @@ fn run(cli: Cli) -> Result<i32, Failure> {
             let _ = write!(out, "{}", render_dag(&p, format));
             Ok(exit::OK)
         }
-        Command::Validate { m } => {
-            let p = load(&m, &registry)?;
-            if !cli.quiet {
-                eprintln!("{}: ok ({} stages)", m.manifest.display(), p.stages.len());
+        Command::Validate { manifests, sets } => {
+            let mut code = exit::OK;
+            for m in &manifests {
+                match pipe_engine::load(m, &sets, &registry) {
+                    Ok(p) if !cli.quiet => {
+                        eprintln!("{}: ok ({} stages)", m.display(), p.stages.len())
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        code = exit::BAD_INPUT;
+                    }
+                }
             }
-            Ok(exit::OK)
+            Ok(code)
         }
         Command::Serve { args } => {
             let worker =
@@ -394,14 +404,27 @@ fn run(cli: Cli) -> Result<i32, Failure> {
             workspace,
         } => {
             let mut keep = None;
-            let mut root = workspace;
+            let mut root = None;
             for m in &manifests {
                 let p = pipe_engine::load(m, &[], &registry)?;
-                root = p.root.clone();
-                let lock = pipe_engine::lockfile::LockFile::load(&p.lock_file());
+                if root.as_ref().is_some_and(|r| *r != p.root) {
+                    return Err(Failure::usage(anyhow::anyhow!(
+                        "{} belongs to another workspace ({}) than the manifests before it",
+                        m.display(),
+                        p.root.display()
+                    )));
+                }
+                root = Some(p.root.clone());
+                // A lock that cannot be read would keep nothing: refuse.
+                let lock = pipe_engine::lockfile::LockFile::load(&p)
+                    .map_err(pipe_engine::EngineError::from)?;
                 keep.get_or_insert_with(std::collections::HashSet::new)
                     .extend(lock.stages.values().map(|e| e.key));
             }
+            let root = match root {
+                Some(r) => r,
+                None => find_workspace(workspace)?,
+            };
             let pipe_dir = root.join(".pipe");
             if !pipe_dir.is_dir() {
                 return Err(Failure::usage(anyhow::anyhow!(
@@ -501,7 +524,7 @@ fn show(out: &mut impl Write, p: &Pipeline, stage: &str) -> Result<(), Failure> 
             p.file.display()
         )));
     }
-    let lock = pipe_engine::lockfile::LockFile::load(&p.lock_file());
+    let lock = pipe_engine::lockfile::LockFile::load(p).map_err(pipe_engine::EngineError::from)?;
     let entry = lock
         .stages
         .get(stage)

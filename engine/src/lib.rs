@@ -15,6 +15,7 @@ pub mod dag;
 pub mod manifest;
 pub mod pipeline;
 pub mod stage;
+pub mod workspace;
 
 pub use pipe_cache as cache;
 pub mod event;

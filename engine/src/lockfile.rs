@@ -1,9 +1,20 @@
-//! `pipe.lock`: per stage its key, params, input hashes and output hash, like
-//! `dvc.lock`. Human-readable YAML in manifest order, rewritten only when it
-//! changes, atomically.
+//! The lock file: per stage its key, params, input hashes, output hash and
+//! pins, like `dvc.lock`. Human-readable YAML in manifest order, rewritten only
+//! when it changes, atomically.
+//!
+//! Each manifest has its own lock beside it, named after it: `cola.yaml` →
+//! `cola.lock`, `pipe.yaml` → `pipe.lock` (as `dvc.yaml`/`dvc.lock`), so two
+//! manifests in one folder never share records or pins. Older pipes wrote one
+//! `pipe.lock` per folder: while a manifest has no lock of its own, the stages
+//! of a `pipe.lock` beside it that was written for the same pipeline (its
+//! `pipeline:` name) are taken over, and the next run writes the new lock.
+//!
+//! A lock that exists but cannot be read is an error, never an empty lock: an
+//! empty lock would drop every pin and accept changed upstream bytes. A missing
+//! lock is empty.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use pipe_cache::{Digest, InputDigest, Key};
 use serde::{Deserialize, Serialize};
@@ -11,7 +22,11 @@ use serde_json::Value;
 
 use crate::pipeline::Pipeline;
 
-const HEADER: &str = "# pipe.lock: written by `pipe run`. Commit it with the manifest.\n";
+/// The one lock per folder that pipes before per-manifest locks wrote.
+pub const LEGACY_NAME: &str = "pipe.lock";
+
+/// The lock format this pipe reads and writes.
+const VERSION: u32 = 1;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LockEntry {
@@ -22,37 +37,132 @@ pub struct LockEntry {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub inputs: BTreeMap<String, InputDigest>,
     pub output: Digest,
+    /// What a stage downloaded, by source (URL or Hub file), and its sha256.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pins: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LockFile {
+    /// The pipeline name it was written for (empty for a new lock).
+    pub pipeline: String,
     pub stages: BTreeMap<String, LockEntry>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 struct OnDisk {
     version: u32,
     pipeline: String,
     stages: serde_yaml::Mapping,
 }
 
+#[derive(Deserialize)]
+struct FromDisk {
+    version: u32,
+    pipeline: String,
+    stages: BTreeMap<String, LockEntry>,
+}
+
+/// A lock file that exists but cannot be used. Nothing runs.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("cannot read lock file {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("lock file {}{} cannot be parsed; nothing ran (fix it, or delete it to record it anew, losing its pins)", path.display(), at(*line, *column))]
+    Parse {
+        path: PathBuf,
+        line: Option<usize>,
+        column: Option<usize>,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("lock file {}:{line}:1 has an unresolved merge conflict; nothing ran (resolve it, or delete the file to record it anew, losing its pins)", path.display())]
+    Conflict { path: PathBuf, line: usize },
+    #[error("lock file {}: version {version} is not one this pipe reads (it reads version {VERSION})", path.display())]
+    Version { path: PathBuf, version: u32 },
+}
+
+fn at(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!(":{l}:{c}"),
+        (Some(l), None) => format!(":{l}"),
+        _ => String::new(),
+    }
+}
+
+impl LockError {
+    /// A problem with the file's content (as opposed to reading it).
+    pub fn is_bad_content(&self) -> bool {
+        !matches!(self, LockError::Io { .. })
+    }
+}
+
 impl LockFile {
-    /// Read `path`; a missing or unreadable lock is empty (it is a record, not an input).
-    pub fn load(path: &Path) -> LockFile {
-        let Ok(text) = std::fs::read_to_string(path) else {
-            return LockFile::default();
+    /// Read the lock at `path`: `Ok(None)` when there is none.
+    pub fn read(path: &Path) -> Result<Option<LockFile>, LockError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(LockError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
         };
-        let Ok(disk) = serde_yaml::from_str::<OnDisk>(&text) else {
-            return LockFile::default();
-        };
-        let stages = disk
-            .stages
-            .into_iter()
-            .filter_map(|(k, v)| Some((k.as_str()?.to_string(), serde_yaml::from_value(v).ok()?)))
-            .collect();
-        LockFile { stages }
+        let conflict = text.lines().position(|l| {
+            ["<<<<<<< ", "=======", ">>>>>>> "]
+                .iter()
+                .any(|m| l.starts_with(m))
+        });
+        if let Some(i) = conflict {
+            return Err(LockError::Conflict {
+                path: path.to_path_buf(),
+                line: i + 1,
+            });
+        }
+        let disk: FromDisk = serde_yaml::from_str(&text).map_err(|source| LockError::Parse {
+            path: path.to_path_buf(),
+            line: source.location().map(|l| l.line()),
+            column: source.location().map(|l| l.column()),
+            source,
+        })?;
+        if disk.version != VERSION {
+            return Err(LockError::Version {
+                path: path.to_path_buf(),
+                version: disk.version,
+            });
+        }
+        Ok(Some(LockFile {
+            pipeline: disk.pipeline,
+            stages: disk.stages,
+        }))
+    }
+
+    /// The lock of `pipeline`: its own lock, else what a legacy `pipe.lock`
+    /// beside it holds for this pipeline's stages, else empty.
+    pub fn load(pipeline: &Pipeline) -> Result<LockFile, LockError> {
+        let own = pipeline.lock_file();
+        if let Some(lock) = LockFile::read(&own)? {
+            return Ok(lock);
+        }
+        let legacy = own.with_file_name(LEGACY_NAME);
+        if legacy == own {
+            return Ok(LockFile::default());
+        }
+        match LockFile::read(&legacy)? {
+            Some(mut lock) if lock.pipeline == pipeline.name => {
+                lock.stages.retain(|name, entry| {
+                    pipeline.stage(name).is_some_and(|s| s.kind == entry.kind)
+                });
+                Ok(lock)
+            }
+            _ => Ok(LockFile::default()),
+        }
     }
 
     /// Render in the manifest's stage order, dropping stages it no longer has.
@@ -66,12 +176,17 @@ impl LockFile {
             }
         }
         let disk = OnDisk {
-            version: 1,
+            version: VERSION,
             pipeline: pipeline.name.clone(),
             stages,
         };
+        let lock = pipeline.lock_file();
+        let name = lock
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
         format!(
-            "{HEADER}{}",
+            "# {name}: written by `pipe run`. Commit it with the manifest.\n{}",
             serde_yaml::to_string(&disk).unwrap_or_default()
         )
     }

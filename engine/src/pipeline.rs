@@ -2,7 +2,7 @@
 //! references and the DAG between them. Everything downstream works on this.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::Value;
 
@@ -81,11 +81,16 @@ impl Pipeline {
             .join(format!("{stage}.log"))
     }
 
-    /// `pipe.lock` beside the manifest.
+    /// The lock beside the manifest, named after it: `cola.yaml` →
+    /// `cola.lock`, `pipe.yaml` → `pipe.lock` (see [`crate::lockfile`]).
     pub fn lock_file(&self) -> PathBuf {
-        self.file
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join("pipe.lock")
+        let lock = self.file.with_extension("lock");
+        if lock != self.file {
+            return lock;
+        }
+        // A manifest that is itself named `*.lock`.
+        let mut name = self.file.clone().into_os_string();
+        name.push(".lock");
+        PathBuf::from(name)
     }
 }

@@ -64,6 +64,8 @@ pub enum EngineError {
     UnknownStage(String),
     #[error(transparent)]
     Cache(#[from] pipe_cache::Error),
+    #[error(transparent)]
+    Lock(#[from] crate::lockfile::LockError),
 }
 
 /// Results in manifest order.
@@ -150,7 +152,7 @@ pub fn run(
     reporter: &dyn Reporter,
 ) -> Result<RunSummary, EngineError> {
     let modes = selection(p, opts)?;
-    let old_lock = LockFile::load(&p.lock_file());
+    let old_lock = LockFile::load(p)?;
     let pipe_dir = p.pipe_dir();
 
     // Planning touches nothing: no lock, no store created.

@@ -99,10 +99,10 @@ pub struct StageContext<'a> {
     pub interrupt: &'a Interrupt,
     /// Where progress messages go (see [`StageContext::progress`]).
     pub reporter: &'a dyn Reporter,
-    /// Pins this stage recorded in `pipe.lock` last time (e.g. the content hash of
+    /// Pins this stage recorded in the lock file last time (e.g. the content hash of
     /// an unpinned download); empty when the stage is forced.
     pub locked_pins: &'a BTreeMap<String, String>,
-    /// Pins to record in `pipe.lock` for this run (see [`StageContext::pin`]).
+    /// Pins to record in the lock file for this run (see [`StageContext::pin`]).
     pub new_pins: &'a Mutex<BTreeMap<String, String>>,
     /// Figures about this run for its run record (see [`StageContext::stat`]).
     pub new_stats: &'a Mutex<BTreeMap<String, f64>>,
@@ -117,7 +117,7 @@ impl StageContext<'_> {
         });
     }
 
-    /// Record a fact in `pipe.lock` that later runs must reproduce (e.g. the
+    /// Record a fact in the lock file that later runs must reproduce (e.g. the
     /// `sha256` of a download that has no pin in the manifest).
     pub fn pin(&self, name: &str, value: &str) {
         self.new_pins

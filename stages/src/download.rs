@@ -7,9 +7,11 @@
 //! ```
 //!
 //! The key holds the URL(s) and the pin. Without a `sha256` pin, the content
-//! hash of the first download is recorded in `pipe.lock` and every later
-//! download (another machine, a cleared cache) must match it, until
-//! `pipe run --force STAGE` accepts new content (like `dvc update`).
+//! hash of the first download is recorded in the manifest's lock file and every
+//! later download of the same thing (another machine, a cleared cache) must
+//! match it, until `pipe run --force STAGE` accepts new content (like `dvc
+//! update`). A pin is named after what was downloaded (see [`pin_name`]), so a
+//! stage whose URL changed is never held to the old URL's pin.
 
 use std::path::Path;
 
@@ -130,6 +132,21 @@ fn sha256_file(path: &Path) -> Result<String, StageError> {
     Ok(digest.to_hex())
 }
 
+/// The lock's name for a download's pin: `sha256:URL` (without user-info) or
+/// `sha256:hf://REPO@REVISION/FILE`.
+fn pin_name(source: &str) -> String {
+    format!("sha256:{source}")
+}
+
+/// `url` without user-info: a pin name is written to the lock file.
+fn url_pin(url: &reqwest::Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_fragment(None);
+    pin_name(u.as_str())
+}
+
 /// Check the downloaded content against the manifest's pin, else the lock's.
 fn check_pin(
     ctx: &StageContext,
@@ -149,8 +166,13 @@ fn check_pin(
     } else if let Some(locked) = ctx.locked_pins.get(pin_name) {
         if locked != actual {
             return Err(format!(
-                "{} changed since pipe.lock recorded it (sha256 {locked}, now {actual}); run `pipe run --force {}` to accept the new content",
+                "{} changed since {} recorded it (sha256 {locked}, now {actual}); run `pipe run --force {}` to accept the new content",
                 redact(url),
+                ctx.pipeline
+                    .lock_file()
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
                 ctx.stage.name
             )
             .into());
@@ -208,7 +230,8 @@ impl StageKind for Download {
                 }
                 fetcher.fetch(&url, &dest, ctx.cancel, &progress(file))?;
                 let actual = sha256_file(&dest)?;
-                check_pin(ctx, &url, &format!("sha256:{file}"), None, &actual)?;
+                let pin = pin_name(&format!("hf://{repo}@{revision}/{file}"));
+                check_pin(ctx, &url, &pin, None, &actual)?;
             }
             return Ok(());
         }
@@ -223,7 +246,7 @@ impl StageKind for Download {
         let staged = ctx.out.join(format!(".partial-{name}"));
         fetcher.fetch(url, &staged, ctx.cancel, &progress(&name))?;
         let actual = sha256_file(&staged)?;
-        check_pin(ctx, url, "sha256", w.sha256.as_deref(), &actual)?;
+        check_pin(ctx, url, &url_pin(&parsed), w.sha256.as_deref(), &actual)?;
         if format == Format::None {
             if !w.files.is_empty() {
                 return Err(

@@ -8,7 +8,7 @@
 //!
 //! Credentials come from the standard AWS environment variables, else from the
 //! profile `AWS_PROFILE` (or `default`) in `~/.aws/credentials`; they are never
-//! part of `with`, the key, the receipt, `pipe.lock` or any message. User info
+//! part of `with`, the key, the receipt, the lock file or any message. User info
 //! written into `endpoint` is masked in every message (but, being part of
 //! `with`, is in the key record and the receipt: keep secrets in the environment).
 //!

@@ -26,6 +26,61 @@ fn parse_key(line: &str) -> Option<(usize, &str)> {
 
 /// Locate the key at `path`; falls back to the deepest ancestor found.
 pub fn locate(src: &str, path: &[&str]) -> Option<Span> {
+    let block = locate_block(src, path);
+    if block.is_some_and(|(depth, _)| depth == path.len()) {
+        return block.map(|(_, s)| s);
+    }
+    // Flow style (`stages: {a: {kind: shell}}`) has no indentation to follow.
+    match (block, locate_flow(src, path)) {
+        (Some((b, span)), Some((f, _))) if b >= f => Some(span),
+        (_, Some((_, span))) => Some(span),
+        (block, None) => block.map(|(_, s)| s),
+    }
+}
+
+/// The keys of `path` in order anywhere in the text, each after the one
+/// before: good enough for flow mappings. The depth reached and its span.
+fn locate_flow(src: &str, path: &[&str]) -> Option<(usize, Span)> {
+    let mut from = 0;
+    let mut best = None;
+    for (depth, key) in path.iter().enumerate() {
+        let Some(at) = find_key(src, from, key) else {
+            break;
+        };
+        let line_start = src[..at].rfind('\n').map_or(0, |i| i + 1);
+        best = Some((
+            depth + 1,
+            Span {
+                line: src[..at].matches('\n').count() + 1,
+                col: src[line_start..at].chars().count() + 1,
+                len: key.chars().count(),
+            },
+        ));
+        from = at + key.len();
+    }
+    best
+}
+
+/// The byte offset of `key` used as a mapping key at or after `from`.
+fn find_key(src: &str, from: usize, key: &str) -> Option<usize> {
+    if key.is_empty() {
+        return None;
+    }
+    let mut start = from;
+    while let Some(i) = src.get(start..)?.find(key) {
+        let at = start + i;
+        let before = src[..at].chars().next_back();
+        let after = src[at + key.len()..].trim_start_matches(['"', '\'', ' ']);
+        if before.is_none_or(|c| " \t\n{,\"'-".contains(c)) && after.starts_with(':') {
+            return Some(at);
+        }
+        start = at + key.len();
+    }
+    None
+}
+
+/// [`locate`] by indentation: the depth reached and its span.
+fn locate_block(src: &str, path: &[&str]) -> Option<(usize, Span)> {
     let mut stack: Vec<(usize, &str)> = Vec::new();
     let mut best: Option<(usize, Span)> = None;
     for (i, line) in src.lines().enumerate() {
@@ -47,11 +102,11 @@ pub fn locate(src: &str, path: &[&str]) -> Option<Span> {
                 best = Some((depth, span));
             }
             if depth == path.len() {
-                return Some(span);
+                return Some((depth, span));
             }
         }
     }
-    best.map(|(_, s)| s)
+    best
 }
 
 /// Locate `needle` in the value of the key at `path` (on its line or the
@@ -114,6 +169,24 @@ mod tests {
         assert_eq!(
             locate(SRC, &["stages", "upper", "with"]).map(|s| s.line),
             Some(5)
+        );
+    }
+
+    #[test]
+    fn finds_keys_in_flow_mappings() {
+        let src =
+            "{version: 1, name: f,\n  stages: {a: {kind: shell}, b: {kind: x, with: {cmd: y}}}}\n";
+        assert_eq!(
+            locate(src, &["stages", "b", "with", "cmd"]),
+            Some(Span {
+                line: 2,
+                col: 50,
+                len: 3
+            })
+        );
+        assert_eq!(
+            locate(src, &["stages", "b", "nope"]).map(|s| s.col),
+            Some(30)
         );
     }
 

@@ -107,17 +107,6 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ordered<T> {
     }
 }
 
-/// The workspace root for a manifest: the nearest ancestor of its folder that
-/// holds `.pipe` or `.git`, else the manifest's own folder.
-pub fn workspace_root(manifest: &Path) -> PathBuf {
-    let abs = std::path::absolute(manifest).unwrap_or_else(|_| manifest.to_path_buf());
-    let dir = abs.parent().unwrap_or(Path::new("/")).to_path_buf();
-    dir.ancestors()
-        .find(|d| d.join(".pipe").is_dir() || d.join(".git").exists())
-        .map(Path::to_path_buf)
-        .unwrap_or(dir)
-}
-
 fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
@@ -143,13 +132,28 @@ pub fn load(
     sets: &[(String, String)],
     registry: &Registry,
 ) -> Result<Pipeline, ManifestError> {
-    let src = std::fs::read_to_string(file)
+    let bytes = std::fs::read(file)
         .map_err(|e| ManifestError::new(file, format!("cannot read manifest: {e}")))?;
-    let root = workspace_root(file);
+    let src = String::from_utf8(bytes).map_err(|e| {
+        // Point at the first byte that is not UTF-8.
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line_start = valid.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let span = Span {
+            line: valid.iter().filter(|b| **b == b'\n').count() + 1,
+            col: String::from_utf8_lossy(&valid[line_start..])
+                .chars()
+                .count()
+                + 1,
+            len: 1,
+        };
+        let lossy = String::from_utf8_lossy(e.as_bytes()).into_owned();
+        ManifestError::new(file, "the manifest is not valid UTF-8").at(&lossy, Some(span))
+    })?;
+    let root = crate::workspace::root_of_manifest(file);
     parse(file, &src, &root, sets, registry)
 }
 
-/// Validate manifest text (`file` is only used in messages and for `pipe.lock`).
+/// Validate manifest text (`file` is only used in messages and to name the lock file).
 pub fn parse(
     file: &Path,
     src: &str,
@@ -167,12 +171,15 @@ pub fn parse(
             None => text.clone(),
         };
         let hint = unknown_field_hint(&message);
-        let span = e.location().map(|l| Span {
-            line: l.line(),
-            col: l.column(),
-            len: 1,
-        });
-        err(message).at(src, span).hint(hint)
+        let span = match e.location() {
+            Some(l) => Span {
+                line: l.line(),
+                col: l.column(),
+                len: 1,
+            },
+            None => second_document(src),
+        };
+        err(message).at(src, Some(span)).hint(hint)
     })?;
 
     if raw.version != SCHEMA_VERSION {
@@ -379,6 +386,36 @@ pub fn parse(
         stages,
         dag,
     })
+}
+
+/// Where the text goes on after the first YAML document, for the one serde
+/// error without a location ("more than one document"): a `---` or `...`
+/// line after content, else the first line after a complete flow document,
+/// else the first line.
+fn second_document(src: &str) -> Span {
+    let lines: Vec<&str> = src.lines().collect();
+    let content = |l: &str| !l.trim().is_empty() && !l.trim_start().starts_with('#');
+    let first = lines.iter().position(|l| content(l)).unwrap_or(0);
+    let marker = lines
+        .iter()
+        .enumerate()
+        .skip(first + 1)
+        .find(|(_, l)| l.starts_with("---") || l.starts_with("..."));
+    let line = marker.map(|(i, _)| i).or_else(|| {
+        // The shortest prefix that is a whole document, then the next content line.
+        let end = (first + 1..=lines.len()).find(|&k| {
+            serde_yaml::from_str::<serde_yaml::Value>(&lines[..k].join("\n"))
+                .is_ok_and(|v| !v.is_null())
+        })?;
+        (end..lines.len()).find(|&i| content(lines[i]))
+    });
+    let i = line.unwrap_or(0);
+    let indent = lines.get(i).map_or(0, |l| l.len() - l.trim_start().len());
+    Span {
+        line: i + 1,
+        col: indent + 1,
+        len: 1,
+    }
 }
 
 /// For serde's "unknown field `x`, expected one of `a`, `b`": a did-you-mean.
