@@ -28,9 +28,10 @@ results=$work/results.jsonl
 
 for i in $(seq "$repeat"); do
   echo "== round $i/$repeat: pipe" >&2
-  "$pipe" -q run bench.yaml --force finetune
-  python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(json.dumps({"run":"pipe","samples_per_s":m["samples_per_second"],"seconds":m["train_seconds"],"accuracy":m["accuracy"],"mcc":m["mcc"]}))' \
-    .pipe/out/bench/finetune/metrics.json >> "$results"
+  # Timings live in the run record (stats in --json), quality in metrics.json.
+  "$pipe" -q run bench.yaml --force finetune --json > run.json
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); s=[x for x in r["stages"] if x["name"]=="finetune"][0]["stats"]; m=json.load(open(sys.argv[2])); print(json.dumps({"run":"pipe","samples_per_s":s["samples_per_second"],"seconds":s["train_seconds"],"accuracy":m["accuracy"],"mcc":m["mcc"]}))' \
+    run.json .pipe/out/bench/finetune/metrics.json >> "$results"
   echo "== round $i/$repeat: python, careful recipe" >&2
   HF_HUB_OFFLINE=1 "$py" "$ref/train_ref.py" --cola "$zip" --model "$model" --dynamic-padding --batch 32 --lr 1e-4 --warmup 0.1 --epochs 3 --threads 2 --out py.json > py.log 2>&1 || { tail py.log >&2; exit 1; }
   python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(json.dumps({"run":"py-careful","samples_per_s":m["samples_per_s"],"seconds":m["train_seconds"],"accuracy":m["test"]["accuracy"],"mcc":m["test"]["mcc"]}))' py.json >> "$results"
