@@ -366,3 +366,42 @@ fn alive(pid: u64) -> bool {
         })
         .unwrap_or(false)
 }
+
+#[test]
+fn down_stops_only_the_process_its_record_started() {
+    // A live server of another workspace whose pid a stale record names:
+    // once with another start time (the pid was reused), once with none.
+    let s = Server::start(&[]);
+    let pid = s.child.id();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let started: u64 = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ws = TestWorkspace::new();
+    let record = |name: &str| json!({"name": name, "url": s.url, "pid": pid, "model_sha256": "0", "log": "x.log"});
+    let mut reused = record("reused");
+    reused["started"] = json!(started + 1);
+    ws.file(".pipe/endpoints/reused.json", &reused.to_string());
+    ws.file(".pipe/endpoints/old.json", &record("old").to_string());
+
+    let down = ws.pipe(&["down", "--all"]);
+    assert!(down.status.success(), "{}", common::stderr(&down));
+    let said = common::stderr(&down);
+    assert_eq!(
+        said.matches("stale record removed, nothing killed").count(),
+        2,
+        "{said}"
+    );
+    assert!(said.contains("no start time"), "{said}");
+    assert!(said.contains("is now another process"), "{said}");
+    assert!(endpoints(&ws).is_empty());
+    assert!(alive(pid as u64));
+    let ping = reqwest::blocking::get(format!("{}/ping", s.url)).unwrap();
+    assert_eq!(ping.status(), 200);
+}
