@@ -265,6 +265,10 @@ impl Queue {
             });
         }
         self.depth.set(waiting.len() as i64);
+        if !waiting.is_empty() {
+            // The rest of a big request: another worker may run it meanwhile.
+            self.more.notify_one();
+        }
         Some(pieces)
     }
 }
