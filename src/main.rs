@@ -388,9 +388,18 @@ fn run(cli: Cli) -> Result<i32, Failure> {
                 v
             };
             for r in chosen {
-                r.stop(&root, std::time::Duration::from_secs(10))
+                let stopped = r
+                    .stop(&root, std::time::Duration::from_secs(10))
                     .map_err(|e| anyhow::anyhow!("cannot stop {}: {e}", r.name))?;
-                eprintln!("{:>12} {} ({})", "Stopped", r.name, r.url);
+                match stopped {
+                    pipe_stages::endpoint::Stopped::Server => {
+                        eprintln!("{:>12} {} ({})", "Stopped", r.name, r.url)
+                    }
+                    pipe_stages::endpoint::Stopped::Stale(why) => eprintln!(
+                        "{:>12} {}: stale record removed, nothing killed: {why}",
+                        "Forgot", r.name
+                    ),
+                }
             }
             Ok(exit::OK)
         }

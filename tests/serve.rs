@@ -63,15 +63,34 @@ struct Server {
 
 impl Server {
     fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pipe"))
-            .arg("serve")
-            .arg(package())
+        Server::start_with(&package(), args, None)
+    }
+
+    /// A server of `package`, with at most `fds` file descriptors if given.
+    fn start_with(package: &Path, args: &[&str], fds: Option<u64>) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pipe"));
+        cmd.arg("serve")
+            .arg(package)
             .args(["--port", "0", "--announce", "--threads", "1"])
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::null());
+        if let Some(n) = fds {
+            // SAFETY: setrlimit is async-signal-safe.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -365,4 +384,265 @@ fn alive(pid: u64) -> bool {
                 .map(|(_, r)| !r.trim_start().starts_with('Z'))
         })
         .unwrap_or(false)
+}
+
+#[test]
+fn down_stops_only_the_process_its_record_started() {
+    // A live server of another workspace whose pid a stale record names:
+    // once with another start time (the pid was reused), once with none.
+    let s = Server::start(&[]);
+    let pid = s.child.id();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let started: u64 = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ws = TestWorkspace::new();
+    let record = |name: &str| json!({"name": name, "url": s.url, "pid": pid, "model_sha256": "0", "log": "x.log"});
+    let mut reused = record("reused");
+    reused["started"] = json!(started + 1);
+    ws.file(".pipe/endpoints/reused.json", &reused.to_string());
+    ws.file(".pipe/endpoints/old.json", &record("old").to_string());
+
+    let down = ws.pipe(&["down", "--all"]);
+    assert!(down.status.success(), "{}", common::stderr(&down));
+    let said = common::stderr(&down);
+    assert_eq!(
+        said.matches("stale record removed, nothing killed").count(),
+        2,
+        "{said}"
+    );
+    assert!(said.contains("no start time"), "{said}");
+    assert!(said.contains("is now another process"), "{said}");
+    assert!(endpoints(&ws).is_empty());
+    assert!(alive(pid as u64));
+    let ping = reqwest::blocking::get(format!("{}/ping", s.url)).unwrap();
+    assert_eq!(ping.status(), 200);
+}
+
+/// `/metrics` of a server.
+fn metrics(url: &str) -> String {
+    reqwest::blocking::get(format!("{url}/metrics"))
+        .unwrap()
+        .text()
+        .unwrap()
+}
+
+/// Waits (a bounded number of polls) until `/metrics` has `line`.
+fn wait_for_metric(url: &str, line: &str) {
+    let seen = (0..100_000).any(|_| metrics(url).contains(line));
+    assert!(seen, "/metrics never showed {line}");
+}
+
+/// Posts `sentences` on another thread; the status and body come back on the channel.
+fn post_async(url: &str, sentences: Value) -> std::sync::mpsc::Receiver<(u16, Value)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        let r = reqwest::blocking::Client::builder()
+            .timeout(None)
+            .build()
+            .unwrap()
+            .post(format!("{url}/invocations"))
+            .header("content-type", "application/json")
+            .body(sentences.to_string())
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        let _ = tx.send((status, serde_json::from_slice(&r.bytes().unwrap()).unwrap()));
+    });
+    rx
+}
+
+#[test]
+fn a_big_request_runs_in_chunks_that_let_a_small_one_through() {
+    let s = Server::start(&["--max-batch", "8", "--max-items", "20000"]);
+    let over = vec!["nice"; 20001];
+    let (st, v) = s.json(json!(over));
+    assert_eq!(st, 413, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("--max-items"), "{v}");
+
+    let big = post_async(&s.url, json!(vec!["nice"; 20000]));
+    wait_for_metric(&s.url, "pipe_queued_requests 1");
+    let (st, small) = s.json(json!(["the film was great", "nice"]));
+    assert_eq!(st, 200);
+    // The small request was answered while the big one still ran.
+    assert!(
+        big.try_recv().is_err(),
+        "the big request finished before the small one"
+    );
+    let (st, big) = big.recv().unwrap();
+    assert_eq!(st, 200);
+    let big = logits(&big);
+    assert_eq!(big.len(), 20000);
+    let nice = &logits(&small)[1];
+    for row in [&big[0], &big[19999]] {
+        for (a, b) in row.iter().zip(nice) {
+            assert!((a - b).abs() <= 1e-5, "{row:?} vs {nice:?}");
+        }
+    }
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after() {
+    let s = Server::start(&[
+        "--max-batch",
+        "1",
+        "--max-queue",
+        "1",
+        "--max-items",
+        "50000",
+    ]);
+    let _big = post_async(&s.url, json!(vec!["nice"; 50000]));
+    wait_for_metric(&s.url, "pipe_queued_requests 1");
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{}/invocations", s.url))
+        .header("content-type", "application/json")
+        .body(json!("hello").to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let v: Value = serde_json::from_slice(&r.bytes().unwrap()).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("busy"), "{v}");
+}
+
+#[test]
+fn a_slow_body_does_not_hold_a_batch_back() {
+    use std::io::Write;
+    // Without the body, the half-sent request must not count as on its way:
+    // a batch would wait up to --max-delay-ms (here far longer than the
+    // client's patience) for it.
+    let s = Server::start(&["--max-delay-ms", "600000"]);
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        conn,
+        "POST /invocations HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n[\"go"
+    )
+    .unwrap();
+    wait_for_metric(&s.url, "pipe_in_flight_requests 1");
+    let r = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .unwrap()
+        .post(format!("{}/invocations", s.url))
+        .header("content-type", "application/json")
+        .body(json!("nice").to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[test]
+fn half_sent_requests_are_cut_off_and_do_not_starve_ping() {
+    use std::io::{Read, Write};
+    // 300 connections that never finish their request line, against a
+    // server with 256 file descriptors.
+    let s = Server::start_with(&package(), &["--read-timeout", "1"], Some(256));
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let mut slow: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(&addr).unwrap();
+            c.write_all(b"POST /invoc").unwrap();
+            c
+        })
+        .collect();
+    let ping = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .unwrap()
+        .get(format!("{}/ping", s.url))
+        .send()
+        .unwrap();
+    assert_eq!(ping.status(), 200);
+    // The server closed the first of them (it never answers a request
+    // line it did not get).
+    slow[0]
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = slow[0].read_to_end(&mut buf);
+    assert!(
+        buf.is_empty() || String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+}
+
+#[test]
+fn sigterm_with_a_stuck_client_exits_0_after_the_drain_timeout() {
+    use std::io::Write;
+    let mut s = Server::start(&["--drain-timeout", "1"]);
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        conn,
+        "POST /invocations HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n[\"go"
+    )
+    .unwrap();
+    wait_for_metric(&s.url, "pipe_in_flight_requests 1");
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+    // Bounded: before the drain deadline the server waited for the client
+    // for ever.
+    let status = (0..3000).find_map(|_| {
+        let st = s.child.try_wait().unwrap();
+        if st.is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        st
+    });
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "still running 60 s after SIGTERM"
+    );
+}
+
+#[test]
+fn a_failing_sentence_fails_only_its_own_request() {
+    // The tiny model has 64 positions; with max_len raised to 200, a
+    // sentence of over 64 tokens makes the model itself fail.
+    let dir = tempfile::tempdir().unwrap();
+    let file = std::fs::File::open(package()).unwrap();
+    tar::Archive::new(flate2::read::GzDecoder::new(file))
+        .unpack(dir.path())
+        .unwrap();
+    let config = dir.path().join("config.json");
+    let mut c: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    c["max_len"] = json!(200);
+    std::fs::write(&config, c.to_string()).unwrap();
+    let s = Server::start_with(
+        dir.path(),
+        &["--max-batch", "64", "--max-items", "50000"],
+        None,
+    );
+    let long = vec!["good"; 100].join(" ");
+    let (st, v) = s.json(json!(long));
+    assert_eq!(st, 500, "{v}");
+
+    // Merged in one batch with the chunks of a big request: only the
+    // request with the long sentence fails.
+    let big = post_async(&s.url, json!(vec!["nice"; 50000]));
+    wait_for_metric(&s.url, "pipe_queued_requests 1");
+    let bad = post_async(&s.url, json!(["nice", long]));
+    let good = post_async(&s.url, json!(["the film was great"]));
+    let (st, v) = bad.recv().unwrap();
+    assert_eq!(st, 500, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("inference failed"),
+        "{v}"
+    );
+    let (st, v) = good.recv().unwrap();
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = big.recv().unwrap();
+    assert_eq!(st, 200);
+    assert_eq!(logits(&v).len(), 50000);
+    let ping = reqwest::blocking::get(format!("{}/ping", s.url)).unwrap();
+    assert_eq!(ping.status(), 200);
 }

@@ -134,7 +134,11 @@ impl StageKind for Deploy {
                 Health::Healthy => ctx.progress(&format!("replacing {} (another model)", old.name)),
                 Health::Down(why) => ctx.progress(&format!("{} was down: {why}", old.name)),
             }
-            old.stop(ctx.workspace, Duration::from_secs(10))?;
+            if let endpoint::Stopped::Stale(why) =
+                old.stop(ctx.workspace, Duration::from_secs(10))?
+            {
+                ctx.progress(&format!("forgot the stale record of {}: {why}", old.name));
+            }
         }
         let mut extra = Vec::new();
         for (flag, v) in [

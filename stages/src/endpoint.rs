@@ -19,6 +19,11 @@ pub struct Record {
     pub name: String,
     pub url: String,
     pub pid: u32,
+    /// When the process started (field 22 of `/proc/PID/stat`, clock ticks
+    /// since boot): with `pid` it names one process, even once the pid is
+    /// reused. A record without it is stale.
+    #[serde(default)]
+    pub started: Option<u64>,
     pub model_sha256: String,
     /// The server's log file.
     pub log: PathBuf,
@@ -56,29 +61,65 @@ pub fn get(workspace: &Path, name: &str) -> Option<Record> {
     serde_json::from_slice(&std::fs::read(record_path(workspace, name)).ok()?).ok()
 }
 
-/// Whether `pid` is a running `pipe-worker serve` (a recycled pid is not).
-fn is_our_server(pid: u32) -> bool {
+/// What `/proc/PID/stat` says of a process: its state and start time.
+fn stat(pid: u32) -> Option<(char, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ...`: comm may hold anything, so split after its
+    // last `)`; the state is field 3 and the start time field 22.
+    let (_, rest) = text.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let started = fields.nth(18)?.parse().ok()?;
+    Some((state, started))
+}
+
+/// The start time of a running process, for [`Record::started`].
+pub fn start_time(pid: u32) -> Option<u64> {
+    stat(pid).map(|(_, started)| started)
+}
+
+/// Whether `pid` is a running `pipe-worker serve`.
+fn is_server(pid: u32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
         let args: Vec<&[u8]> = c.split(|&b| b == 0).collect();
         args.first().is_some_and(|a| a.ends_with(b"pipe-worker"))
             && args.get(1).is_some_and(|a| *a == b"serve")
-    }) && !is_zombie(pid)
+    })
 }
 
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, r)| r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(true)
+/// What [`Record::stop`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stopped {
+    /// The server was stopped.
+    Server,
+    /// The record named no live server of ours (why): it was removed and
+    /// nothing was killed.
+    Stale(String),
 }
 
 impl Record {
+    /// Why the record's process is not (or no longer) the server it started:
+    /// gone, a zombie, or its pid reused by another process.
+    fn not_ours(&self) -> Option<String> {
+        let pid = self.pid;
+        let Some(recorded) = self.started else {
+            return Some(format!(
+                "the record has no start time for process {pid} (written by an older pipe)"
+            ));
+        };
+        match stat(pid) {
+            None | Some(('Z' | 'X', _)) => Some(format!("process {pid} is not running")),
+            Some((_, started)) if started != recorded => Some(format!(
+                "pid {pid} is now another process (started at tick {started}, not {recorded})"
+            )),
+            Some(_) if !is_server(pid) => Some(format!("process {pid} is not a model server")),
+            Some(_) => None,
+        }
+    }
+
     pub fn health(&self) -> Health {
-        if !is_our_server(self.pid) {
-            return Health::Down(format!("process {} is not running", self.pid));
+        if let Some(why) = self.not_ours() {
+            return Health::Down(why);
         }
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(5))
@@ -90,22 +131,33 @@ impl Record {
         }
     }
 
-    /// Stops the server (SIGTERM, then SIGKILL after `grace`) and removes the record.
-    pub fn stop(&self, workspace: &Path, grace: Duration) -> Result<(), StageError> {
-        if is_our_server(self.pid) {
-            // SAFETY: kill(2) on a pid we checked is our server.
-            unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + grace;
-            while is_our_server(self.pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
+    /// Stops the server (SIGTERM, then SIGKILL after `grace`) and removes the
+    /// record. Only the very process the record names is signalled: a record
+    /// whose pid is gone or reused (another start time) is stale, and only
+    /// removed.
+    pub fn stop(&self, workspace: &Path, grace: Duration) -> Result<Stopped, StageError> {
+        let outcome = match self.not_ours() {
+            Some(why) => Stopped::Stale(why),
+            None => {
+                let Ok(pid) = i32::try_from(self.pid) else {
+                    return Err(format!("pid {} is out of range", self.pid).into());
+                };
+                // SAFETY: kill(2) on the process we checked is our server.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+                let deadline = Instant::now() + grace;
+                while self.not_ours().is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if self.not_ours().is_none() {
+                    // SAFETY: as above.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                Stopped::Server
             }
-            if is_our_server(self.pid) {
-                unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
-            }
-        }
+        };
         match std::fs::remove_file(record_path(workspace, &self.name)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
+            _ => Ok(outcome),
         }
     }
 
@@ -213,6 +265,7 @@ pub fn start(workspace: &Path, l: &Launch) -> Result<Record, StageError> {
         name: l.name.to_string(),
         url: ready.ready,
         pid: ready.pid,
+        started: start_time(ready.pid),
         model_sha256: l.model_sha256.to_string(),
         log,
     };

@@ -41,6 +41,25 @@ struct ServeArgs {
     /// Largest request body in bytes
     #[arg(long, default_value_t = 1 << 20)]
     body_limit: usize,
+    /// Most sentences in one request (more are refused with 413); a big
+    /// request runs in chunks of --max-batch, taken in turn with the others
+    #[arg(long, default_value_t = 4096)]
+    max_items: usize,
+    /// Most requests waiting for the model (more are answered 503 with
+    /// Retry-After)
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    /// Most open connections (lowered to fit the file descriptor limit);
+    /// the rest wait in the listen backlog
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds a client may take to send a request's headers, and its body
+    #[arg(long, default_value_t = 30.0)]
+    read_timeout: f64,
+    /// Seconds open requests may take to finish after SIGTERM before the
+    /// server exits anyway
+    #[arg(long, default_value_t = 10.0)]
+    drain_timeout: f64,
     /// Print {"ready": URL, "pid": PID} on stdout once listening
     #[arg(long, hide = true)]
     announce: bool,
@@ -79,8 +98,18 @@ fn serve_command(args: &[String]) -> Result<()> {
         workers,
         threads,
         body_limit: a.body_limit,
+        max_items: a.max_items,
+        max_queue: a.max_queue,
+        max_connections: a.max_connections,
+        read_timeout: seconds("--read-timeout", a.read_timeout)?,
+        drain_timeout: seconds("--drain-timeout", a.drain_timeout)?,
         announce: a.announce,
     })
+}
+
+fn seconds(flag: &str, s: f64) -> Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(s)
+        .map_err(|e| anyhow::anyhow!("{flag} {s}: not a number of seconds ({e})"))
 }
 
 fn info() -> Info {

@@ -8,12 +8,26 @@
 //! oneDNN weights (`fast`). A worker waits for more only while requests are
 //! on their way (accepted, not yet queued), and at most `max_delay`: a lone
 //! request never waits.
+//!
+//! Under abuse it stays up and fair: a big request runs as `max_batch`
+//! chunks taken round-robin with the other requests (over `max_items`
+//! sentences it is refused with 413); each sentence is cut to a bounded
+//! number of characters before tokenizing; a connection that is slow to
+//! send its headers or body is closed after `read_timeout`; no more than
+//! `max_connections` sockets are open at once (beyond, they wait in the
+//! listen backlog); a full queue answers 503 with `Retry-After`. On SIGTERM
+//! the server stops accepting, drains for at most `drain_timeout`, and
+//! exits 0. A failed model call is retried request by request, so only the
+//! sentences that caused it fail; `/ping` answers 503 once an inference
+//! thread is gone.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -28,7 +42,7 @@ use prometheus::{
 };
 use serde_json::{json, Value};
 use tch::Kind;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch, Semaphore};
 
 use crate::fast::FastModule;
 use crate::tokenize::{pad, Encoder};
@@ -45,6 +59,16 @@ pub struct Options {
     /// libtorch intra-op threads of each worker.
     pub threads: usize,
     pub body_limit: usize,
+    /// Most sentences in one request (more: 413).
+    pub max_items: usize,
+    /// Most requests waiting for the model (more: 503).
+    pub max_queue: usize,
+    /// Most open connections; the rest wait in the listen backlog.
+    pub max_connections: usize,
+    /// Longest wait for a request's headers, and for its body.
+    pub read_timeout: Duration,
+    /// Longest wait for open requests after SIGTERM.
+    pub drain_timeout: Duration,
     /// Print `{"ready": URL}` on stdout once serving (for `deploy`).
     pub announce: bool,
 }
@@ -92,10 +116,161 @@ fn open(package: &Path) -> Result<Model> {
     })
 }
 
-/// Sentences of one request, and where its logits go.
-struct Job {
+type Reply = oneshot::Sender<Result<Vec<Vec<f32>>, String>>;
+
+/// One request's sentences on their way through the model, in chunks that
+/// workers may run at the same time.
+struct Pending {
     sentences: Vec<String>,
-    reply: oneshot::Sender<Result<Vec<Vec<f32>>, String>>,
+    progress: Mutex<Progress>,
+}
+
+struct Progress {
+    rows: Vec<Vec<f32>>,
+    /// Sentences not answered yet.
+    left: usize,
+    /// Taken once the request is answered (or failed).
+    reply: Option<Reply>,
+}
+
+impl Pending {
+    fn new(sentences: Vec<String>, reply: Reply) -> Pending {
+        let n = sentences.len();
+        Pending {
+            sentences,
+            progress: Mutex::new(Progress {
+                rows: vec![Vec::new(); n],
+                left: n,
+                reply: Some(reply),
+            }),
+        }
+    }
+
+    /// Whether nobody waits for it any more (answered, failed, or the
+    /// client went away): its other chunks need not run.
+    fn abandoned(&self) -> bool {
+        self.progress
+            .lock()
+            .map_or(true, |p| p.reply.as_ref().is_none_or(|r| r.is_closed()))
+    }
+
+    /// Records a chunk's logits (or its failure); answers once complete.
+    fn finish(&self, range: Range<usize>, result: Result<Vec<Vec<f32>>, String>) {
+        let Ok(mut p) = self.progress.lock() else {
+            return;
+        };
+        match result {
+            Ok(rows) => {
+                p.left = p.left.saturating_sub(range.len());
+                for (slot, row) in p.rows[range].iter_mut().zip(rows) {
+                    *slot = row;
+                }
+                if p.left == 0 {
+                    let rows = std::mem::take(&mut p.rows);
+                    if let Some(reply) = p.reply.take() {
+                        let _ = reply.send(Ok(rows));
+                    }
+                }
+            }
+            Err(e) => {
+                if let Some(reply) = p.reply.take() {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+    }
+}
+
+/// A chunk of a request that one model call runs.
+struct Piece {
+    request: Arc<Pending>,
+    range: Range<usize>,
+}
+
+impl Piece {
+    fn sentences(&self) -> &[String] {
+        &self.request.sentences[self.range.clone()]
+    }
+}
+
+/// The requests waiting for the model, each with the index of its first
+/// sentence not yet taken. Workers take chunks round-robin: a request with
+/// more left goes to the back, so a big request never holds up a small one
+/// for more than a batch or two.
+struct Queue {
+    waiting: Mutex<VecDeque<(Arc<Pending>, usize)>>,
+    more: Condvar,
+    capacity: usize,
+    depth: IntGauge,
+}
+
+/// The queue holds `capacity` requests already.
+struct Full;
+
+impl Queue {
+    fn push(&self, request: Pending) -> Result<(), Full> {
+        let Ok(mut waiting) = self.waiting.lock() else {
+            return Err(Full);
+        };
+        if waiting.len() >= self.capacity {
+            return Err(Full);
+        }
+        waiting.push_back((Arc::new(request), 0));
+        self.depth.set(waiting.len() as i64);
+        drop(waiting);
+        self.more.notify_one();
+        Ok(())
+    }
+
+    /// Waits for work, then takes up to `max` sentences: what is queued, and
+    /// while requests are on their way (`arriving`), what comes within
+    /// `max_delay`. `None` once the queue is broken.
+    fn take(&self, max: usize, max_delay: Duration, arriving: &AtomicUsize) -> Option<Vec<Piece>> {
+        let mut waiting = self.waiting.lock().ok()?;
+        while waiting.is_empty() {
+            waiting = self.more.wait(waiting).ok()?;
+        }
+        let deadline = Instant::now() + max_delay;
+        let mut pieces = Vec::new();
+        let mut n = 0;
+        while n < max {
+            let Some((request, next)) = waiting.pop_front() else {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if pieces.is_empty() {
+                    // Every waiting request was abandoned: wait for more.
+                    waiting = self.more.wait(waiting).ok()?;
+                    continue;
+                }
+                if arriving.load(Ordering::Acquire) == 0 || left.is_zero() {
+                    break;
+                }
+                waiting = self
+                    .more
+                    .wait_timeout(waiting, left.min(Duration::from_micros(200)))
+                    .ok()?
+                    .0;
+                continue;
+            };
+            if request.abandoned() {
+                continue;
+            }
+            let end = request.sentences.len().min(next + (max - n));
+            n += end - next;
+            if end < request.sentences.len() {
+                waiting.push_back((request.clone(), end));
+            }
+            pieces.push(Piece {
+                request,
+                range: next..end,
+            });
+        }
+        self.depth.set(waiting.len() as i64);
+        if !waiting.is_empty() {
+            // The rest of a big request: another worker may run it meanwhile.
+            self.more.notify_one();
+        }
+        Some(pieces)
+    }
 }
 
 struct Metrics {
@@ -104,6 +279,7 @@ struct Metrics {
     latency: HistogramVec,
     batch: HistogramVec,
     in_flight: IntGauge,
+    queued: IntGauge,
 }
 
 impl Metrics {
@@ -132,23 +308,52 @@ impl Metrics {
         )?;
         registry.register(Box::new(batch.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
+        let queued = IntGauge::new(
+            "pipe_queued_requests",
+            "Requests waiting for the model (or for more of their chunks to run)",
+        )?;
+        registry.register(Box::new(queued.clone()))?;
         Ok(Metrics {
             registry,
             requests,
             latency,
             batch,
             in_flight,
+            queued,
         })
     }
 }
 
 struct App {
-    queue: std::sync::Mutex<mpsc::Sender<Job>>,
-    /// Requests accepted but not yet queued: what a batch may still wait for.
+    queue: Arc<Queue>,
+    /// Requests read in full but not yet queued: what a batch may still wait for.
     arriving: Arc<AtomicUsize>,
+    /// Inference threads still running, of `workers`.
+    alive: Arc<AtomicUsize>,
+    workers: usize,
     labels: Vec<String>,
     metrics: Metrics,
     body_limit: usize,
+    max_items: usize,
+    /// Longest sentence, in characters, that goes to the tokenizer.
+    max_chars: usize,
+    read_timeout: Duration,
+}
+
+/// Characters kept of a sentence per token of `max_len`: more than any
+/// WordPiece token spans (100 characters give one `[UNK]`), so cutting
+/// there keeps the first `max_len` tokens of all but degenerate text while
+/// bounding the tokenizer's work.
+const CHARS_PER_TOKEN: usize = 32;
+
+/// Counts a running inference thread until dropped (a panic included).
+struct Alive(Arc<AtomicUsize>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+        tracing::error!("an inference thread stopped");
+    }
 }
 
 /// A worker's module and tokenizer, warmed up.
@@ -165,11 +370,12 @@ fn load_worker(dir: &Path, max_len: usize, opts: &Options) -> Result<(FastModule
     Ok((module, encoder))
 }
 
-/// One inference thread: takes a job, adds what is queued and what is on its
-/// way (up to `max_batch` sentences, for at most `max_delay`), runs them, and
-/// answers each.
+/// One inference thread: takes chunks of queued requests (up to
+/// `max_batch` sentences, waiting at most `max_delay` for more), runs them,
+/// and answers each. A failed call is retried chunk by chunk, so that only
+/// the requests whose sentences fail get an error.
 fn infer_loop(
-    rx: Arc<std::sync::Mutex<mpsc::Receiver<Job>>>,
+    queue: Arc<Queue>,
     arriving: Arc<AtomicUsize>,
     module: FastModule,
     encoder: Encoder,
@@ -177,55 +383,48 @@ fn infer_loop(
     batch_hist: HistogramVec,
 ) {
     let _guard = tch::no_grad_guard();
-    loop {
-        let mut jobs = Vec::new();
-        {
-            let Ok(rx) = rx.lock() else { return };
-            let Ok(first) = rx.recv() else { return };
-            let mut n = first.sentences.len();
-            jobs.push(first);
-            let deadline = Instant::now() + opts.max_delay;
-            while n < opts.max_batch {
-                let job = match rx.try_recv() {
-                    Ok(j) => j,
-                    Err(mpsc::TryRecvError::Disconnected) => break,
-                    Err(mpsc::TryRecvError::Empty) => {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        if arriving.load(Ordering::Acquire) == 0 || left.is_zero() {
-                            break;
-                        }
-                        match rx.recv_timeout(left.min(Duration::from_micros(200))) {
-                            Ok(j) => j,
-                            Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                        }
-                    }
-                };
-                n += job.sentences.len();
-                jobs.push(job);
-            }
-        }
-        let sentences: Vec<String> = jobs.iter().flat_map(|j| j.sentences.clone()).collect();
+    let run = |sentences: &[String]| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_batch(&module, &encoder, sentences)
+        }))
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the model panicked")))
+    };
+    while let Some(pieces) = queue.take(opts.max_batch, opts.max_delay, &arriving) {
+        let sentences: Vec<String> = pieces
+            .iter()
+            .flat_map(|p| p.sentences().iter().cloned())
+            .collect();
         batch_hist
             .with_label_values::<&str>(&[])
             .observe(sentences.len() as f64);
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_batch(&module, &encoder, &sentences)
-        }))
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("the model panicked")));
-        let mut rows = match result {
-            Ok(rows) => rows.into_iter(),
-            Err(e) => {
-                tracing::error!("inference failed: {e:#}");
-                for j in jobs {
-                    let _ = j.reply.send(Err(format!("inference failed: {e:#}")));
+        match run(&sentences) {
+            Ok(rows) => {
+                let mut rows = rows.into_iter();
+                for p in pieces {
+                    let mine = rows.by_ref().take(p.range.len()).collect();
+                    p.request.finish(p.range, Ok(mine));
                 }
-                continue;
             }
-        };
-        for j in jobs {
-            let mine: Vec<Vec<f32>> = rows.by_ref().take(j.sentences.len()).collect();
-            let _ = j.reply.send(Ok(mine));
+            Err(e) if pieces.len() == 1 => {
+                tracing::error!("inference failed: {e:#}");
+                for p in pieces {
+                    p.request
+                        .finish(p.range, Err(format!("inference failed: {e:#}")));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "a batch of {} requests failed ({e:#}); running them one by one",
+                    pieces.len()
+                );
+                for p in pieces {
+                    let result = run(p.sentences()).map_err(|e| {
+                        tracing::error!("inference failed: {e:#}");
+                        format!("inference failed: {e:#}")
+                    });
+                    p.request.finish(p.range, result);
+                }
+            }
         }
     }
 }
@@ -270,17 +469,33 @@ const CALL_ROWS: usize = 24;
 /// Splits sorted sequence lengths into consecutive groups, each padded to its
 /// longest, so that the padded rows plus [`CALL_ROWS`] per group are fewest:
 /// a batch of short sentences and one long one is two calls, not one padded
-/// to the long one.
-fn length_groups(sorted: &[usize]) -> Vec<std::ops::Range<usize>> {
-    let n = sorted.len();
-    // cost[j]: the least cost of the first j sequences; start[j]: where the
-    // last group of that best split starts.
-    let mut cost = vec![0usize; n + 1];
-    let mut start = vec![0usize; n + 1];
-    for j in 1..=n {
+/// to the long one. A group never splits a run of equal lengths (that adds a
+/// call and saves no padding), so the search runs over the distinct lengths:
+/// O(n) after the sort, plus the square of the distinct lengths (at most
+/// `max_len`).
+fn length_groups(sorted: &[usize]) -> Vec<Range<usize>> {
+    // ends[k]: one past the last sequence of the k-th distinct length.
+    let mut ends: Vec<usize> = Vec::new();
+    for (i, w) in sorted.windows(2).enumerate() {
+        if w[0] != w[1] {
+            ends.push(i + 1);
+        }
+    }
+    if !sorted.is_empty() {
+        ends.push(sorted.len());
+    }
+    let k = ends.len();
+    // cost[j]: the least cost of the first j distinct lengths; start[j]:
+    // where the last group of that best split starts (in distinct lengths).
+    let mut cost = vec![0usize; k + 1];
+    let mut start = vec![0usize; k + 1];
+    let end_of = |j: usize| if j == 0 { 0 } else { ends[j - 1] };
+    for j in 1..=k {
         cost[j] = usize::MAX;
+        let longest = sorted[ends[j - 1] - 1];
         for i in 0..j {
-            let c = cost[i] + CALL_ROWS + (j - i) * sorted[j - 1];
+            let rows = (end_of(j) - end_of(i)).saturating_mul(longest);
+            let c = cost[i].saturating_add(CALL_ROWS).saturating_add(rows);
             if c < cost[j] {
                 cost[j] = c;
                 start[j] = i;
@@ -288,9 +503,9 @@ fn length_groups(sorted: &[usize]) -> Vec<std::ops::Range<usize>> {
         }
     }
     let mut groups = Vec::new();
-    let mut j = n;
+    let mut j = k;
     while j > 0 {
-        groups.push(start[j]..j);
+        groups.push(end_of(start[j])..end_of(j));
         j = start[j];
     }
     groups.reverse();
@@ -398,38 +613,67 @@ impl Drop for Arriving<'_> {
 }
 
 async fn invoke(app: &App, headers: &HeaderMap, body: Body) -> Response {
+    let bytes: Bytes =
+        match tokio::time::timeout(app.read_timeout, axum::body::to_bytes(body, app.body_limit))
+            .await
+        {
+            Ok(Ok(b)) => b,
+            Ok(Err(_)) => {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("body is over the limit of {} bytes", app.body_limit),
+                )
+            }
+            Err(_) => {
+                return error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("the body did not arrive within {:?}", app.read_timeout),
+                )
+            }
+        };
+    // On its way to the queue only now that it is read in full: a slow
+    // client does not hold a batch back.
     let arriving = Arriving::new(&app.arriving);
-    let bytes: Bytes = match axum::body::to_bytes(body, app.body_limit).await {
-        Ok(b) => b,
-        Err(_) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body is over the limit of {} bytes", app.body_limit),
-            )
-        }
-    };
-    let sentences = match parse_sentences(headers, &bytes) {
+    let mut sentences = match parse_sentences(headers, &bytes) {
         Ok(s) => s,
         Err((status, message)) => return error(status, message),
     };
+    if sentences.len() > app.max_items {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} sentences is over the limit of {} a request (--max-items)",
+                sentences.len(),
+                app.max_items
+            ),
+        );
+    }
+    for s in &mut sentences {
+        if let Some((cut, _)) = s.char_indices().nth(app.max_chars) {
+            s.truncate(cut);
+        }
+    }
     let (tx, rx) = oneshot::channel();
     // Off the count just before it is queued: a worker that finds the queue
     // empty and nothing arriving runs what it has.
     drop(arriving);
-    let sent = match app.queue.lock() {
-        Ok(q) => q
-            .send(Job {
-                sentences,
-                reply: tx,
-            })
-            .is_ok(),
-        Err(_) => false,
-    };
-    if !sent {
+    if app.alive.load(Ordering::Acquire) == 0 {
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the model is not running",
         );
+    }
+    if app.queue.push(Pending::new(sentences, tx)).is_err() {
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the server is busy ({} requests queued); retry later",
+                app.queue.capacity
+            ),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return r;
     }
     let rows = match rx.await {
         Ok(Ok(rows)) => rows,
@@ -463,11 +707,24 @@ async fn invoke(app: &App, headers: &HeaderMap, body: Body) -> Response {
 }
 
 async fn ping(State(app): State<Arc<App>>) -> Response {
+    let alive = app.alive.load(Ordering::Acquire);
+    let response = if alive < app.workers {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} of {} inference threads stopped",
+                app.workers - alive,
+                app.workers
+            ),
+        )
+    } else {
+        (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response()
+    };
     app.metrics
         .requests
-        .with_label_values(&["/ping", "200"])
+        .with_label_values(&["/ping", response.status().as_str()])
         .inc();
-    (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response()
+    response
 }
 
 async fn metrics_text(State(app): State<Arc<App>>) -> Response {
@@ -491,24 +748,117 @@ async fn shutdown() {
         _ = term.recv() => {},
         _ = int.recv() => {},
     }
-    tracing::info!("draining in-flight requests, then exiting");
+}
+
+/// Accepts connections until SIGTERM/SIGINT, at most `max_connections`
+/// open at once, each closed when its headers take over `read_timeout`;
+/// then lets open requests finish for at most `drain_timeout`.
+async fn accept_loop(listener: tokio::net::TcpListener, router: Router, opts: &Options) {
+    let open = Arc::new(Semaphore::new(opts.max_connections));
+    let (drain_tx, drain_rx) = watch::channel(());
+    let mut conns = tokio::task::JoinSet::new();
+    let stop = shutdown();
+    tokio::pin!(stop);
+    loop {
+        while conns.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            p = open.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = &mut stop => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, or the peer gone already:
+                    // back off a little rather than spin.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let mut drain = drain_rx.clone();
+        let read_timeout = opts.read_timeout;
+        conns.spawn(async move {
+            let _permit = permit;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(read_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = drain.changed() => conn.as_mut().graceful_shutdown(),
+            }
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    tracing::info!(
+        "draining {} open connections (at most {:?}), then exiting",
+        conns.len(),
+        opts.drain_timeout
+    );
+    let _ = drain_tx.send(());
+    let drained = tokio::time::timeout(opts.drain_timeout, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            "{} connections still open after {:?}: closing them",
+            conns.len(),
+            opts.drain_timeout
+        );
+        conns.abort_all();
+    }
+}
+
+/// `max_connections`, less what the file descriptor limit allows: every
+/// connection is a descriptor, and the model, the listener and the runtime
+/// need some (`RESERVED_FDS`).
+fn connection_cap(wanted: usize) -> usize {
+    const RESERVED_FDS: u64 = 64;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass.
+    let fds = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur
+    } else {
+        u64::MAX
+    };
+    let allowed = usize::try_from(fds.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX);
+    wanted.min(allowed).max(1)
 }
 
 pub fn serve(opts: Options) -> Result<()> {
     let model = open(&opts.package)?;
     let metrics = Metrics::new()?;
-    let (tx, rx) = mpsc::channel::<Job>();
-    let rx = Arc::new(std::sync::Mutex::new(rx));
+    let queue = Arc::new(Queue {
+        waiting: Mutex::new(VecDeque::new()),
+        more: Condvar::new(),
+        capacity: opts.max_queue.max(1),
+        depth: metrics.queued.clone(),
+    });
     let arriving = Arc::new(AtomicUsize::new(0));
+    let alive = Arc::new(AtomicUsize::new(0));
     // Each worker loads its module on its own thread: libtorch's OpenMP spins
     // its threads between ops only while no more of them exist than cores, so
     // no other thread (this one included) may start a team of its own.
     let workers = opts.workers.max(1);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
     for _ in 0..workers {
-        let (rx, arriving, opts, hist, ready) = (
-            rx.clone(),
+        let (queue, arriving, alive, opts, hist, ready) = (
+            queue.clone(),
             arriving.clone(),
+            alive.clone(),
             opts.clone(),
             metrics.batch.clone(),
             ready_tx.clone(),
@@ -518,9 +868,11 @@ pub fn serve(opts: Options) -> Result<()> {
             tch::set_num_threads(opts.threads.max(1) as i32);
             match load_worker(&dir, max_len, &opts) {
                 Ok((module, encoder)) => {
+                    alive.fetch_add(1, Ordering::AcqRel);
+                    let _alive = Alive(alive);
                     let _ = ready.send(Ok(()));
                     drop(ready);
-                    infer_loop(rx, arriving, module, encoder, opts, hist)
+                    infer_loop(queue, arriving, module, encoder, opts, hist)
                 }
                 Err(e) => {
                     let _ = ready.send(Err(e));
@@ -535,12 +887,21 @@ pub fn serve(opts: Options) -> Result<()> {
             .map_err(|_| anyhow::anyhow!("an inference thread died while loading"))??;
     }
     let app = Arc::new(App {
-        queue: std::sync::Mutex::new(tx),
+        queue,
         arriving,
+        alive,
+        workers,
         labels: model.labels.clone(),
         metrics,
         body_limit: opts.body_limit,
+        max_items: opts.max_items.max(1),
+        max_chars: model.max_len.saturating_mul(CHARS_PER_TOKEN),
+        read_timeout: opts.read_timeout,
     });
+    let opts = Options {
+        max_connections: connection_cap(opts.max_connections),
+        ..opts
+    };
     let router = Router::new()
         .route("/ping", get(ping))
         .route("/invocations", post(invocations))
@@ -560,21 +921,20 @@ pub fn serve(opts: Options) -> Result<()> {
         let local = listener.local_addr()?;
         let url = format!("http://{local}");
         tracing::info!(
-            "serving {} on {url} ({} labels, max_len {}, max batch {}, max delay {:?}, {} workers × {} threads)",
+            "serving {} on {url} ({} labels, max_len {}, max batch {}, max delay {:?}, {} workers × {} threads, at most {} connections)",
             opts.package.display(),
             model.labels.len(),
             model.max_len,
             opts.max_batch,
             opts.max_delay,
             opts.workers,
-            opts.threads
+            opts.threads,
+            opts.max_connections
         );
         if opts.announce {
             println!("{}", json!({"ready": url, "pid": std::process::id()}));
         }
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown())
-            .await?;
+        accept_loop(listener, router, &opts).await;
         anyhow::Ok(())
     })?;
     Ok(())
@@ -602,5 +962,19 @@ mod tests {
             .map(|g| g.len() * lens[g.end - 1] + CALL_ROWS)
             .sum();
         assert!(padded < 32 * lens[31] + CALL_ROWS);
+    }
+
+    #[test]
+    fn length_groups_of_a_huge_batch_never_split_equal_lengths() {
+        // 200,000 sentences: quadratic in the sentences this would not end;
+        // over the 128 distinct lengths it is instant.
+        let lens: Vec<usize> = (0..200_000).map(|i| 3 + i * 128 / 200_000).collect();
+        let groups = length_groups(&lens);
+        assert_eq!(groups.first().map(|g| g.start), Some(0));
+        assert_eq!(groups.last().map(|g| g.end), Some(lens.len()));
+        assert!(groups.windows(2).all(|w| w[0].end == w[1].start));
+        assert!(groups
+            .windows(2)
+            .all(|w| lens[w[0].end - 1] != lens[w[1].start]));
     }
 }
