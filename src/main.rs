@@ -87,6 +87,9 @@ enum Command {
         m: ManifestArgs,
         #[arg(long, value_enum, default_value_t = DagFormat::Text)]
         format: DagFormat,
+        /// Print the graph as JSON on stdout (stages in run order, each with its deps).
+        #[arg(long, conflicts_with = "format")]
+        json: bool,
     },
     /// Check manifests without running anything.
     Validate {
@@ -102,6 +105,9 @@ enum Command {
         #[command(flatten)]
         m: ManifestArgs,
         stage: String,
+        /// Print the same facts as one JSON document on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Serve a packaged model over HTTP: SageMaker's /ping and /invocations
     /// (see `pipe serve --help`).
@@ -297,9 +303,13 @@ fn run(cli: Cli) -> Result<i32, Failure> {
             }
             Ok(exit::OK)
         }
-        Command::Dag { m, format } => {
+        Command::Dag { m, format, json } => {
             let p = load(&m, &registry)?;
-            let _ = write!(out, "{}", render_dag(&p, format));
+            if json {
+                let _ = writeln!(out, "{}", dag_json(&p));
+            } else {
+                let _ = write!(out, "{}", render_dag(&p, format));
+            }
             Ok(exit::OK)
         }
         Command::Validate { manifests, sets } => {
@@ -394,9 +404,9 @@ fn run(cli: Cli) -> Result<i32, Failure> {
             }
             Ok(exit::OK)
         }
-        Command::Show { m, stage } => {
+        Command::Show { m, stage, json } => {
             let p = load(&m, &registry)?;
-            show(&mut out, &p, &stage)?;
+            show(&mut out, &p, &stage, json)?;
             Ok(exit::OK)
         }
         Command::Gc {
@@ -505,19 +515,42 @@ fn render_dag(p: &Pipeline, format: DagFormat) -> String {
             s += "}\n";
         }
         DagFormat::Mermaid => {
+            // Ids are `s0`, `s1`…: a stage named `end` or `a--b` would break
+            // Mermaid's syntax; names only appear as quoted labels.
             s += "graph TD\n";
             for (i, n) in names.iter().enumerate() {
-                s += &format!("  {n}[\"{n} ({})\"]\n", p.stages[i].kind);
+                let label = format!("{n} ({})", p.stages[i].kind).replace('"', "#quot;");
+                s += &format!("  s{i}[\"{label}\"]\n");
             }
             for (a, b) in p.dag.edges() {
-                s += &format!("  {} --> {}\n", names[a], names[b]);
+                s += &format!("  s{a} --> s{b}\n");
             }
         }
     }
     s
 }
 
-fn show(out: &mut impl Write, p: &Pipeline, stage: &str) -> Result<(), Failure> {
+/// `pipe dag --json`: `{"pipeline", "stages": [{"name", "kind", "deps"}]}`,
+/// stages in the order a run starts them.
+fn dag_json(p: &Pipeline) -> serde_json::Value {
+    let stages: Vec<serde_json::Value> = p
+        .dag
+        .topo()
+        .into_iter()
+        .map(|i| {
+            let deps: Vec<&str> = p
+                .dag
+                .deps(i)
+                .into_iter()
+                .map(|d| p.stages[d].name.as_str())
+                .collect();
+            serde_json::json!({"name": p.stages[i].name, "kind": p.stages[i].kind, "deps": deps})
+        })
+        .collect();
+    serde_json::json!({"pipeline": p.name, "stages": stages})
+}
+
+fn show(out: &mut impl Write, p: &Pipeline, stage: &str, json: bool) -> Result<(), Failure> {
     if p.stage(stage).is_none() {
         return Err(Failure::usage(anyhow::anyhow!(
             "no stage named `{stage}` in {}",
@@ -530,6 +563,31 @@ fn show(out: &mut impl Write, p: &Pipeline, stage: &str) -> Result<(), Failure> 
         .get(stage)
         .ok_or_else(|| Failure::usage(anyhow::anyhow!("stage `{stage}` has not run yet")))?;
     let dir = p.output_dir(stage);
+    let store = pipe_engine::cache::Store::open(&p.pipe_dir()).context("cannot open the store")?;
+    let run = store
+        .get(&entry.key)
+        .context("cannot read the run record")?;
+    if json {
+        let files: Vec<serde_json::Value> = run
+            .iter()
+            .flat_map(|r| r.output.files())
+            .map(|(path, digest, exec, size)| {
+                serde_json::json!({"path": path, "size": size, "sha256": digest.to_string(), "executable": exec})
+            })
+            .collect();
+        let stats = run.as_ref().map(|r| r.stats.clone()).unwrap_or_default();
+        let doc = serde_json::json!({
+            "stage": stage,
+            "kind": entry.kind,
+            "key": entry.key.to_string(),
+            "output": entry.output.to_string(),
+            "path": dir,
+            "files": files,
+            "stats": stats,
+        });
+        let _ = writeln!(out, "{doc}");
+        return Ok(());
+    }
     let _ = writeln!(
         out,
         "stage:  {stage}\nkind:   {}\nkey:    {}\noutput: {}\npath:   {}",
@@ -538,11 +596,7 @@ fn show(out: &mut impl Write, p: &Pipeline, stage: &str) -> Result<(), Failure> 
         entry.output,
         display(&dir)
     );
-    let store = pipe_engine::cache::Store::open(&p.pipe_dir()).context("cannot open the store")?;
-    if let Some(run) = store
-        .get(&entry.key)
-        .context("cannot read the run record")?
-    {
+    if let Some(run) = run {
         let _ = writeln!(out, "files:");
         for (path, digest, exec, size) in run.output.files() {
             let _ = writeln!(
