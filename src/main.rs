@@ -1,6 +1,7 @@
 //! `pipe`: the command line. Parses arguments, loads the manifest, hands it to
 //! the engine with the built-in stage kinds, and reports. Exit codes: see [`exit`].
 
+mod commands;
 mod exit;
 mod reporter;
 mod signals;
@@ -37,9 +38,13 @@ struct Cli {
     command: Command,
 }
 
+/// The manifest a command reads when none is named.
+const DEFAULT_MANIFEST: &str = "pipe.yaml";
+
 #[derive(clap::Args)]
 struct ManifestArgs {
     /// The pipeline manifest (YAML).
+    #[arg(default_value = DEFAULT_MANIFEST)]
     manifest: PathBuf,
     /// Override a pipeline param: --set KEY=VALUE (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
@@ -94,17 +99,21 @@ enum Command {
     /// Check manifests without running anything.
     Validate {
         /// The pipeline manifests (YAML); each is checked, and each error printed.
-        #[arg(required = true)]
+        #[arg(default_value = DEFAULT_MANIFEST)]
         manifests: Vec<PathBuf>,
         /// Override a pipeline param: --set KEY=VALUE (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
         sets: Vec<(String, String)>,
     },
     /// Show a stage's output: its directory, hash and files.
+    #[command(override_usage = "pipe show [OPTIONS] [MANIFEST] <STAGE>")]
     Show {
-        #[command(flatten)]
-        m: ManifestArgs,
-        stage: String,
+        /// The manifest (default: pipe.yaml) and the stage.
+        #[arg(value_name = "[MANIFEST] STAGE", num_args = 1..=2, required = true)]
+        args: Vec<String>,
+        /// Override a pipeline param: --set KEY=VALUE (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
+        sets: Vec<(String, String)>,
         /// Print the same facts as one JSON document on stdout.
         #[arg(long)]
         json: bool,
@@ -144,6 +153,13 @@ enum Command {
         #[arg(long)]
         workspace: Option<PathBuf>,
     },
+    /// Start a project here: write a manifest and add `.pipe/` to `.gitignore`.
+    Init {
+        #[arg(long, value_enum, default_value_t = commands::init::Template::Shell)]
+        template: commands::init::Template,
+    },
+    /// Print a shell completion script: `pipe completions bash > ~/.local/share/bash-completion/completions/pipe`.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -161,7 +177,18 @@ fn parse_set(s: &str) -> Result<(String, String), String> {
 }
 
 fn load(m: &ManifestArgs, registry: &Registry) -> Result<Pipeline, Failure> {
+    check_default(&m.manifest)?;
     Ok(pipe_engine::load(&m.manifest, &m.sets, registry)?)
+}
+
+/// A clear word when the manifest a command falls back to is not there.
+fn check_default(manifest: &Path) -> Result<(), Failure> {
+    if manifest == Path::new(DEFAULT_MANIFEST) && !manifest.exists() {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "no {DEFAULT_MANIFEST} in the current folder: name a manifest, or create one with `pipe init`"
+        )));
+    }
+    Ok(())
 }
 
 /// The workspace root, found from `dir` or the current directory by the one
@@ -315,6 +342,7 @@ fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Validate { manifests, sets } => {
             let mut code = exit::OK;
             for m in &manifests {
+                check_default(m)?;
                 match pipe_engine::load(m, &sets, &registry) {
                     Ok(p) if !cli.quiet => {
                         eprintln!("{}: ok ({} stages)", m.display(), p.stages.len())
@@ -404,11 +432,24 @@ fn run(cli: Cli) -> Result<i32, Failure> {
             }
             Ok(exit::OK)
         }
-        Command::Show { m, stage, json } => {
+        Command::Show { args, sets, json } => {
+            let (manifest, stage) = match <[String; 2]>::try_from(args) {
+                Ok([manifest, stage]) => (PathBuf::from(manifest), stage),
+                Err(args) => (
+                    PathBuf::from(DEFAULT_MANIFEST),
+                    args.into_iter().next().unwrap_or_default(),
+                ),
+            };
+            let m = ManifestArgs { manifest, sets };
             let p = load(&m, &registry)?;
             show(&mut out, &p, &stage, json)?;
             Ok(exit::OK)
         }
+        Command::Init { template } => {
+            let cwd = std::env::current_dir().context("no current directory")?;
+            commands::init::run(&cwd, template)
+        }
+        Command::Completions { shell } => Ok(commands::completions::run::<Cli>(shell)),
         Command::Gc {
             manifests,
             workspace,

@@ -1,5 +1,6 @@
 //! The conveniences of a first hour with `pipe`, through the real binary:
-//! `dag` and `show` as JSON, Mermaid output that survives any stage name.
+//! `dag` and `show` as JSON, Mermaid output that survives any stage name,
+//! `pipe init`, `pipe completions`, and `pipe.yaml` as the default manifest.
 
 mod common;
 
@@ -83,4 +84,97 @@ fn show_json_has_the_text_facts() {
         }])
     );
     assert!(doc["stats"].is_object(), "{doc}");
+}
+
+#[test]
+fn init_writes_a_manifest_that_runs_and_ignores_the_store_once() {
+    let ws = TestWorkspace::new();
+    let out = ws.pipe(&["init"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Created pipe.yaml"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(ws.read(".gitignore"), ".pipe/\n");
+    // Every command falls back to pipe.yaml in the current folder.
+    for args in [&["validate"][..], &["dag"], &["status"]] {
+        let out = ws.pipe(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+    }
+    let done = ws.run(&[]);
+    assert!(done.iter().all(|(_, status)| status == "ran"), "{done:?}");
+    let out = ws.pipe(&["show", "upper", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // A second init refuses: the manifest and .gitignore stay as they are.
+    std::fs::write(ws.path("pipe.yaml"), "# mine\n").unwrap();
+    let out = ws.pipe(&["init"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("pipe.yaml already exists; not overwriting it"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(ws.read("pipe.yaml"), "# mine\n");
+
+    // Another template appends nothing to a .gitignore that ignores .pipe/.
+    let out = ws.pipe(&["init", "--template", "cola"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(ws.read(".gitignore"), ".pipe/\n");
+    let out = ws.pipe(&["validate", "cola.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(ws.read("cola.yaml").contains("pipe run cola.yaml"));
+}
+
+#[test]
+fn init_appends_to_an_existing_gitignore() {
+    let ws = TestWorkspace::new();
+    ws.file(".gitignore", "target");
+    let out = ws.pipe(&["init", "--template", "sst2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(ws.read(".gitignore"), "target\n.pipe/\n");
+    assert!(ws.path("sst2.yaml").is_file());
+    assert!(!ws.path("pipe.yaml").exists());
+}
+
+#[test]
+fn commands_without_a_manifest_say_there_is_no_pipe_yaml() {
+    let ws = TestWorkspace::new();
+    for args in [
+        &["run"][..],
+        &["status"],
+        &["dag"],
+        &["validate"],
+        &["show", "make"],
+    ] {
+        let out = ws.pipe(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&out).contains(
+                "no pipe.yaml in the current folder: name a manifest, or create one with `pipe init`"
+            ),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    assert!(!ws.path(".pipe").exists());
+}
+
+#[test]
+fn completions_for_each_shell_name_the_subcommands() {
+    let ws = TestWorkspace::new();
+    for (shell, marker) in [
+        ("bash", "_pipe()"),
+        ("zsh", "#compdef pipe"),
+        ("fish", "complete -c pipe"),
+    ] {
+        let script = stdout(&ws.pipe(&["completions", shell]));
+        assert!(script.contains(marker), "{shell}: {script}");
+        for cmd in ["run", "status", "init", "completions"] {
+            assert!(script.contains(cmd), "{shell}: no {cmd}");
+        }
+    }
+    let out = ws.pipe(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2));
 }
