@@ -178,3 +178,34 @@ fn completions_for_each_shell_name_the_subcommands() {
     let out = ws.pipe(&["completions", "tcsh"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Off a terminal, progress is plain lines (with `-v`) or nothing: no spinner,
+/// no escape codes. A download's lines carry bytes, rate and time left.
+#[test]
+fn progress_off_a_terminal_is_plain_lines_with_bytes_rate_and_eta() {
+    let server = common::http::Server::start();
+    server.body("big.bin", vec![7; 9_000_000]);
+    let ws = TestWorkspace::new();
+    ws.manifest(&format!(
+        "version: 1\nname: big\nstages:\n  big:\n    kind: download\n    with: {{url: \"{}/ok/big.bin\"}}\n",
+        server.base
+    ));
+    let out = ws.pipe(&["run", "pipe.yaml", "-v"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let progress: Vec<&str> = err.lines().filter(|l| l.contains("[big]")).collect();
+    assert!(
+        progress
+            .iter()
+            .any(|l| l.starts_with("       [big] big.bin: 4.2/9.0 MB · ")
+                && l.contains(" MB/s · ETA ")),
+        "{err}"
+    );
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+    assert!(err.contains("\n1 stage: 1 ran in "), "{err}");
+
+    let again = ws.pipe(&["run", "pipe.yaml", "--force", "big"]);
+    let err = stderr(&again);
+    assert_eq!(again.status.code(), Some(0), "{err}");
+    assert!(!err.contains("[big]") && !err.contains('\u{1b}'), "{err}");
+}
