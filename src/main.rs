@@ -1,6 +1,7 @@
 //! `pipe`: the command line. Parses arguments, loads the manifest, hands it to
 //! the engine with the built-in stage kinds, and reports. Exit codes: see [`exit`].
 
+mod commands;
 mod exit;
 mod reporter;
 mod signals;
@@ -37,9 +38,13 @@ struct Cli {
     command: Command,
 }
 
+/// The manifest a command reads when none is named.
+const DEFAULT_MANIFEST: &str = "pipe.yaml";
+
 #[derive(clap::Args)]
 struct ManifestArgs {
     /// The pipeline manifest (YAML).
+    #[arg(default_value = DEFAULT_MANIFEST)]
     manifest: PathBuf,
     /// Override a pipeline param: --set KEY=VALUE (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
@@ -87,21 +92,31 @@ enum Command {
         m: ManifestArgs,
         #[arg(long, value_enum, default_value_t = DagFormat::Text)]
         format: DagFormat,
+        /// Print the graph as JSON on stdout (stages in run order, each with its deps).
+        #[arg(long, conflicts_with = "format")]
+        json: bool,
     },
     /// Check manifests without running anything.
     Validate {
         /// The pipeline manifests (YAML); each is checked, and each error printed.
-        #[arg(required = true)]
+        #[arg(default_value = DEFAULT_MANIFEST)]
         manifests: Vec<PathBuf>,
         /// Override a pipeline param: --set KEY=VALUE (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
         sets: Vec<(String, String)>,
     },
     /// Show a stage's output: its directory, hash and files.
+    #[command(override_usage = "pipe show [OPTIONS] [MANIFEST] <STAGE>")]
     Show {
-        #[command(flatten)]
-        m: ManifestArgs,
-        stage: String,
+        /// The manifest (default: pipe.yaml) and the stage.
+        #[arg(value_name = "[MANIFEST] STAGE", num_args = 1..=2, required = true)]
+        args: Vec<String>,
+        /// Override a pipeline param: --set KEY=VALUE (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
+        sets: Vec<(String, String)>,
+        /// Print the same facts as one JSON document on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Serve a packaged model over HTTP: SageMaker's /ping and /invocations
     /// (see `pipe serve --help`).
@@ -138,6 +153,13 @@ enum Command {
         #[arg(long)]
         workspace: Option<PathBuf>,
     },
+    /// Start a project here: write a manifest and add `.pipe/` to `.gitignore`.
+    Init {
+        #[arg(long, value_enum, default_value_t = commands::init::Template::Shell)]
+        template: commands::init::Template,
+    },
+    /// Print a shell completion script: `pipe completions bash > ~/.local/share/bash-completion/completions/pipe`.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -155,7 +177,18 @@ fn parse_set(s: &str) -> Result<(String, String), String> {
 }
 
 fn load(m: &ManifestArgs, registry: &Registry) -> Result<Pipeline, Failure> {
+    check_default(&m.manifest)?;
     Ok(pipe_engine::load(&m.manifest, &m.sets, registry)?)
+}
+
+/// A clear word when the manifest a command falls back to is not there.
+fn check_default(manifest: &Path) -> Result<(), Failure> {
+    if manifest == Path::new(DEFAULT_MANIFEST) && !manifest.exists() {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "no {DEFAULT_MANIFEST} in the current folder: name a manifest, or create one with `pipe init`"
+        )));
+    }
+    Ok(())
 }
 
 /// The workspace root, found from `dir` or the current directory by the one
@@ -297,14 +330,19 @@ fn run(cli: Cli) -> Result<i32, Failure> {
             }
             Ok(exit::OK)
         }
-        Command::Dag { m, format } => {
+        Command::Dag { m, format, json } => {
             let p = load(&m, &registry)?;
-            let _ = write!(out, "{}", render_dag(&p, format));
+            if json {
+                let _ = writeln!(out, "{}", dag_json(&p));
+            } else {
+                let _ = write!(out, "{}", render_dag(&p, format));
+            }
             Ok(exit::OK)
         }
         Command::Validate { manifests, sets } => {
             let mut code = exit::OK;
             for m in &manifests {
+                check_default(m)?;
                 match pipe_engine::load(m, &sets, &registry) {
                     Ok(p) if !cli.quiet => {
                         eprintln!("{}: ok ({} stages)", m.display(), p.stages.len())
@@ -403,11 +441,24 @@ fn run(cli: Cli) -> Result<i32, Failure> {
             }
             Ok(exit::OK)
         }
-        Command::Show { m, stage } => {
+        Command::Show { args, sets, json } => {
+            let (manifest, stage) = match <[String; 2]>::try_from(args) {
+                Ok([manifest, stage]) => (PathBuf::from(manifest), stage),
+                Err(args) => (
+                    PathBuf::from(DEFAULT_MANIFEST),
+                    args.into_iter().next().unwrap_or_default(),
+                ),
+            };
+            let m = ManifestArgs { manifest, sets };
             let p = load(&m, &registry)?;
-            show(&mut out, &p, &stage)?;
+            show(&mut out, &p, &stage, json)?;
             Ok(exit::OK)
         }
+        Command::Init { template } => {
+            let cwd = std::env::current_dir().context("no current directory")?;
+            commands::init::run(&cwd, template)
+        }
+        Command::Completions { shell } => Ok(commands::completions::run::<Cli>(shell)),
         Command::Gc {
             manifests,
             workspace,
@@ -514,19 +565,42 @@ fn render_dag(p: &Pipeline, format: DagFormat) -> String {
             s += "}\n";
         }
         DagFormat::Mermaid => {
+            // Ids are `s0`, `s1`…: a stage named `end` or `a--b` would break
+            // Mermaid's syntax; names only appear as quoted labels.
             s += "graph TD\n";
             for (i, n) in names.iter().enumerate() {
-                s += &format!("  {n}[\"{n} ({})\"]\n", p.stages[i].kind);
+                let label = format!("{n} ({})", p.stages[i].kind).replace('"', "#quot;");
+                s += &format!("  s{i}[\"{label}\"]\n");
             }
             for (a, b) in p.dag.edges() {
-                s += &format!("  {} --> {}\n", names[a], names[b]);
+                s += &format!("  s{a} --> s{b}\n");
             }
         }
     }
     s
 }
 
-fn show(out: &mut impl Write, p: &Pipeline, stage: &str) -> Result<(), Failure> {
+/// `pipe dag --json`: `{"pipeline", "stages": [{"name", "kind", "deps"}]}`,
+/// stages in the order a run starts them.
+fn dag_json(p: &Pipeline) -> serde_json::Value {
+    let stages: Vec<serde_json::Value> = p
+        .dag
+        .topo()
+        .into_iter()
+        .map(|i| {
+            let deps: Vec<&str> = p
+                .dag
+                .deps(i)
+                .into_iter()
+                .map(|d| p.stages[d].name.as_str())
+                .collect();
+            serde_json::json!({"name": p.stages[i].name, "kind": p.stages[i].kind, "deps": deps})
+        })
+        .collect();
+    serde_json::json!({"pipeline": p.name, "stages": stages})
+}
+
+fn show(out: &mut impl Write, p: &Pipeline, stage: &str, json: bool) -> Result<(), Failure> {
     if p.stage(stage).is_none() {
         return Err(Failure::usage(anyhow::anyhow!(
             "no stage named `{stage}` in {}",
@@ -539,6 +613,31 @@ fn show(out: &mut impl Write, p: &Pipeline, stage: &str) -> Result<(), Failure> 
         .get(stage)
         .ok_or_else(|| Failure::usage(anyhow::anyhow!("stage `{stage}` has not run yet")))?;
     let dir = p.output_dir(stage);
+    let store = pipe_engine::cache::Store::open(&p.pipe_dir()).context("cannot open the store")?;
+    let run = store
+        .get(&entry.key)
+        .context("cannot read the run record")?;
+    if json {
+        let files: Vec<serde_json::Value> = run
+            .iter()
+            .flat_map(|r| r.output.files())
+            .map(|(path, digest, exec, size)| {
+                serde_json::json!({"path": path, "size": size, "sha256": digest.to_string(), "executable": exec})
+            })
+            .collect();
+        let stats = run.as_ref().map(|r| r.stats.clone()).unwrap_or_default();
+        let doc = serde_json::json!({
+            "stage": stage,
+            "kind": entry.kind,
+            "key": entry.key.to_string(),
+            "output": entry.output.to_string(),
+            "path": dir,
+            "files": files,
+            "stats": stats,
+        });
+        let _ = writeln!(out, "{doc}");
+        return Ok(());
+    }
     let _ = writeln!(
         out,
         "stage:  {stage}\nkind:   {}\nkey:    {}\noutput: {}\npath:   {}",
@@ -547,11 +646,7 @@ fn show(out: &mut impl Write, p: &Pipeline, stage: &str) -> Result<(), Failure> 
         entry.output,
         display(&dir)
     );
-    let store = pipe_engine::cache::Store::open(&p.pipe_dir()).context("cannot open the store")?;
-    if let Some(run) = store
-        .get(&entry.key)
-        .context("cannot read the run record")?
-    {
+    if let Some(run) = run {
         let _ = writeln!(out, "files:");
         for (path, digest, exec, size) in run.output.files() {
             let _ = writeln!(

@@ -1,18 +1,22 @@
-//! The one owner of the terminal: a human reporter (status lines on stderr, a
-//! spinner on a terminal only) and a JSON reporter (one document on stdout).
+//! The one owner of the terminal: a human reporter (status lines on stderr;
+//! on a terminal only, one live line per running stage with its latest
+//! progress) and a JSON reporter (one document on stdout).
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pipe_engine::{Event, Reporter, RunSummary, Status};
 
 pub struct Human {
     quiet: bool,
     verbose: bool,
-    bar: ProgressBar,
-    running: Mutex<Vec<String>>,
+    /// The live lines, on a terminal only: status lines print above them.
+    live: Option<MultiProgress>,
+    /// Each running stage's live line.
+    bars: Mutex<BTreeMap<String, ProgressBar>>,
 }
 
 /// `   Running upper: reason` with the verb right-aligned to 12 columns, like cargo.
@@ -31,43 +35,61 @@ pub fn waiting_for_lock(pid: Option<u32>) -> String {
 
 impl Human {
     pub fn new(quiet: bool, verbose: bool) -> Human {
-        let bar = if std::io::stderr().is_terminal() && !quiet {
-            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-            bar.set_style(
-                ProgressStyle::with_template("{spinner} {elapsed:>4} {wide_msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-            );
-            bar.enable_steady_tick(Duration::from_millis(120));
-            bar
-        } else {
-            ProgressBar::hidden()
-        };
+        let live = (std::io::stderr().is_terminal() && !quiet)
+            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
         Human {
             quiet,
             verbose,
-            bar,
-            running: Mutex::new(Vec::new()),
+            live,
+            bars: Mutex::new(BTreeMap::new()),
         }
     }
 
     fn print(&self, text: &str) {
-        self.bar.suspend(|| {
+        let write = || {
             let _ = writeln!(std::io::stderr(), "{text}");
-        });
+        };
+        match &self.live {
+            Some(live) => live.suspend(write),
+            None => write(),
+        }
     }
 
-    fn set_running(&self, f: impl FnOnce(&mut Vec<String>)) {
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut running);
-        self.bar.set_message(if running.is_empty() {
-            String::new()
-        } else {
-            format!("running {}", running.join(", "))
-        });
+    fn bars(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ProgressBar>> {
+        self.bars.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A live line for a stage that starts: `⠋ finetune   12s epoch 1/3 · …`.
+    fn start_bar(&self, stage: &str) {
+        let Some(live) = &self.live else {
+            return;
+        };
+        let bar = live.add(ProgressBar::new_spinner());
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {prefix:>12.bold} {elapsed:>4} {wide_msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.set_prefix(stage.to_string());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        self.bars().insert(stage.to_string(), bar);
+    }
+
+    fn end_bar(&self, stage: &str) {
+        if let Some(bar) = self.bars().remove(stage) {
+            bar.finish_and_clear();
+            if let Some(live) = &self.live {
+                live.remove(&bar);
+            }
+        }
     }
 
     pub fn finish(&self, summary: &RunSummary, seconds: f64) {
-        self.bar.finish_and_clear();
+        for (_, bar) in std::mem::take(&mut *self.bars()) {
+            bar.finish_and_clear();
+        }
+        if let Some(live) = &self.live {
+            let _ = live.clear();
+        }
         if self.quiet {
             return;
         }
@@ -104,20 +126,20 @@ impl Reporter for Human {
         match event {
             Event::WaitingForLock { pid } => self.print(&waiting_for_lock(pid)),
             Event::Started { stage, reason } => {
-                self.set_running(|r| r.push(stage.to_string()));
                 if !self.quiet {
                     self.print(&line("Running", &format!("{stage}: {reason}")));
                 }
+                self.start_bar(stage);
             }
             Event::Progress { stage, message } => {
                 if self.verbose {
                     self.print(&format!("{:>12} {message}", format!("[{stage}]")));
-                } else {
-                    self.bar.set_message(format!("{stage}: {message}"));
+                } else if let Some(bar) = self.bars().get(stage) {
+                    bar.set_message(message.to_string());
                 }
             }
             Event::Finished(r) => {
-                self.set_running(|run| run.retain(|s| *s != r.name));
+                self.end_bar(&r.name);
                 let short = r.output_hash.map(|h| h.short()).unwrap_or_default();
                 let text = match r.status {
                     Status::Cached if !self.quiet => {

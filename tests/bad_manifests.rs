@@ -1,5 +1,6 @@
 //! Every manifest in `tests/manifests/bad/` must be rejected with exit code 2,
-//! write nothing, and print the message in the `# expect:` lines at its top.
+//! write nothing, print the message in the `# expect:` lines at its top, and
+//! none of the `# not:` lines.
 
 mod common;
 
@@ -27,6 +28,13 @@ fn bad_manifests_are_rejected_with_located_errors() {
                 assert!(
                     err.contains(expect),
                     "{}: expected {expect:?} in:\n{err}",
+                    path.display()
+                );
+            }
+            for reject in src.lines().filter_map(|l| l.strip_prefix("# not: ")) {
+                assert!(
+                    !err.contains(reject),
+                    "{}: did not expect {reject:?} in:\n{err}",
                     path.display()
                 );
             }

@@ -343,7 +343,8 @@ fn dag_formats() {
     assert!(dot.contains("\"make\" -> \"upper\";"), "{dot}");
     let mermaid =
         String::from_utf8(ws.pipe(&["dag", "pipe.yaml", "--format", "mermaid"]).stdout).unwrap();
-    assert!(mermaid.contains("make --> upper"), "{mermaid}");
+    assert!(mermaid.contains("s0[\"make (shell)\"]"), "{mermaid}");
+    assert!(mermaid.contains("s0 --> s1"), "{mermaid}");
 }
 
 /// `pipe` must start in milliseconds: libtorch's static initialisers alone take

@@ -291,3 +291,26 @@ fn finetune_timings_go_to_the_run_record_and_reruns_cut_off() {
     assert!(show.contains("  train_seconds: "), "{show}");
     assert!(show.contains("  samples_per_second: "), "{show}");
 }
+
+/// `-v` off a terminal: each fine-tuning step line names the epoch, the step,
+/// the loss and the time left.
+#[test]
+fn finetune_progress_shows_epoch_step_loss_and_eta() {
+    let ws = workspace();
+    let out = ws.pipe(&[
+        "run",
+        "pipe.yaml",
+        "-v",
+        "--only",
+        "finetune",
+        "--set",
+        "epochs=2",
+    ]);
+    let err = common::stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("  [finetune] epoch 1/2 · step 1/6 · loss "))
+        .unwrap_or_else(|| panic!("no step line in:\n{err}"));
+    assert!(line.contains(" samples/s · ETA "), "{line}");
+}

@@ -183,3 +183,38 @@ pub struct Info {
     pub cuda_devices: i64,
     pub threads: i64,
 }
+
+/// `ETA 1m05s`: the time left when `done` of `total` took `elapsed`, for the
+/// progress lines of long jobs (downloads, training) on both sides. `None`
+/// before any work is done or past the end.
+pub fn eta(done: f64, total: f64, elapsed: std::time::Duration) -> Option<String> {
+    if !(done > 0.0 && total > done) {
+        return None;
+    }
+    let left = elapsed.as_secs_f64() * (total - done) / done;
+    if !left.is_finite() {
+        return None;
+    }
+    let s = left.round() as u64;
+    Some(match s {
+        0..=59 => format!("ETA {s}s"),
+        60..=3599 => format!("ETA {}m{:02}s", s / 60, s % 60),
+        _ => format!("ETA {}h{:02}m", s / 3600, s % 3600 / 60),
+    })
+}
+
+#[cfg(test)]
+mod eta_tests {
+    use std::time::Duration;
+
+    #[test]
+    fn eta_scales_elapsed_time_by_the_work_left() {
+        let ten = Duration::from_secs(10);
+        assert_eq!(super::eta(1.0, 2.0, ten).as_deref(), Some("ETA 10s"));
+        assert_eq!(super::eta(1.0, 10.0, ten).as_deref(), Some("ETA 1m30s"));
+        assert_eq!(super::eta(1.0, 1000.0, ten).as_deref(), Some("ETA 2h46m"));
+        assert_eq!(super::eta(0.0, 10.0, ten), None);
+        assert_eq!(super::eta(10.0, 10.0, ten), None);
+        assert_eq!(super::eta(f64::MIN_POSITIVE, 1e300, ten), None);
+    }
+}

@@ -16,6 +16,7 @@
 use std::path::Path;
 
 use pipe_engine::{StageContext, StageError, StageKind, WithError};
+use pipe_protocol::eta;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -204,15 +205,22 @@ impl StageKind for Download {
             w.retries,
             w.max_bytes,
         )?;
+        // `model.safetensors: 120.4/440.5 MB · 35.2 MB/s · ETA 9s`
         let progress = |name: &str| {
             let name = name.to_string();
-            move |have: u64, total: Option<u64>| match total {
-                Some(t) => ctx.progress(&format!(
-                    "{name}: {:.1}/{:.1} MB",
-                    have as f64 / 1e6,
-                    t as f64 / 1e6
-                )),
-                None => ctx.progress(&format!("{name}: {:.1} MB", have as f64 / 1e6)),
+            let started = std::time::Instant::now();
+            move |have: u64, total: Option<u64>| {
+                let elapsed = started.elapsed();
+                let rate = have as f64 / 1e6 / elapsed.as_secs_f64().max(1e-3);
+                let mut text = match total {
+                    Some(t) => format!("{name}: {:.1}/{:.1} MB", have as f64 / 1e6, t as f64 / 1e6),
+                    None => format!("{name}: {:.1} MB", have as f64 / 1e6),
+                };
+                text += &format!(" · {rate:.1} MB/s");
+                if let Some(eta) = total.and_then(|t| eta(have as f64, t as f64, elapsed)) {
+                    text += &format!(" · {eta}");
+                }
+                ctx.progress(&text);
             }
         };
         if let Some(repo) = &w.hf {

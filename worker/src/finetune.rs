@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use pipe_protocol::{FinetuneWith, Schedule};
@@ -204,8 +204,15 @@ pub fn run(
                     100.0 * b as f64 / per_epoch as f64
                 ));
                 let rate = seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                // Training time so far: earlier epochs (without their
+                // evaluation) and this one.
+                let trained = Duration::try_from_secs_f64(train_seconds).unwrap_or_default()
+                    + started.elapsed();
+                let eta = pipe_protocol::eta(step as f64, total as f64, trained)
+                    .map(|e| format!(" · {e}"))
+                    .unwrap_or_default();
                 report.progress(&format!(
-                    "epoch {epoch}/{} · step {}/{per_epoch} · loss {l:.4} · {rate:.0} samples/s",
+                    "epoch {epoch}/{} · step {}/{per_epoch} · loss {l:.4} · {rate:.0} samples/s{eta}",
                     w.epochs,
                     b + 1
                 ));

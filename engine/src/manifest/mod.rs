@@ -170,7 +170,7 @@ pub fn parse(
             Some(i) => text[..i].to_string(),
             None => text.clone(),
         };
-        let hint = unknown_field_hint(&message);
+        let hint = unknown_field(&message).and_then(|(field, known)| did_you_mean(field, known));
         let span = match e.location() {
             Some(l) => Span {
                 line: l.line(),
@@ -265,11 +265,17 @@ pub fn parse(
                 .as_object()
                 .map(|o| o.keys().cloned().collect::<Vec<_>>())
                 .unwrap_or_default();
-            let hint = unknown_field_hint(&e.message).or_else(|| {
-                e.field
-                    .as_deref()
-                    .and_then(|f| did_you_mean(f, field_names.iter().map(String::as_str)))
-            });
+            // An unknown key: the closest key the kind knows, or nothing.
+            // Any other problem with a field: maybe a misspelt key beside it.
+            let hint = match unknown_field(&e.message) {
+                Some((field, known)) => did_you_mean(field, known),
+                None => e.field.as_deref().and_then(|f| {
+                    did_you_mean(
+                        f,
+                        field_names.iter().map(String::as_str).filter(|n| *n != f),
+                    )
+                }),
+            };
             serr(format!("invalid `with`: {}", e.message), &sub).hint(hint)
         })?;
 
@@ -419,11 +425,13 @@ fn second_document(src: &str) -> Span {
 }
 
 /// For serde's "unknown field `x`, expected one of `a`, `b`": a did-you-mean.
-fn unknown_field_hint(message: &str) -> Option<String> {
+/// The key and the keys serde expected, from "unknown field `x`, expected
+/// one of `a`, `b`" (or "expected `a`", or "there are no fields").
+fn unknown_field(message: &str) -> Option<(&str, Vec<&str>)> {
     let (_, rest) = message.split_once("unknown field `")?;
     let (field, rest) = rest.split_once('`')?;
-    let expected: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
-    did_you_mean(field, expected.iter().copied())
+    let expected = rest.split('`').skip(1).step_by(2).collect();
+    Some((field, expected))
 }
 
 #[cfg(test)]
