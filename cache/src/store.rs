@@ -111,7 +111,8 @@ impl Store {
         self.cas.join("runs").join(format!("{}.json", key.to_hex()))
     }
 
-    fn object_path(&self, digest: &Digest, executable: bool) -> PathBuf {
+    /// Where the object `digest` lives (it may be absent).
+    pub fn object_path(&self, digest: &Digest, executable: bool) -> PathBuf {
         let hex = digest.to_hex();
         let name = if executable {
             format!("{hex}-x")
@@ -193,6 +194,41 @@ impl Store {
         let bytes = serde_json::to_vec_pretty(&run).unwrap_or_default();
         write_atomic(&self.record_path(&key), &bytes)?;
         Ok(run)
+    }
+
+    /// Whether the object `digest` is in the store (its content is not checked).
+    pub fn has_object(&self, digest: &Digest, executable: bool) -> bool {
+        self.object_path(digest, executable).is_file()
+    }
+
+    /// The store's scratch dir, on the store's filesystem: files written there
+    /// can be renamed into the store.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.cas.join("tmp")
+    }
+
+    /// Commit a complete file `src` (under [`Store::tmp_dir`]) whose sha256 the
+    /// caller checked to be `digest`, as step 2 of the commit order: read-only,
+    /// fsynced, renamed into `objects/`.
+    pub fn insert_object(&self, src: &Path, digest: &Digest, executable: bool) -> Result<()> {
+        let obj = self.object_path(digest, executable);
+        let dir = obj.parent().unwrap_or(&self.cas);
+        fs::create_dir_all(dir).ctx("create directory", dir)?;
+        let mode = if executable { 0o555 } else { 0o444 };
+        fs::set_permissions(src, fs::Permissions::from_mode(mode))
+            .ctx("set permissions of", src)?;
+        fs::File::open(src)
+            .and_then(|f| f.sync_all())
+            .ctx("sync", src)?;
+        fs::rename(src, &obj).ctx("rename into the store", &obj)?;
+        sync_dir(dir)
+    }
+
+    /// Write a run record whose objects are all in the store (step 3 of the
+    /// commit order), e.g. one fetched from a remote cache.
+    pub fn put_record(&self, run: &RunRecord) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(run).unwrap_or_default();
+        write_atomic(&self.record_path(&run.key), &bytes)
     }
 
     /// Check one object against its name, using the stat cache to skip
