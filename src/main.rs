@@ -84,7 +84,7 @@ enum Command {
         #[command(flatten)]
         r: RemoteArgs,
         /// Push the results of stages that ran to the remote cache.
-        #[arg(long, env = "PIPE_REMOTE_WRITE")]
+        #[arg(long, env = "PIPE_REMOTE_WRITE", value_parser = clap::builder::BoolishValueParser::new())]
         push: bool,
     },
     /// Show, for each stage, whether it is cached or why it will run.
