@@ -427,3 +427,43 @@ fn plain_http_remote_endpoints_must_be_loopback() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("use s3://BUCKET/PREFIX or file:///ABS/DIR"));
 }
+
+#[test]
+fn a_fetched_effect_is_still_verified_on_this_machine() {
+    let remote = tempfile::tempdir().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let to = url(shared.path());
+    let url = url(remote.path());
+    let manifest = format!(
+        "version: 1\nname: eff\nstages:\n  make:\n    kind: shell\n    with: {{cmd: 'echo hello > $PIPE_OUT/a.txt'}}\n  up:\n    kind: upload\n    inputs: {{data: 'make:'}}\n    with: {{to: '{}'}}\n",
+        to
+    );
+    let a = TestWorkspace::new();
+    a.manifest(&manifest);
+    a.run_json(&["--remote", &url, "--push"]);
+
+    // The upload's receipt checks out against its store: served from the remote.
+    let b = TestWorkspace::new();
+    b.manifest(&manifest);
+    let doc = b.run_json(&["--remote", &url]);
+    assert_eq!(
+        cache_of(&doc),
+        [
+            ("make".to_string(), "cached:remote".to_string()),
+            ("up".to_string(), "cached:remote".to_string())
+        ]
+    );
+    // The uploaded object is gone: the fetched receipt is not trusted, it uploads again.
+    std::fs::remove_file(shared.path().join("a.txt")).unwrap();
+    let c = TestWorkspace::new();
+    c.manifest(&manifest);
+    let doc = c.run_json(&["--remote", &url]);
+    assert_eq!(
+        cache_of(&doc),
+        [
+            ("make".to_string(), "cached:remote".to_string()),
+            ("up".to_string(), "ran:-".to_string())
+        ]
+    );
+    assert!(shared.path().join("a.txt").is_file());
+}
