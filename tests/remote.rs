@@ -467,3 +467,33 @@ fn a_fetched_effect_is_still_verified_on_this_machine() {
     );
     assert!(shared.path().join("a.txt").is_file());
 }
+
+#[test]
+fn an_unreachable_remote_is_a_miss_reported_once() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ws = workspace();
+    let out = ws
+        .cmd(&[
+            "run",
+            "pipe.yaml",
+            "--json",
+            "--remote",
+            "s3://cache/p",
+            "--push",
+        ])
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "y")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cache_of(&doc), all("ran:-"));
+    let err = stderr(&out);
+    assert_eq!(err.matches("cannot reach").count(), 1, "{err}");
+}

@@ -25,6 +25,7 @@ pub mod location;
 mod transfer;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use object_store::ObjectStore;
@@ -64,6 +65,9 @@ pub struct Remote {
     report: Mutex<Report>,
     /// Blobs found missing or corrupt: re-sent on push even if the remote lists them.
     bad: Mutex<HashSet<Digest>>,
+    /// Set when the remote could not be reached: later lookups are misses
+    /// straight away instead of a timeout each.
+    down: AtomicBool,
 }
 
 impl Remote {
@@ -86,6 +90,7 @@ impl Remote {
             write,
             report: Mutex::new(Report::default()),
             bad: Mutex::new(HashSet::new()),
+            down: AtomicBool::new(false),
         })
     }
 
@@ -102,6 +107,9 @@ impl Remote {
     }
 
     fn problem(&self, e: &Error) {
+        if matches!(e, Error::Store { .. }) {
+            self.down.store(true, Ordering::Relaxed);
+        }
         let text = error_chain(e);
         self.note(|r| {
             if r.problems.len() < 8 && !r.problems.contains(&text) {
@@ -130,6 +138,9 @@ impl Remote {
 
 impl pipe_engine::RemoteCache for Remote {
     fn lookup(&self, key: &Key) -> Option<RunRecord> {
+        if self.down.load(Ordering::Relaxed) {
+            return None;
+        }
         self.rt.block_on(self.fetch(key, None)).unwrap_or_else(|e| {
             self.problem(&e);
             None
@@ -137,6 +148,9 @@ impl pipe_engine::RemoteCache for Remote {
     }
 
     fn fetch(&self, key: &Key, store: &Store) -> Option<RunRecord> {
+        if self.down.load(Ordering::Relaxed) {
+            return None;
+        }
         self.fetch_run(key, store).unwrap_or_else(|e| {
             self.problem(&e);
             None
@@ -148,6 +162,9 @@ impl pipe_engine::RemoteCache for Remote {
     }
 
     fn push(&self, run: &RunRecord, store: &Store) {
+        if self.down.load(Ordering::Relaxed) {
+            return;
+        }
         if let Err(e) = self.push_run(run, store) {
             self.problem(&e);
         }

@@ -81,6 +81,16 @@ fn s3(bucket: &str) -> Result<object_store::aws::AmazonS3, Error> {
             }
         }
     }
+    // Fail fast when the remote is away: a cache that cannot be reached is a miss.
+    let retry = object_store::RetryConfig {
+        max_retries: 3,
+        retry_timeout: std::time::Duration::from_secs(60),
+        ..Default::default()
+    };
+    let client =
+        object_store::ClientOptions::new().with_connect_timeout(std::time::Duration::from_secs(5));
+    // Before the endpoint: client options replace `allow_http`.
+    b = b.with_retry(retry).with_client_options(client);
     let endpoint = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
         .iter()
         .find_map(|v| std::env::var(v).ok());

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use object_store::{path::Path as ObjectPath, ObjectStore, PutPayload};
 use pipe_engine::cache::Digest;
 use pipe_engine::{StageContext, StageError, StageKind, WithError};
-use serde::{Deserialize, Serialize};
 use pipe_remote::location::{is_loopback, profile_credentials};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 #[derive(Serialize, Deserialize)]
