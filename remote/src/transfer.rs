@@ -199,16 +199,17 @@ impl Remote {
         store: &Store,
     ) -> Result<u64, Error> {
         let bytes = self.get_blob(&pack.sha256).await?;
+        let short = || Error::Entry {
+            path: self.cas(&pack.sha256).to_string(),
+            why: "the pack is shorter than the files its entry lists".into(),
+        };
         let mut at = 0usize;
         for (d, size, _) in members {
             let end = usize::try_from(*size)
                 .ok()
                 .and_then(|s| at.checked_add(s))
                 .filter(|&e| e <= bytes.len())
-                .ok_or(Error::Corrupt {
-                    digest: pack.sha256,
-                    actual: Digest::of(&bytes),
-                })?;
+                .ok_or_else(short)?;
             let content = &bytes[at..end];
             at = end;
             for &x in wanted.get(d).into_iter().flatten() {
@@ -400,16 +401,15 @@ impl Remote {
         let bytes = serde_json::to_vec_pretty(&entry).unwrap_or_default();
         self.put(&self.path("ac", &run.key.to_hex()), Bytes::from(bytes))
             .await?;
-        let mut done: HashSet<Digest> = HashSet::new();
-        done.insert(tree);
+        // Everything the entry names is in place now.
+        let sent_ok: HashSet<Digest> = std::iter::once(tree)
+            .chain(entry.packs.iter().map(|p| p.sha256))
+            .chain(large.iter().map(|m| m.0))
+            .collect();
         self.bad
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|d| {
-                !done.contains(d)
-                    && !large.iter().any(|m| m.0 == *d)
-                    && !entry.packs.iter().any(|p| p.sha256 == *d)
-            });
+            .retain(|d| !sent_ok.contains(d));
         Ok(Pushed {
             blobs: sent.iter().filter(|&&b| b > 0).count(),
             bytes: sent.iter().sum(),
