@@ -25,8 +25,14 @@ if [ ! -x "$venv/bin/dvc" ]; then
   python3 -m venv "$venv" && "$venv/bin/pip" install -q "dvc[s3]==3.67.*"
 fi
 dvc=$venv/bin/dvc
-(cd "$root" && cargo build --release -q --bin pipe -p pipe)
-pipe=$root/target/release/pipe
+# PIPE_BENCH_PROFILE=debug measures the debug build (sha2 is optimised in it too).
+profile=${PIPE_BENCH_PROFILE:-release}
+if [ "$profile" = release ]; then
+  (cd "$root" && cargo build --release -q --bin pipe -p pipe)
+else
+  (cd "$root" && cargo build -q --bin pipe -p pipe)
+fi
+pipe=$root/target/$profile/pipe
 work=$(mktemp -d "${TMPDIR:-/tmp}/pipe-bench-remote.XXXXXX")
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -134,7 +140,7 @@ for r in $(seq 1 "$runs"); do
   echo "round $r: (a) pipe pull ${p_a[-1]}s (+ run ${p_a_run[-1]}s), dvc pull ${d_a[-1]}s; (b) pipe pull ${p_b[-1]}s (+ run ${p_b_run[-1]}s), dvc pull ${d_b[-1]}s; no-op push (b): pipe ${p_noop[-1]}s, dvc ${d_noop[-1]}s"
 done
 
-echo "== medians of $runs ($(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores)"
+echo "== medians of $runs, pipe $profile build ($(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores)"
 printf '%-34s %10s %10s\n' "" pipe dvc
 printf '%-34s %9ss %9ss\n' "pull (a) model outputs" "$(median "${p_a[@]}")" "$(median "${d_a[@]}")"
 printf '%-34s %9ss %10s\n' "  then pipe run (links outputs)" "$(median "${p_a_run[@]}")" ""

@@ -117,7 +117,7 @@ impl Executor<'_> {
             };
             let mut source = CacheSource::Local;
             if hit.is_none() {
-                hit = self.from_remote(&key, mode);
+                hit = self.remote_hit(&key, mode);
                 source = CacheSource::Remote;
             }
             result.cache = hit.is_some().then_some(source);
@@ -208,7 +208,7 @@ impl Executor<'_> {
 
     /// A result missing from the store, from the remote cache: only looked up
     /// when planning, downloaded into the store otherwise.
-    fn from_remote(&self, key: &pipe_cache::Key, mode: Mode) -> Option<RunRecord> {
+    fn remote_hit(&self, key: &pipe_cache::Key, mode: Mode) -> Option<RunRecord> {
         let remote = self.remote?;
         match (mode, self.store) {
             (Mode::Plan, _) => remote.lookup(key),
