@@ -56,6 +56,7 @@ pub fn push(p: &Pipeline, remote: &Remote, quiet: bool) -> Result<i32, Failure> 
             );
         }
     }
+    store.save().context("cannot save the stat cache")?;
     if !quiet {
         eprintln!(
             "{} stages: sent {blobs} blobs ({:.1} MB)",

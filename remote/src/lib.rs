@@ -126,7 +126,6 @@ impl Remote {
 
     /// Upload `run`, whose objects are in `store`.
     pub fn push_run(&self, run: &RunRecord, store: &Store) -> Result<Pushed, Error> {
-        store.verify(run)?;
         let pushed = self.rt.block_on(self.push(run, store))?;
         self.note(|r| {
             r.blobs_pushed += pushed.blobs;

@@ -359,6 +359,8 @@ impl Remote {
                 }
             }
         }
+        // Only what is intact leaves this machine (readers check every blob anyway).
+        store.verify(run)?;
         let mut packs = Vec::new();
         let mut jobs: Vec<BoxFuture<'_, Result<u64, Error>>> = Vec::new();
         for members in cut(&small) {
