@@ -3,6 +3,7 @@
 
 mod commands;
 mod exit;
+mod remote;
 mod reporter;
 mod signals;
 
@@ -51,6 +52,14 @@ struct ManifestArgs {
     sets: Vec<(String, String)>,
 }
 
+#[derive(clap::Args)]
+struct RemoteArgs {
+    /// Remote cache: s3://BUCKET/PREFIX or file:///ABS/DIR (default: `remote:` in
+    /// pipe.config.yaml at the workspace root).
+    #[arg(long, value_name = "URL", env = "PIPE_REMOTE")]
+    remote: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the stages whose results are not cached.
@@ -78,6 +87,11 @@ enum Command {
         /// Print one JSON document with every stage's result on stdout.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        r: RemoteArgs,
+        /// Push the results of stages that ran to the remote cache.
+        #[arg(long, env = "PIPE_REMOTE_WRITE", value_parser = clap::builder::BoolishValueParser::new())]
+        push: bool,
     },
     /// Show, for each stage, whether it is cached or why it will run.
     Status {
@@ -85,6 +99,22 @@ enum Command {
         m: ManifestArgs,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        r: RemoteArgs,
+    },
+    /// Upload to the remote cache every result pipe.lock records.
+    Push {
+        #[command(flatten)]
+        m: ManifestArgs,
+        #[command(flatten)]
+        r: RemoteArgs,
+    },
+    /// Download from the remote cache every result pipe.lock records, running nothing.
+    Pull {
+        #[command(flatten)]
+        m: ManifestArgs,
+        #[command(flatten)]
+        r: RemoteArgs,
     },
     /// Print the stage graph.
     Dag {
@@ -201,6 +231,51 @@ fn find_workspace(dir: Option<PathBuf>) -> Result<PathBuf, Failure> {
     Ok(pipe_engine::workspace::find_root(&start))
 }
 
+fn no_remote() -> Failure {
+    Failure::usage(anyhow::anyhow!(
+        "no remote cache: pass --remote URL, set PIPE_REMOTE, or name one in {}",
+        pipe_remote::config::FILE
+    ))
+}
+
+/// The remote cache: `--remote`/`PIPE_REMOTE`, else the workspace setting.
+fn open_remote(
+    r: &RemoteArgs,
+    p: &Pipeline,
+    write: bool,
+) -> Result<Option<pipe_remote::Remote>, Failure> {
+    let url = match &r.remote {
+        Some(url) => Some(url.clone()),
+        None => pipe_remote::config::remote(&p.root).map_err(Failure::usage)?,
+    };
+    let Some(url) = url.filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    match pipe_remote::Remote::open(&url, write) {
+        Ok(remote) => Ok(Some(remote)),
+        Err(e @ pipe_remote::Error::Url { .. }) => Err(Failure::usage(e)),
+        Err(e) => Err(anyhow::Error::new(e).into()),
+    }
+}
+
+/// What went wrong with the remote during a run, said once.
+fn remote_warnings(remote: Option<&pipe_remote::Remote>) {
+    let Some(report) = remote.map(|r| r.report()) else {
+        return;
+    };
+    if report.unsigned > 0 {
+        eprintln!(
+            "warning: ignored {} remote result entr{} without a valid signature ({} is set)",
+            report.unsigned,
+            if report.unsigned == 1 { "y" } else { "ies" },
+            pipe_remote::SIGNING_KEY_VAR
+        );
+    }
+    for p in &report.problems {
+        eprintln!("warning: {p}");
+    }
+}
+
 fn gpus() -> u32 {
     std::fs::read_dir("/proc/driver/nvidia/gpus")
         .map(|d| d.count() as u32)
@@ -253,8 +328,11 @@ fn run(cli: Cli) -> Result<i32, Failure> {
             dry_run,
             jobs,
             json,
+            r,
+            push,
         } => {
             let p = load(&m, &registry)?;
+            let remote = open_remote(&r, &p, push)?;
             let opts = RunOptions {
                 force: if force_all {
                     Force::All
@@ -273,11 +351,13 @@ fn run(cli: Cli) -> Result<i32, Failure> {
             signals::watch(opts.interrupt.clone());
             let started = Instant::now();
             let human = reporter::Human::new(cli.quiet || json, cli.verbose);
+            let remote_cache = remote.as_ref().map(|r| r as &dyn pipe_engine::RemoteCache);
             let summary = if json {
-                pipe_engine::run(&p, &registry, &opts, &reporter::Json)?
+                pipe_engine::run_with_remote(&p, &registry, &opts, &reporter::Json, remote_cache)?
             } else {
-                pipe_engine::run(&p, &registry, &opts, &human)?
+                pipe_engine::run_with_remote(&p, &registry, &opts, &human, remote_cache)?
             };
+            remote_warnings(remote.as_ref());
             if json {
                 let _ = writeln!(out, "{}", reporter::json_summary(&summary));
             } else if dry_run {
@@ -316,19 +396,37 @@ fn run(cli: Cli) -> Result<i32, Failure> {
             }
             Ok(exit::OK)
         }
-        Command::Status { m, json } => {
+        Command::Status { m, json, r } => {
             let p = load(&m, &registry)?;
+            let remote = open_remote(&r, &p, false)?;
             let opts = RunOptions {
                 dry_run: true,
                 ..RunOptions::default()
             };
-            let summary = pipe_engine::run(&p, &registry, &opts, &pipe_engine::event::Silent)?;
+            let summary = pipe_engine::run_with_remote(
+                &p,
+                &registry,
+                &opts,
+                &pipe_engine::event::Silent,
+                remote.as_ref().map(|r| r as &dyn pipe_engine::RemoteCache),
+            )?;
+            remote_warnings(remote.as_ref());
             if json {
                 let _ = writeln!(out, "{}", reporter::json_summary(&summary));
             } else {
                 print_status(&mut out, &summary);
             }
             Ok(exit::OK)
+        }
+        Command::Push { m, r } => {
+            let p = load(&m, &registry)?;
+            let remote = open_remote(&r, &p, true)?.ok_or_else(no_remote)?;
+            remote::push(&p, &remote, cli.quiet)
+        }
+        Command::Pull { m, r } => {
+            let p = load(&m, &registry)?;
+            let remote = open_remote(&r, &p, false)?.ok_or_else(no_remote)?;
+            remote::pull(&p, &remote, cli.quiet)
         }
         Command::Dag { m, format, json } => {
             let p = load(&m, &registry)?;
@@ -523,8 +621,13 @@ fn print_status(out: &mut impl Write, summary: &pipe_engine::RunSummary) {
     for r in &summary.results {
         let state = match r.status {
             Status::Cached => format!(
-                "cached ({})",
-                r.output_hash.map(|h| h.short()).unwrap_or_default()
+                "cached ({}){}",
+                r.output_hash.map(|h| h.short()).unwrap_or_default(),
+                if r.cache == Some(pipe_engine::CacheSource::Remote) {
+                    " in the remote cache"
+                } else {
+                    ""
+                }
             ),
             Status::Pending => format!(
                 "will run: {}",

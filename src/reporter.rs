@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use pipe_engine::{Event, Reporter, RunSummary, Status};
+use pipe_engine::{CacheSource, Event, Reporter, RunSummary, Status};
 
 pub struct Human {
     quiet: bool,
@@ -142,9 +142,14 @@ impl Reporter for Human {
                 self.end_bar(&r.name);
                 let short = r.output_hash.map(|h| h.short()).unwrap_or_default();
                 let text = match r.status {
-                    Status::Cached if !self.quiet => {
-                        line("Cached", &format!("{} ({short})", r.name))
-                    }
+                    Status::Cached if !self.quiet => line(
+                        if r.cache == Some(CacheSource::Remote) {
+                            "Fetched"
+                        } else {
+                            "Cached"
+                        },
+                        &format!("{} ({short})", r.name),
+                    ),
                     Status::Ran if !self.quiet => {
                         line("Ran", &format!("{} ({short}) in {:.2}s", r.name, r.seconds))
                     }

@@ -128,7 +128,8 @@ impl Store {
         self.cas.join("runs").join(format!("{}.json", key.to_hex()))
     }
 
-    fn object_path(&self, digest: &Digest, executable: bool) -> PathBuf {
+    /// Where the object `digest` lives (it may be absent).
+    pub fn object_path(&self, digest: &Digest, executable: bool) -> PathBuf {
         let hex = digest.to_hex();
         let name = if executable {
             format!("{hex}-x")
@@ -210,6 +211,46 @@ impl Store {
         let bytes = serde_json::to_vec_pretty(&run).unwrap_or_default();
         write_atomic(&self.record_path(&key), &bytes)?;
         Ok(run)
+    }
+
+    /// Whether the object `digest` is in the store (its content is not checked).
+    pub fn has_object(&self, digest: &Digest, executable: bool) -> bool {
+        self.object_path(digest, executable).is_file()
+    }
+
+    /// The store's scratch dir, on the store's filesystem: files written there
+    /// can be renamed into the store.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.cas.join("tmp")
+    }
+
+    /// Move a complete file `src` (under [`Store::tmp_dir`]) whose sha256 the
+    /// caller checked to be `digest` into `objects/`, read-only. Not yet
+    /// durable: [`Store::put_record`] syncs the filesystem once before the
+    /// record, which for thousands of small files costs one call instead of
+    /// one fsync each.
+    pub fn insert_object(&self, src: &Path, digest: &Digest, executable: bool) -> Result<()> {
+        let obj = self.object_path(digest, executable);
+        let dir = obj.parent().unwrap_or(&self.cas);
+        fs::create_dir_all(dir).ctx("create directory", dir)?;
+        let mode = if executable { 0o555 } else { 0o444 };
+        fs::set_permissions(src, fs::Permissions::from_mode(mode))
+            .ctx("set permissions of", src)?;
+        fs::rename(src, &obj).ctx("rename into the store", &obj)
+    }
+
+    /// Write a run record whose objects are all in the store (step 3 of the
+    /// commit order), e.g. one fetched from a remote cache.
+    pub fn put_record(&self, run: &RunRecord) -> Result<()> {
+        // Objects from `insert_object` first (step 2), then the record (step 3).
+        let objects = self.cas.join("objects");
+        let dir = fs::File::open(&objects).ctx("open", &objects)?;
+        // SAFETY: `dir` is an open file descriptor for the duration of the call.
+        if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
+            return Err(std::io::Error::last_os_error()).ctx("sync the filesystem of", objects);
+        }
+        let bytes = serde_json::to_vec_pretty(run).unwrap_or_default();
+        write_atomic(&self.record_path(&run.key), &bytes)
     }
 
     /// Check one object against its name, using the stat cache to skip

@@ -17,6 +17,16 @@ pub enum Status {
     Pending,
 }
 
+/// Where a cached result came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheSource {
+    /// This workspace's store.
+    Local,
+    /// A remote cache (downloaded into the store for this run).
+    Remote,
+}
+
 /// The outcome of one stage, as `--json` prints it.
 #[derive(Clone, Debug, Serialize)]
 pub struct StageResult {
@@ -26,6 +36,9 @@ pub struct StageResult {
     pub output_hash: Option<Digest>,
     pub output_dir: Option<PathBuf>,
     pub seconds: f64,
+    /// For a cached stage: whether the result was local or fetched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSource>,
     /// Why it ran (or would run).
     #[serde(
         serialize_with = "display_opt",
@@ -60,6 +73,7 @@ impl StageResult {
             output_hash: None,
             output_dir: None,
             seconds: 0.0,
+            cache: None,
             reason: None,
             error: None,
             log_tail: None,

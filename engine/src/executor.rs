@@ -11,10 +11,11 @@ use pipe_cache::{
     DirtyReason, Error as CacheError, InputDigest, KeyRecord, RunRecord, Store, Tree,
 };
 
-use crate::event::{Event, Reporter, StageResult, Status};
+use crate::event::{CacheSource, Event, Reporter, StageResult, Status};
 use crate::interrupt::Interrupt;
 use crate::lockfile::LockFile;
 use crate::pipeline::{InputRef, Pipeline, Stage};
+use crate::remote::RemoteCache;
 use crate::stage::{Registry, StageContext, StageError};
 
 /// How far to go with a stage.
@@ -34,6 +35,7 @@ pub struct Executor<'a> {
     pub pipeline: &'a Pipeline,
     pub registry: &'a Registry,
     pub store: Option<&'a Store>,
+    pub remote: Option<&'a dyn RemoteCache>,
     pub old_lock: &'a LockFile,
     pub reporter: &'a dyn Reporter,
     pub interrupt: &'a Interrupt,
@@ -110,10 +112,16 @@ impl Executor<'_> {
             _ => None,
         };
         if reason.is_none() {
-            let hit = match self.store {
+            let mut hit = match self.store {
                 Some(store) => store.get(&key)?,
                 None => None,
             };
+            let mut source = CacheSource::Local;
+            if hit.is_none() {
+                hit = self.remote_hit(&key, mode);
+                source = CacheSource::Remote;
+            }
+            result.cache = hit.is_some().then_some(source);
             match hit {
                 Some(run) if mode == Mode::Plan => {
                     result.status = Status::Cached;
@@ -156,6 +164,7 @@ impl Executor<'_> {
             }
         }
         let reason = reason.unwrap_or(DirtyReason::NeverRun);
+        result.cache = None;
         result.reason = Some(reason.clone());
         match mode {
             Mode::Plan => {
@@ -218,8 +227,22 @@ impl Executor<'_> {
             stats,
         )?;
         store.materialize(&run, &out_dir)?;
+        if let Some(remote) = self.remote.filter(|r| r.writes()) {
+            remote.push(&run, store);
+        }
         result.status = Status::Ran;
         Ok(Some(run))
+    }
+
+    /// A result missing from the store, from the remote cache: only looked up
+    /// when planning, downloaded into the store otherwise.
+    fn remote_hit(&self, key: &pipe_cache::Key, mode: Mode) -> Option<RunRecord> {
+        let remote = self.remote?;
+        match (mode, self.store) {
+            (Mode::Plan, _) => remote.lookup(key),
+            (_, Some(store)) => remote.fetch(key, store),
+            (_, None) => None,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -22,11 +22,13 @@ pub mod event;
 pub mod executor;
 pub mod interrupt;
 pub mod lockfile;
+pub mod remote;
 pub mod scheduler;
 
-pub use event::{Event, Reporter, StageResult, Status};
+pub use event::{CacheSource, Event, Reporter, StageResult, Status};
 pub use interrupt::Interrupt;
 pub use manifest::{load, ManifestError};
 pub use pipeline::{Input, InputRef, Pipeline, Stage};
-pub use scheduler::{run, EngineError, Force, RunOptions, RunSummary};
+pub use remote::RemoteCache;
+pub use scheduler::{run, run_with_remote, EngineError, Force, RunOptions, RunSummary};
 pub use stage::{Registry, StageContext, StageError, StageKind, WithError};

@@ -16,6 +16,7 @@ use crate::executor::{Executor, Mode};
 use crate::interrupt::Interrupt;
 use crate::lockfile::{LockEntry, LockFile};
 use crate::pipeline::Pipeline;
+use crate::remote::RemoteCache;
 use crate::stage::Registry;
 
 #[derive(Clone, Debug, Default)]
@@ -151,6 +152,17 @@ pub fn run(
     opts: &RunOptions,
     reporter: &dyn Reporter,
 ) -> Result<RunSummary, EngineError> {
+    run_with_remote(p, registry, opts, reporter, None)
+}
+
+/// [`run`], looking up stages missing from the store in a remote cache.
+pub fn run_with_remote(
+    p: &Pipeline,
+    registry: &Registry,
+    opts: &RunOptions,
+    reporter: &dyn Reporter,
+    remote: Option<&dyn RemoteCache>,
+) -> Result<RunSummary, EngineError> {
     let modes = selection(p, opts)?;
     let old_lock = LockFile::load(p)?;
     let pipe_dir = p.pipe_dir();
@@ -183,6 +195,7 @@ pub fn run(
         pipeline: p,
         registry,
         store: store.as_ref(),
+        remote,
         old_lock: &old_lock,
         reporter,
         interrupt,

@@ -18,13 +18,13 @@
 //! verified against the store (each object still there with the same sha256),
 //! and the stage runs again only if something drifted.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use object_store::{path::Path as ObjectPath, ObjectStore, PutPayload};
 use pipe_engine::cache::Digest;
 use pipe_engine::{StageContext, StageError, StageKind, WithError};
+use pipe_remote::location::{is_loopback, profile_credentials};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -65,20 +65,6 @@ enum Dest {
     File(PathBuf),
     /// A directory relative to the workspace root.
     Workspace(PathBuf),
-}
-
-fn is_loopback(endpoint: &str) -> bool {
-    let Ok(url) = reqwest::Url::parse(endpoint) else {
-        return false;
-    };
-    match url.host_str() {
-        Some("localhost") => true,
-        Some(h) => h
-            .trim_matches(|c| c == '[' || c == ']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback()),
-        None => false,
-    }
 }
 
 fn parse(v: &Value) -> Result<(With, Dest), WithError> {
@@ -139,32 +125,6 @@ fn parse(v: &Value) -> Result<(With, Dest), WithError> {
         ));
     }
     Ok((w, dest))
-}
-
-/// `(access key, secret, session token)` from `~/.aws/credentials`.
-fn profile_credentials() -> Option<(String, String, Option<String>)> {
-    let home = std::env::var_os("HOME")?;
-    let file = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(&home).join(".aws/credentials"));
-    let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
-    let text = std::fs::read_to_string(file).ok()?;
-    let mut section = String::new();
-    let mut values = BTreeMap::new();
-    for line in text.lines().map(str::trim) {
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            section = name.trim().to_string();
-        } else if section == profile {
-            if let Some((k, v)) = line.split_once('=') {
-                values.insert(k.trim().to_string(), v.trim().to_string());
-            }
-        }
-    }
-    Some((
-        values.remove("aws_access_key_id")?,
-        values.remove("aws_secret_access_key")?,
-        values.remove("aws_session_token"),
-    ))
 }
 
 /// The store, the object-path prefix, and the URI prefix of a destination.

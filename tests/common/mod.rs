@@ -60,8 +60,12 @@ impl TestWorkspace {
             "AWS_SESSION_TOKEN",
             "AWS_PROFILE",
             "AWS_ENDPOINT",
+            "AWS_ENDPOINT_URL",
             "AWS_REGION",
             "PIPE_WORKER",
+            "PIPE_REMOTE",
+            "PIPE_REMOTE_WRITE",
+            "PIPE_REMOTE_SIGNING_KEY",
         ] {
             c.env_remove(var);
         }

@@ -1,0 +1,28 @@
+//! `RemoteCache`: the seam to a shared cache that other workspaces fill.
+//!
+//! The engine only asks two questions of it: "do you hold the result of this
+//! key?" (then bring its objects and record into my store) and "keep this
+//! result". The implementation (object storage, a shared filesystem) lives in
+//! the `pipe-remote` crate; the CLI builds it and hands it to
+//! [`crate::scheduler::run_with_remote`].
+//!
+//! A remote never makes a stage fail: an unreachable remote, a missing or
+//! corrupt blob or an entry with a bad signature is a miss (the stage runs),
+//! and the implementation keeps its own count of such problems for the CLI to
+//! report once. A fetched result goes through the same checks as a local one,
+//! so an effect (`upload`, `deploy`, `smoke_test`) is still verified on this
+//! machine before it counts as cached.
+
+use pipe_cache::{Key, RunRecord, Store};
+
+pub trait RemoteCache: Sync {
+    /// The result of `key`, without downloading its objects (for planning).
+    fn lookup(&self, key: &Key) -> Option<RunRecord>;
+    /// Download the result of `key` into `store`: objects first, then the run
+    /// record. `None` on a miss.
+    fn fetch(&self, key: &Key, store: &Store) -> Option<RunRecord>;
+    /// Whether results of stages that ran are to be pushed.
+    fn writes(&self) -> bool;
+    /// Upload a result whose objects are in `store`: objects first, the entry last.
+    fn push(&self, run: &RunRecord, store: &Store);
+}
