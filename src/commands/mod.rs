@@ -1,0 +1,34 @@
+//! Commands that look back at earlier runs: one file per command, each with
+//! one entry function the dispatch in `main.rs` calls.
+
+pub mod checkout;
+pub mod logs;
+pub mod metrics;
+pub mod plots;
+pub mod runs;
+
+/// Rows of cells as aligned columns (two spaces apart, no trailing spaces).
+pub fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut s = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            let pad = widths[c].saturating_sub(cell.chars().count());
+            line += cell;
+            line += &" ".repeat(pad + 2);
+        }
+        s += line.trim_end();
+        s += "\n";
+    }
+    s
+}
