@@ -210,7 +210,10 @@ pub fn find(root: &Path, id: &str) -> anyhow::Result<Option<Run>> {
     match found.as_slice() {
         [] => Ok(None),
         [one] => read(one).map(Some),
-        _ => anyhow::bail!("run id `{id}` is ambiguous: {} runs start with it", found.len()),
+        _ => crate::commands::usage!(
+            "run id `{id}` is ambiguous: {} runs start with it",
+            found.len()
+        ),
     }
 }
 

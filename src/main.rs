@@ -448,12 +448,12 @@ fn run(cli: Cli) -> Result<i32, Failure> {
         }
         Command::Runs { manifest, json } => {
             let p = pipe_engine::load(&manifest, &[], &registry)?;
-            commands::runs::runs(&mut out, &p, json)?;
+            commands::runs::runs(&mut out, &p, json).map_err(commands::failure)?;
             Ok(exit::OK)
         }
         Command::Metrics(MetricsCommand::Show { m, json }) => {
             let p = load(&m, &registry)?;
-            commands::metrics::show(&mut out, &p, &registry, json)?;
+            commands::metrics::show(&mut out, &p, &registry, json).map_err(commands::failure)?;
             Ok(exit::OK)
         }
         Command::Metrics(MetricsCommand::Diff {
@@ -462,11 +462,13 @@ fn run(cli: Cli) -> Result<i32, Failure> {
             json,
         }) => {
             let p = pipe_engine::load(&manifest, &[], &registry)?;
-            commands::metrics::diff(&mut out, &p, rev.as_deref(), json)?;
+            commands::metrics::diff(&mut out, &p, rev.as_deref(), json)
+                .map_err(commands::failure)?;
             Ok(exit::OK)
         }
         Command::Checkout { run, workspace } => {
-            commands::checkout::checkout(&find_workspace(workspace)?, &run)?;
+            commands::checkout::checkout(&find_workspace(workspace)?, &run)
+                .map_err(commands::failure)?;
             Ok(exit::OK)
         }
         Command::Plots {
@@ -475,12 +477,12 @@ fn run(cli: Cli) -> Result<i32, Failure> {
             output,
         } => {
             let p = pipe_engine::load(&manifest, &[], &registry)?;
-            commands::plots::plots(&p, &runs, &output)?;
+            commands::plots::plots(&p, &runs, &output).map_err(commands::failure)?;
             Ok(exit::OK)
         }
         Command::Logs { manifest, stage } => {
             let p = pipe_engine::load(&manifest, &[], &registry)?;
-            commands::logs::logs(&mut out, &p, &stage)?;
+            commands::logs::logs(&mut out, &p, &stage).map_err(commands::failure)?;
             Ok(exit::OK)
         }
         Command::Show { m, stage } => {

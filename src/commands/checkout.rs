@@ -9,9 +9,12 @@ use crate::history;
 /// Restore run `id` of the workspace at `root`. Every output is checked to be
 /// in the store before anything changes, so a missing one changes nothing.
 pub fn checkout(root: &std::path::Path, id: &str) -> anyhow::Result<()> {
-    let run = history::find(root, id)?.with_context(|| {
-        format!("no run `{id}` in {} (see `pipe runs MANIFEST`)", root.display())
-    })?;
+    let Some(run) = history::find(root, id)? else {
+        super::usage!(
+            "no run `{id}` in {} (see `pipe runs MANIFEST`)",
+            root.display()
+        );
+    };
     let pipe_dir = root.join(".pipe");
     let _lock = WorkspaceLock::acquire(&pipe_dir.join("lock"), |pid| {
         eprintln!("{}", crate::reporter::waiting_for_lock(pid))
@@ -30,7 +33,7 @@ pub fn checkout(root: &std::path::Path, id: &str) -> anyhow::Result<()> {
         }
     }
     if !missing.is_empty() {
-        anyhow::bail!(
+        super::usage!(
             "cannot check out run {}: the store no longer holds the output of {} (removed by `pipe gc`?); nothing was changed",
             run.id,
             missing.join(", ")

@@ -10,7 +10,7 @@ use crate::history;
 
 pub fn logs(out: &mut impl Write, p: &Pipeline, stage: &str) -> anyhow::Result<()> {
     if p.stage(stage).is_none() {
-        anyhow::bail!("no stage named `{stage}` in {}", p.file.display());
+        super::usage!("no stage named `{stage}` in {}", p.file.display());
     }
     let last_key = history::list(&p.root, &p.name)?
         .into_iter()
@@ -26,7 +26,7 @@ pub fn logs(out: &mut impl Write, p: &Pipeline, stage: &str) -> anyhow::Result<(
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            anyhow::bail!("stage `{stage}` has no log yet (it has not run in this workspace)")
+            super::usage!("stage `{stage}` has no log yet (it has not run in this workspace)");
         }
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };

@@ -57,7 +57,7 @@ pub fn show(
     if as_json {
         writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
     } else if rows.is_empty() {
-        anyhow::bail!(
+        super::usage!(
             "no stage of {} declares metrics (`metrics: [FILE]`)",
             p.file.display()
         );
@@ -96,7 +96,7 @@ fn lock_at(p: &Pipeline, rev: &str) -> anyhow::Result<LockFile> {
         .output()
         .context("cannot run git")?;
     if !out.status.success() {
-        anyhow::bail!(
+        super::usage!(
             "`{rev}` is neither a run id nor a git revision holding {}: {}",
             lock.display(),
             String::from_utf8_lossy(&out.stderr).trim()
@@ -156,7 +156,7 @@ pub fn diff(
         })
         .collect();
     if rows.is_empty() {
-        anyhow::bail!("no metrics on either side (`{rev}` and the current lock)");
+        super::usage!("no metrics on either side (`{rev}` and the current lock)");
     }
     write!(out, "{}", super::table(&rows))?;
     Ok(())

@@ -32,3 +32,33 @@ pub fn table(rows: &[Vec<String>]) -> String {
     }
     s
 }
+
+/// A mistake in what the user asked for (an unknown run, stage or revision,
+/// nothing recorded yet): exit code 2 rather than 3.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// `bail!` with a [`Usage`] error.
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err($crate::commands::Usage(format!($($arg)*)).into())
+    };
+}
+pub(crate) use usage;
+
+/// The exit code of a command's error: 2 for [`Usage`], else 3.
+pub fn failure(error: anyhow::Error) -> crate::exit::Failure {
+    if error.downcast_ref::<Usage>().is_some() {
+        crate::exit::Failure::usage(error)
+    } else {
+        error.into()
+    }
+}

@@ -59,15 +59,15 @@ pub fn plots(p: &Pipeline, ids: &[String], output: &Path) -> anyhow::Result<()> 
     } else {
         let mut v = Vec::new();
         for id in ids {
-            let run = history::find(&p.root, id)?
-                .filter(|r| r.pipeline == p.name)
-                .with_context(|| format!("no run `{id}` of pipeline `{}`", p.name))?;
-            v.push(run);
+            match history::find(&p.root, id)?.filter(|r| r.pipeline == p.name) {
+                Some(run) => v.push(run),
+                None => super::usage!("no run `{id}` of pipeline `{}` (see `pipe runs`)", p.name),
+            }
         }
         v
     };
     if runs.is_empty() {
-        anyhow::bail!(
+        super::usage!(
             "no run of pipeline `{}` has plot data yet (stages declare it with `plots: [FILE]`)",
             p.name
         );
@@ -84,7 +84,7 @@ pub fn plots(p: &Pipeline, ids: &[String], output: &Path) -> anyhow::Result<()> 
                 continue;
             }
             let Some(rec) = store.get(&key)? else {
-                anyhow::bail!(
+                super::usage!(
                     "run {}: the store no longer holds the output of `{}`",
                     run.id,
                     s.name

@@ -52,7 +52,7 @@ pub fn runs(out: &mut impl Write, p: &Pipeline, as_json: bool) -> anyhow::Result
         return Ok(());
     }
     if runs.is_empty() {
-        anyhow::bail!(
+        super::usage!(
             "no runs of pipeline `{}` yet (`pipe run {}` records one)",
             p.name,
             p.file.display()
