@@ -35,6 +35,8 @@ pub struct Run {
     /// Params after `--set`.
     pub params: BTreeMap<String, Value>,
     pub stages: Vec<StageRun>,
+    /// The lock file, relative to the workspace root.
+    pub lock_file: PathBuf,
     /// The lock file as the run left it (what `pipe checkout` restores).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock: Option<String>,
@@ -97,7 +99,10 @@ pub fn record(p: &Pipeline, summary: &RunSummary) -> anyhow::Result<Run> {
             }
         }
         let metrics = match (&r.key, r.output_hash) {
-            (Some(key), Some(_)) => metrics_of(&store, stage, key).unwrap_or_default(),
+            (Some(key), Some(_)) => metrics_of(&store, stage, key).unwrap_or_else(|e| {
+                eprintln!("warning: {e:#}");
+                BTreeMap::new()
+            }),
             _ => BTreeMap::new(),
         };
         stages.push(StageRun {
@@ -111,11 +116,10 @@ pub fn record(p: &Pipeline, summary: &RunSummary) -> anyhow::Result<Run> {
         });
     }
     let root = &p.root;
-    let manifest = std::path::absolute(&p.file).unwrap_or_else(|_| p.file.clone());
-    let manifest = manifest
-        .strip_prefix(root)
-        .map(Path::to_path_buf)
-        .unwrap_or(manifest);
+    let relative = |path: &Path| {
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        path.strip_prefix(root).map(Path::to_path_buf).unwrap_or(path)
+    };
     let dir = runs_dir(root, &p.name);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     // 2026-11-27T22:25:01.123Z → 20261127-222501-123
@@ -134,7 +138,8 @@ pub fn record(p: &Pipeline, summary: &RunSummary) -> anyhow::Result<Run> {
         id,
         time,
         commit: git_commit(root),
-        manifest,
+        manifest: relative(&p.file),
+        lock_file: relative(&p.lock_file()),
         pipeline: p.name.clone(),
         params: p.params.clone(),
         stages,

@@ -215,3 +215,24 @@ fn plots_overlay_one_series_per_run_in_one_offline_file() {
     ok(&ws, &["plots", "pipe.yaml", &ids[0], "-o", "one.html"]);
     assert_eq!(ws.read("one.html").matches("class=\"series\"").count(), 3);
 }
+
+#[test]
+fn a_declared_metrics_file_that_is_missing_is_named() {
+    let ws = TestWorkspace::new();
+    ws.manifest(
+        "version: 1\nname: m\nstages:\n  train:\n    kind: shell\n    metrics: [scores.json]\n    with: {cmd: 'echo 1 > $PIPE_OUT/other.txt'}\n",
+    );
+    let out = ws.pipe(&["run", "pipe.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("warning: stage `train`: its output has no metrics file `scores.json`"),
+        "{}",
+        stderr(&out)
+    );
+    let out = ws.pipe(&["metrics", "show", "pipe.yaml"]);
+    assert!(
+        stderr(&out).contains("stage `train`: its output has no metrics file `scores.json`"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -50,8 +50,8 @@ pub fn checkout(root: &std::path::Path, id: &str) -> anyhow::Result<()> {
         eprintln!("{:>12} {} ({})", "Restored", s.name, rec.output_hash.short());
     }
     if let Some(lock) = &run.lock {
-        let rel = run.manifest.with_extension("lock");
-        let path = root.join(&rel);
+        let rel = &run.lock_file;
+        let path = root.join(rel);
         pipe_engine::cache::write_atomic(&path, lock.as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("{:>12} {}", "Restored", rel.display());

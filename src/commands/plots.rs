@@ -271,13 +271,32 @@ fn line_chart(c: &Chart, runs: &[Run]) -> String {
         w - l - r,
         ht - t - b
     );
-    for i in 0..=4 {
-        let f = f64::from(i) / 4.0;
-        let (xv, yv) = (x0 + f * (x1 - x0), y0 + f * (y1 - y0));
+    // Whole x values (steps, epochs) get whole ticks.
+    let whole = c
+        .series
+        .iter()
+        .flat_map(|(_, p)| p.iter())
+        .all(|(x, _)| x.fract() == 0.0);
+    let xticks = if whole && x1 - x0 < 4.0 { ((x1 - x0) as u32).max(1) } else { 4 };
+    for i in 0..=xticks {
+        let mut xv = x0 + f64::from(i) / f64::from(xticks) * (x1 - x0);
+        if whole {
+            xv = xv.round();
+        }
         let _ = write!(
             s,
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text><line x1=\"{l}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#eee\"/>\n",
-            sx(xv), ht - b + 14.0, tick(xv), l - 4.0, sy(yv) + 4.0, tick(yv), w - r, sy(yv), sy(yv)
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            sx(xv),
+            ht - b + 14.0,
+            tick(xv)
+        );
+    }
+    for i in 0..=4 {
+        let yv = y0 + f64::from(i) / 4.0 * (y1 - y0);
+        let _ = write!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text><line x1=\"{l}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#eee\"/>\n",
+            l - 4.0, sy(yv) + 4.0, tick(yv), w - r, sy(yv), sy(yv)
         );
     }
     let _ = write!(
