@@ -118,7 +118,9 @@ pub fn record(p: &Pipeline, summary: &RunSummary) -> anyhow::Result<Run> {
     let root = &p.root;
     let relative = |path: &Path| {
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-        path.strip_prefix(root).map(Path::to_path_buf).unwrap_or(path)
+        path.strip_prefix(root)
+            .map(Path::to_path_buf)
+            .unwrap_or(path)
     };
     let dir = runs_dir(root, &p.name);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -172,7 +174,9 @@ pub fn list(root: &Path, pipeline: &str) -> anyhow::Result<Vec<Run>> {
     match std::fs::read_dir(&dir) {
         Ok(entries) => {
             for e in entries {
-                let path = e.with_context(|| format!("cannot list {}", dir.display()))?.path();
+                let path = e
+                    .with_context(|| format!("cannot list {}", dir.display()))?
+                    .path();
                 if path.extension().is_some_and(|x| x == "json") {
                     paths.push(path);
                 }
@@ -186,8 +190,8 @@ pub fn list(root: &Path, pipeline: &str) -> anyhow::Result<Vec<Run>> {
 }
 
 fn read(path: &Path) -> anyhow::Result<Run> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read run record {}", path.display()))?;
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read run record {}", path.display()))?;
     serde_json::from_slice(&bytes)
         .with_context(|| format!("run record {} is not valid", path.display()))
 }
@@ -199,7 +203,11 @@ pub fn find(root: &Path, id: &str) -> anyhow::Result<Option<Run>> {
     let mut found = Vec::new();
     if let Ok(pipelines) = std::fs::read_dir(&base) {
         for dir in pipelines.flatten() {
-            for e in std::fs::read_dir(dir.path()).into_iter().flatten().flatten() {
+            for e in std::fs::read_dir(dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 let name = e.file_name().to_string_lossy().to_string();
                 if let Some(stem) = name.strip_suffix(".json") {
                     if stem == id {

@@ -82,7 +82,10 @@ fn every_run_is_recorded_with_params_statuses_and_metrics() {
     // The table shows the param that changed, not the one that did not.
     let table = ok(&ws, &["runs", "pipe.yaml"]);
     let header = table.lines().next().unwrap();
-    assert!(header.contains("lr") && header.contains("train.mcc"), "{table}");
+    assert!(
+        header.contains("lr") && header.contains("train.mcc"),
+        "{table}"
+    );
     assert!(!header.contains("seed"), "{table}");
     assert_eq!(table.lines().count(), 4, "{table}");
     let record = ws.json(&format!(".pipe/runs/m/{}.json", ids[0]));
@@ -124,9 +127,11 @@ fn metrics_diff_against_the_committed_lock_and_a_run() {
         "{diff}"
     );
     assert!(diff.contains("train.eval.acc  0.5  →  0.5\n"), "{diff}");
-    let doc: Value =
-        serde_json::from_str(&ok(&ws, &["metrics", "diff", "pipe.yaml", &first, "--json"]))
-            .unwrap();
+    let doc: Value = serde_json::from_str(&ok(
+        &ws,
+        &["metrics", "diff", "pipe.yaml", &first, "--json"],
+    ))
+    .unwrap();
     assert_eq!(doc["train.mcc"]["old"], 0.1);
     assert_eq!(doc["train.mcc"]["new"], 0.25);
     let out = ws.pipe(&["metrics", "diff", "pipe.yaml", "no-such-rev"]);
@@ -151,8 +156,12 @@ fn checkout_restores_outputs_and_lock_without_running() {
     let out = ws.pipe(&["checkout", &ids[0]]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(ws.read("pipe.lock"), lock_a);
-    assert!(ws.read(".pipe/out/m/train/metrics.json").contains("\"mcc\": 0.1,"));
-    assert!(ws.read(".pipe/out/m/report/copy.json").contains("\"mcc\": 0.1,"));
+    assert!(ws
+        .read(".pipe/out/m/train/metrics.json")
+        .contains("\"mcc\": 0.1,"));
+    assert!(ws
+        .read(".pipe/out/m/report/copy.json")
+        .contains("\"mcc\": 0.1,"));
     // Switching back costs nothing: everything is cached.
     assert!(ws.ran(&[]).is_empty());
 
@@ -169,7 +178,11 @@ fn checkout_restores_outputs_and_lock_without_running() {
     assert_eq!(ws.read("pipe.lock"), lock_a);
     let out = ws.pipe(&["checkout", "19990101"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("no run `19990101`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no run `19990101`"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -225,7 +238,8 @@ fn a_declared_metrics_file_that_is_missing_is_named() {
     let out = ws.pipe(&["run", "pipe.yaml"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("warning: stage `train`: its output has no metrics file `scores.json`"),
+        stderr(&out)
+            .contains("warning: stage `train`: its output has no metrics file `scores.json`"),
         "{}",
         stderr(&out)
     );

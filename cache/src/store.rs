@@ -241,8 +241,7 @@ impl Store {
     /// its store object: `Ok(None)` when the output has no such file.
     pub fn read_file(&self, run: &RunRecord, path: &str) -> Result<Option<Vec<u8>>> {
         let path = path.trim_matches('/');
-        let Some((_, digest, executable, _)) = run.output.files().find(|(p, ..)| *p == path)
-        else {
+        let Some((_, digest, executable, _)) = run.output.files().find(|(p, ..)| *p == path) else {
             return Ok(None);
         };
         let obj = self.object_path(&digest, executable);

@@ -47,7 +47,12 @@ pub fn checkout(root: &std::path::Path, id: &str) -> anyhow::Result<()> {
                 .materialize(rec, &dest)
                 .with_context(|| format!("cannot restore the output of `{}`", s.name))?;
         }
-        eprintln!("{:>12} {} ({})", "Restored", s.name, rec.output_hash.short());
+        eprintln!(
+            "{:>12} {} ({})",
+            "Restored",
+            s.name,
+            rec.output_hash.short()
+        );
     }
     if let Some(lock) = &run.lock {
         let rel = &run.lock_file;

@@ -113,7 +113,10 @@ pub fn plots(p: &Pipeline, ids: &[String], output: &Path) -> anyhow::Result<()> 
                 };
                 if file.ends_with(".json") {
                     let doc: Value = serde_json::from_str(&text).with_context(|| {
-                        format!("run {}: `{}`'s plot file `{file}` is not JSON", run.id, s.name)
+                        format!(
+                            "run {}: `{}`'s plot file `{file}` is not JSON",
+                            run.id, s.name
+                        )
                     })?;
                     for (field, points) in per_epoch(&doc) {
                         let title = format!("{}: {field} per epoch", s.name);
@@ -124,7 +127,9 @@ pub fn plots(p: &Pipeline, ids: &[String], output: &Path) -> anyhow::Result<()> 
                             .as_array()
                             .map(|l| {
                                 l.iter()
-                                    .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+                                    .map(|x| {
+                                        x.as_str().map_or_else(|| x.to_string(), str::to_string)
+                                    })
                                     .collect()
                             })
                             .unwrap_or_else(|| (0..cells.len()).map(|i| i.to_string()).collect());
@@ -138,7 +143,11 @@ pub fn plots(p: &Pipeline, ids: &[String], output: &Path) -> anyhow::Result<()> 
                     let mut lines = text.lines();
                     let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
                     let rows: Vec<Vec<f64>> = lines
-                        .map(|l| l.split(',').map(|c| c.trim().parse().unwrap_or(f64::NAN)).collect())
+                        .map(|l| {
+                            l.split(',')
+                                .map(|c| c.trim().parse().unwrap_or(f64::NAN))
+                                .collect()
+                        })
                         .collect();
                     for (c, name) in header.iter().enumerate().skip(1) {
                         let points = rows
@@ -277,7 +286,11 @@ fn line_chart(c: &Chart, runs: &[Run]) -> String {
         .iter()
         .flat_map(|(_, p)| p.iter())
         .all(|(x, _)| x.fract() == 0.0);
-    let xticks = if whole && x1 - x0 < 4.0 { ((x1 - x0) as u32).max(1) } else { 4 };
+    let xticks = if whole && x1 - x0 < 4.0 {
+        ((x1 - x0) as u32).max(1)
+    } else {
+        4
+    };
     for i in 0..=xticks {
         let mut xv = x0 + f64::from(i) / f64::from(xticks) * (x1 - x0);
         if whole {

@@ -371,7 +371,9 @@ pub fn parse(
                     || f.split('/').any(|c| c == ".." || c.is_empty())
                 {
                     return Err(serr(
-                        format!("`{field}`: `{f}` must be a relative path inside the stage's output"),
+                        format!(
+                            "`{field}`: `{f}` must be a relative path inside the stage's output"
+                        ),
                         &[field],
                     )
                     .at(src, locate_value(src, &["stages", name, field], f)));
