@@ -306,15 +306,15 @@ fn line_chart(c: &Chart, runs: &[Run]) -> String {
     }
     for i in 0..=4 {
         let yv = y0 + f64::from(i) / 4.0 * (y1 - y0);
-        let _ = write!(
+        let _ = writeln!(
             s,
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text><line x1=\"{l}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#eee\"/>\n",
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text><line x1=\"{l}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#eee\"/>",
             l - 4.0, sy(yv) + 4.0, tick(yv), w - r, sy(yv), sy(yv)
         );
     }
-    let _ = write!(
+    let _ = writeln!(
         s,
-        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text><text x=\"12\" y=\"{:.1}\" text-anchor=\"middle\" transform=\"rotate(-90 12 {:.1})\">{}</text>\n",
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text><text x=\"12\" y=\"{:.1}\" text-anchor=\"middle\" transform=\"rotate(-90 12 {:.1})\">{}</text>",
         (l + w - r) / 2.0,
         ht - 6.0,
         esc(&c.x),
@@ -329,9 +329,9 @@ fn line_chart(c: &Chart, runs: &[Run]) -> String {
             .iter()
             .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
             .collect();
-        let _ = write!(
+        let _ = writeln!(
             s,
-            "<polyline class=\"series\" data-run=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\" points=\"{}\"/>\n",
+            "<polyline class=\"series\" data-run=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\" points=\"{}\"/>",
             esc(id),
             path.join(" ")
         );
@@ -366,9 +366,9 @@ fn confusion(m: &Confusion) -> String {
     );
     for (i, label) in m.labels.iter().enumerate().take(n) {
         let c = i as f64 * cell + cell / 2.0;
-        let _ = write!(
+        let _ = writeln!(
             s,
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n",
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
             l + c, t - 6.0, esc(label), l - 6.0, t + c + 4.0, esc(label)
         );
     }
@@ -376,9 +376,9 @@ fn confusion(m: &Confusion) -> String {
         for (j, v) in row.iter().enumerate() {
             let (x, y) = (l + j as f64 * cell, t + i as f64 * cell);
             let a = 0.1 + 0.8 * v / max;
-            let _ = write!(
+            let _ = writeln!(
                 s,
-                "<rect x=\"{x}\" y=\"{y}\" width=\"{cell}\" height=\"{cell}\" fill=\"#1f77b4\" fill-opacity=\"{a:.2}\" stroke=\"#fff\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\n",
+                "<rect x=\"{x}\" y=\"{y}\" width=\"{cell}\" height=\"{cell}\" fill=\"#1f77b4\" fill-opacity=\"{a:.2}\" stroke=\"#fff\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
                 x + cell / 2.0, y + cell / 2.0 + 4.0, history::fmt(*v)
             );
         }
