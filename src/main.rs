@@ -3,6 +3,7 @@
 
 mod commands;
 mod exit;
+mod history;
 mod remote;
 mod reporter;
 mod signals;
@@ -174,6 +175,32 @@ enum Command {
         #[arg(long)]
         workspace: Option<PathBuf>,
     },
+    /// List the runs of a pipeline: params that differ and metrics.
+    Runs {
+        manifest: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show or compare the metrics stages declare (`metrics: [FILE]`).
+    #[command(subcommand)]
+    Metrics(MetricsCommand),
+    /// Restore an earlier run's outputs and lock from the store, running nothing.
+    Checkout {
+        /// The run id (see `pipe runs`); a unique prefix will do.
+        run: String,
+        #[arg(long)]
+        workspace: Option<PathBuf>,
+    },
+    /// Draw the stages' plot files of several runs into one HTML file.
+    Plots {
+        manifest: PathBuf,
+        /// Run ids (default: each distinct result of the history).
+        runs: Vec<String>,
+        #[arg(short, long, default_value = "plots.html")]
+        output: PathBuf,
+    },
+    /// Print a stage's log from the last run, also when it was cached.
+    Logs { manifest: PathBuf, stage: String },
     /// Delete store objects that no run record references. With manifests,
     /// also delete run records their lock files do not reference.
     Gc {
@@ -190,6 +217,25 @@ enum Command {
     },
     /// Print a shell completion script: `pipe completions bash > ~/.local/share/bash-completion/completions/pipe`.
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum MetricsCommand {
+    /// Each stage's metrics for this configuration (from the store).
+    Show {
+        #[command(flatten)]
+        m: ManifestArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The current lock's metrics against a git revision's lock or a run.
+    Diff {
+        manifest: PathBuf,
+        /// A git revision (default HEAD) or a run id.
+        rev: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -358,6 +404,11 @@ fn run(cli: Cli) -> Result<i32, Failure> {
                 pipe_engine::run_with_remote(&p, &registry, &opts, &human, remote_cache)?
             };
             remote_warnings(remote.as_ref());
+            if !dry_run {
+                if let Err(e) = history::record(&p, &summary) {
+                    eprintln!("warning: the run was not recorded: {e:#}");
+                }
+            }
             if json {
                 let _ = writeln!(out, "{}", reporter::json_summary(&summary));
             } else if dry_run {
@@ -537,6 +588,45 @@ fn run(cli: Cli) -> Result<i32, Failure> {
                     ),
                 }
             }
+            Ok(exit::OK)
+        }
+        Command::Runs { manifest, json } => {
+            let p = pipe_engine::load(&manifest, &[], &registry)?;
+            commands::runs::runs(&mut out, &p, json).map_err(commands::failure)?;
+            Ok(exit::OK)
+        }
+        Command::Metrics(MetricsCommand::Show { m, json }) => {
+            let p = load(&m, &registry)?;
+            commands::metrics::show(&mut out, &p, &registry, json).map_err(commands::failure)?;
+            Ok(exit::OK)
+        }
+        Command::Metrics(MetricsCommand::Diff {
+            manifest,
+            rev,
+            json,
+        }) => {
+            let p = pipe_engine::load(&manifest, &[], &registry)?;
+            commands::metrics::diff(&mut out, &p, rev.as_deref(), json)
+                .map_err(commands::failure)?;
+            Ok(exit::OK)
+        }
+        Command::Checkout { run, workspace } => {
+            commands::checkout::checkout(&find_workspace(workspace)?, &run)
+                .map_err(commands::failure)?;
+            Ok(exit::OK)
+        }
+        Command::Plots {
+            manifest,
+            runs,
+            output,
+        } => {
+            let p = pipe_engine::load(&manifest, &[], &registry)?;
+            commands::plots::plots(&p, &runs, &output).map_err(commands::failure)?;
+            Ok(exit::OK)
+        }
+        Command::Logs { manifest, stage } => {
+            let p = pipe_engine::load(&manifest, &[], &registry)?;
+            commands::logs::logs(&mut out, &p, &stage).map_err(commands::failure)?;
             Ok(exit::OK)
         }
         Command::Show { args, sets, json } => {

@@ -314,3 +314,37 @@ fn finetune_progress_shows_epoch_step_loss_and_eta() {
         .unwrap_or_else(|| panic!("no step line in:\n{err}"));
     assert!(line.contains(" samples/s · ETA "), "{line}");
 }
+
+#[test]
+fn finetune_declares_its_metrics_and_per_step_table() {
+    let ws = workspace();
+    ws.manifest(&MANIFEST.replace("epochs: 20", "epochs: 2"));
+    ws.run_json(&["--until", "finetune"]);
+    let steps = ws.read(".pipe/out/m/finetune/steps.csv");
+    let mut lines = steps.lines();
+    assert_eq!(lines.next(), Some("step,epoch,loss,lr"));
+    let rows: Vec<Vec<f64>> = lines
+        .map(|l| l.split(',').map(|c| c.parse().unwrap()).collect())
+        .collect();
+    let metrics = ws.json(".pipe/out/m/finetune/metrics.json");
+    assert_eq!(rows.len() as u64, metrics["steps"].as_u64().unwrap());
+    assert_eq!(rows.last().unwrap()[1], 2.0, "{steps}");
+    assert!(rows.iter().all(|r| r[2] > 0.0 && r[3] >= 0.0), "{steps}");
+
+    let out = ws.pipe(&["metrics", "show", "pipe.yaml", "--json"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["finetune"]["mcc"], metrics["mcc"]);
+
+    let out = ws.pipe(&["plots", "pipe.yaml", "-o", "plots.html"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let html = ws.read("plots.html");
+    for chart in [
+        "finetune: loss per step",
+        "finetune: lr per step",
+        "finetune: mcc per epoch",
+        "finetune: confusion matrix",
+    ] {
+        assert!(html.contains(chart), "missing {chart}");
+    }
+}

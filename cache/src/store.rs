@@ -278,6 +278,17 @@ impl Store {
         Ok((path, meta))
     }
 
+    /// The bytes of the file at `path` inside the output of `run`, read from
+    /// its store object: `Ok(None)` when the output has no such file.
+    pub fn read_file(&self, run: &RunRecord, path: &str) -> Result<Option<Vec<u8>>> {
+        let path = path.trim_matches('/');
+        let Some((_, digest, executable, _)) = run.output.files().find(|(p, ..)| *p == path) else {
+            return Ok(None);
+        };
+        let obj = self.object_path(&digest, executable);
+        fs::read(&obj).ctx("read", obj).map(Some)
+    }
+
     /// Check every object of a run record: [`Error::Corrupt`] or
     /// [`Error::Missing`] when one is damaged.
     pub fn verify(&self, run: &RunRecord) -> Result<()> {

@@ -114,6 +114,12 @@ impl LockFile {
                 })
             }
         };
+        LockFile::parse(&text, path).map(Some)
+    }
+
+    /// Parse lock text; `path` names where it came from in errors (e.g. a
+    /// lock read from an earlier git revision).
+    pub fn parse(text: &str, path: &Path) -> Result<LockFile, LockError> {
         let conflict = text.lines().position(|l| {
             ["<<<<<<< ", "=======", ">>>>>>> "]
                 .iter()
@@ -125,7 +131,7 @@ impl LockFile {
                 line: i + 1,
             });
         }
-        let disk: FromDisk = serde_yaml::from_str(&text).map_err(|source| LockError::Parse {
+        let disk: FromDisk = serde_yaml::from_str(text).map_err(|source| LockError::Parse {
             path: path.to_path_buf(),
             line: source.location().map(|l| l.line()),
             column: source.location().map(|l| l.column()),
@@ -137,10 +143,10 @@ impl LockFile {
                 version: disk.version,
             });
         }
-        Ok(Some(LockFile {
+        Ok(LockFile {
             pipeline: disk.pipeline,
             stages: disk.stages,
-        }))
+        })
     }
 
     /// The lock of `pipeline`: its own lock, else what a legacy `pipe.lock`

@@ -35,6 +35,10 @@ pub struct Stage {
     pub env: BTreeMap<String, String>,
     /// The params this stage reads, with their values.
     pub params_used: BTreeMap<String, Value>,
+    /// Files of the output holding metrics (`metrics:`, else the kind's).
+    pub metrics: Vec<String>,
+    /// Files of the output holding plot data (`plots:`, else the kind's).
+    pub plots: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

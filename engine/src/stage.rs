@@ -163,6 +163,18 @@ pub trait StageKind: Send + Sync {
         &[]
     }
 
+    /// JSON files of the output that hold metrics, when the manifest does not
+    /// say (`metrics:`).
+    fn metrics(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Files of the output that hold plot data, when the manifest does not
+    /// say (`plots:`).
+    fn plots(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Facts about this machine that change the result (go into the key).
     fn fingerprints(&self, _stage: &Stage) -> Result<BTreeMap<String, String>, StageError> {
         Ok(BTreeMap::new())

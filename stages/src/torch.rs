@@ -89,13 +89,28 @@ impl StageKind for Torch {
     fn version(&self) -> u32 {
         match self {
             // 2: wall-clock figures left `metrics.json` for the run record.
-            Torch::Finetune => 2,
+            // 3: `steps.csv`, the per-step loss and learning rate.
+            Torch::Finetune => 3,
             Torch::Trace => 1,
         }
     }
 
     fn check(&self, with: &Value) -> Result<(), WithError> {
         self.parse(with).map(|_| ())
+    }
+
+    fn metrics(&self) -> &'static [&'static str] {
+        match self {
+            Torch::Finetune => &["metrics.json"],
+            Torch::Trace => &[],
+        }
+    }
+
+    fn plots(&self) -> &'static [&'static str] {
+        match self {
+            Torch::Finetune => &["steps.csv", "metrics.json"],
+            Torch::Trace => &[],
+        }
     }
 
     fn fingerprints(&self, stage: &Stage) -> Result<BTreeMap<String, String>, StageError> {

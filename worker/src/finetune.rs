@@ -1,6 +1,6 @@
 //! `kind: finetune`: fine-tune BERT for sequence classification on
 //! `train.csv`, evaluate on `test.csv`, and write the model in Hugging Face
-//! layout with `metrics.json` and `loss.svg`.
+//! layout with `metrics.json`, `steps.csv` (step, epoch, loss, lr) and `loss.svg`.
 //!
 //! CPU speed comes from padding each batch only to its longest sentence,
 //! grouping sentences of similar length into batches, and keeping host work out
@@ -104,7 +104,7 @@ pub fn predict(model: &crate::bert::Bert, ids: &[Vec<i64>], device: Device) -> V
     pred
 }
 
-/// Fine-tune and write the model, `metrics.json` and `loss.svg` into `out`.
+/// Fine-tune and write the model, `metrics.json`, `steps.csv` and `loss.svg` into `out`.
 ///
 /// The output is a function of the inputs alone (same device and thread
 /// count: byte-identical), so it can be cached and cut off early; wall-clock
@@ -171,6 +171,8 @@ pub fn run(
 
     let mut step = 0;
     let mut losses: Vec<f64> = Vec::new();
+    // The per-step table `pipe plots` draws: step, epoch, loss, learning rate.
+    let mut steps = String::from("step,epoch,loss,lr\n");
     let mut epochs = Vec::new();
     let mut stats = BTreeMap::new();
     let mut train_seconds = 0.0;
@@ -225,6 +227,11 @@ pub fn run(
         let seconds = started.elapsed().as_secs_f64();
         train_seconds += seconds;
         let avg = epoch_loss.iter().sum::<f64>() / epoch_loss.len().max(1) as f64;
+        for (i, l) in epoch_loss.iter().enumerate() {
+            let s = losses.len() + i;
+            let lr = w.lr * lr_factor(w.schedule, s, total, warmup);
+            steps += &format!("{},{epoch},{l},{lr}\n", s + 1);
+        }
         losses.extend(epoch_loss);
         report.log(&format!("Average training loss: {avg:.6}"));
         report.progress(&format!("epoch {epoch}/{}: evaluating", w.epochs));
@@ -260,6 +267,7 @@ pub fn run(
         out.join("metrics.json"),
         serde_json::to_string_pretty(&metrics)? + "\n",
     )?;
+    std::fs::write(out.join("steps.csv"), steps)?;
     std::fs::write(
         out.join("loss.svg"),
         loss_svg(&losses, "training loss per step"),

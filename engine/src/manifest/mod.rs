@@ -58,6 +58,10 @@ struct RawStage {
     resources: Resources,
     #[serde(default)]
     env: Ordered<serde_yaml::Value>,
+    /// JSON files of the output that hold metrics (`pipe metrics`).
+    metrics: Option<Vec<String>>,
+    /// Files of the output that hold plot data (`pipe plots`).
+    plots: Option<Vec<String>>,
 }
 
 fn yes() -> bool {
@@ -363,6 +367,28 @@ pub fn parse(
             };
             edges.push((j, i));
         }
+        let declared = |field: &str, files: &Option<Vec<String>>, default: &[&str]| {
+            let Some(files) = files else {
+                return Ok(default.iter().map(|f| f.to_string()).collect());
+            };
+            for f in files {
+                if f.is_empty()
+                    || Path::new(f).is_absolute()
+                    || f.split('/').any(|c| c == ".." || c.is_empty())
+                {
+                    return Err(serr(
+                        format!(
+                            "`{field}`: `{f}` must be a relative path inside the stage's output"
+                        ),
+                        &[field],
+                    )
+                    .at(src, locate_value(src, &["stages", name, field], f)));
+                }
+            }
+            Ok(files.clone())
+        };
+        let metrics = declared("metrics", &rs.metrics, kind.metrics())?;
+        let plots = declared("plots", &rs.plots, kind.plots())?;
         stages.push(Stage {
             name: name.clone(),
             kind: rs.kind.clone(),
@@ -373,6 +399,8 @@ pub fn parse(
             gpus: rs.resources.gpu,
             env,
             params_used: used,
+            metrics,
+            plots,
         });
     }
 
