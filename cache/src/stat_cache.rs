@@ -7,9 +7,8 @@
 //! recorded is re-hashed (git's "racily clean" rule).
 //!
 //! A no-op run looks up every input file here, so the lookup of an unchanged
-//! file takes no lock and allocates nothing: the file is read once into one
-//! buffer, its records are indexed in one sorted vector and searched by path
-//! bytes. What a run adds or forgets goes to a small map beside it, merged on
+//! file takes no lock and allocates nothing: the records are read into one
+//! buffer of paths and one vector of entries, indexed by a hash of the path. What a run adds or forgets goes to a small map beside it, merged on
 //! [`StatCache::save`].
 //!
 //! The file (`stat-cache-v2.bin`) is [`MAGIC`] followed by records sorted by
@@ -18,6 +17,7 @@
 //! an empty cache: it only costs re-hashing.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, RandomState};
 use std::fs::Metadata;
 use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
@@ -112,12 +112,16 @@ fn now_ns() -> i128 {
         .unwrap_or(0)
 }
 
-/// The records of the file as loaded: one buffer of paths, and the entries
-/// sorted by path, each naming its path as a range of that buffer.
+/// The records of the file as loaded: one buffer of paths, the entries, each
+/// naming its path as a range of that buffer, and an index from a hash of the
+/// path to the entry (the path is compared on lookup; of two paths with the
+/// same hash, the second is simply not cached).
 #[derive(Default)]
 struct Loaded {
     paths: Vec<u8>,
     entries: Vec<(Range<usize>, StatEntry)>,
+    index: HashMap<u64, usize>,
+    hasher: RandomState,
 }
 
 impl Loaded {
@@ -134,23 +138,18 @@ impl Loaded {
             loaded.paths.extend_from_slice(path);
             loaded.entries.push((start..loaded.paths.len(), entry));
         }
-        let paths = &loaded.paths;
-        if !loaded
-            .entries
-            .windows(2)
-            .all(|w| paths[w[0].0.clone()] < paths[w[1].0.clone()])
-        {
-            return None;
+        loaded.index.reserve(loaded.entries.len());
+        for (i, (range, _)) in loaded.entries.iter().enumerate() {
+            let hash = loaded.hasher.hash_one(&loaded.paths[range.clone()]);
+            loaded.index.entry(hash).or_insert(i);
         }
         Some(loaded)
     }
 
     fn get(&self, path: &[u8]) -> Option<&StatEntry> {
-        let i = self
-            .entries
-            .binary_search_by(|(r, _)| self.paths[r.clone()].cmp(path))
-            .ok()?;
-        Some(&self.entries[i].1)
+        let i = *self.index.get(&self.hasher.hash_one(path))?;
+        let (range, entry) = self.entries.get(i)?;
+        (self.paths.get(range.clone())? == path).then_some(entry)
     }
 
     fn iter(&self) -> impl Iterator<Item = (&[u8], &StatEntry)> {

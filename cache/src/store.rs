@@ -165,7 +165,8 @@ impl Store {
         pins: BTreeMap<String, String>,
         stats: BTreeMap<String, f64>,
     ) -> Result<RunRecord> {
-        let output = Tree::scan(staged, &self.stat)?;
+        // Staged paths are gone after the commit: not worth a stat cache entry.
+        let output = Tree::scan(staged, &crate::PlainHasher)?;
         let mut touched = HashSet::new();
         for (rel, digest, executable, _) in output.files() {
             let obj = self.object_path(&digest, executable);
