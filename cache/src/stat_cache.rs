@@ -17,8 +17,8 @@
 //! an empty cache: it only costs re-hashing.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, RandomState};
 use std::fs::Metadata;
+use std::hash::{BuildHasher, RandomState};
 use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
