@@ -82,6 +82,22 @@ fn editing_a_workspace_input_reruns_its_consumers() {
 }
 
 #[test]
+fn editing_a_file_in_a_folder_input_reruns_even_beside_a_sibling_that_sorts_between() {
+    // `raw` < `raw.tsv` < `raw/x`: the folder `raw` must still cover `raw/x`.
+    let ws = TestWorkspace::new();
+    ws.file("data/raw/x", "one\n")
+        .file("data/raw.tsv", "t\n")
+        .manifest(
+            "version: 1\nname: w\nstages:\n  cat:\n    kind: shell\n    inputs: {data: data}\n    with: {cmd: cat $PIPE_IN_DATA/raw/x > $PIPE_OUT/x}\n",
+        );
+    assert_eq!(ws.ran(&[]), ["cat"]);
+    assert!(ws.ran(&[]).is_empty());
+    ws.file("data/raw/x", "two\n");
+    assert_eq!(ws.ran(&[]), ["cat"]);
+    assert_eq!(ws.read(".pipe/out/w/cat/x"), "two\n");
+}
+
+#[test]
 fn early_cutoff_keeps_downstream_cached() {
     let ws = TestWorkspace::new();
     ws.manifest(

@@ -8,12 +8,14 @@
 //! the same way.
 
 use std::collections::BTreeMap;
-use std::fs::Metadata;
+use std::ffi::OsString;
+use std::fs::{DirEntry, FileType, Metadata};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, IoContext, Result};
 use crate::Digest;
@@ -90,7 +92,7 @@ impl Tree {
                 Ok(Entry {
                     path: rel,
                     kind: EntryKind::File {
-                        executable: meta.permissions().mode() & 0o111 != 0,
+                        executable: is_executable(&meta),
                         size: meta.len(),
                         sha256,
                     },
@@ -100,6 +102,20 @@ impl Tree {
         entries.extend(hashed);
         entries.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(Tree { entries })
+    }
+
+    /// The hash [`Tree::scan_skipping`] followed by [`Tree::hash`] gives,
+    /// without building the listing: each directory's children are looked at
+    /// in parallel and folded into its hash, so an unchanged file costs one
+    /// `stat` (against the directory's handle) and one stat cache lookup.
+    pub fn hash_path(
+        root: &Path,
+        hasher: &dyn FileHasher,
+        skip: &(dyn Fn(&Path) -> bool + Sync),
+    ) -> Result<Digest> {
+        let meta = std::fs::symlink_metadata(root).ctx("read metadata of", root)?;
+        let hashing = Hashing { root, hasher, skip };
+        hashing.node(root, meta.file_type(), || Ok(meta.clone()))
     }
 
     /// The Merkle hash of the whole tree.
@@ -158,31 +174,26 @@ impl Tree {
         match &entry.kind {
             EntryKind::File {
                 executable, sha256, ..
-            } => Digest::of_parts([
-                b"file\0".as_slice(),
-                if *executable { b"x\0" } else { b"-\0" },
-                &sha256.0,
-            ]),
-            EntryKind::Symlink { target } => {
-                Digest::of_parts([b"link\0".as_slice(), target.as_bytes()])
-            }
+            } => file_hash(*executable, sha256),
+            EntryKind::Symlink { target } => link_hash(target),
             EntryKind::Dir => {
-                // Entries are sorted by path, so the children of `entry` follow it
-                // contiguously; direct children are those without a further `/`.
+                // Entries are sorted by path, so the paths below `entry` (those
+                // starting with `prefix`) are contiguous; they need not follow
+                // `entry` directly (`a` < `a.b` < `a/x`). Direct children are
+                // those without a further `/`.
                 let prefix = if entry.path.is_empty() {
                     String::new()
                 } else {
                     format!("{}/", entry.path)
                 };
+                let start = self
+                    .entries
+                    .partition_point(|e| e.path.as_str() < prefix.as_str());
                 let mut parts: Vec<Vec<u8>> = vec![b"dir\0".to_vec()];
                 let mut children: BTreeMap<&str, usize> = BTreeMap::new();
-                for (i, e) in self.entries.iter().enumerate().skip(idx + 1) {
+                for (i, e) in self.entries.iter().enumerate().skip(start) {
                     let Some(rest) = e.path.strip_prefix(&prefix) else {
-                        if entry.path.is_empty() {
-                            continue;
-                        } else {
-                            break;
-                        }
+                        break;
                     };
                     if !rest.is_empty() && !rest.contains('/') {
                         children.insert(rest, i);
@@ -197,6 +208,106 @@ impl Tree {
                 Digest::of_parts(parts.iter().map(|p| p.as_slice()))
             }
         }
+    }
+}
+
+fn file_hash(executable: bool, sha256: &Digest) -> Digest {
+    Digest::of_parts([
+        b"file\0".as_slice(),
+        if executable { b"x\0" } else { b"-\0" },
+        &sha256.0,
+    ])
+}
+
+fn link_hash(target: &str) -> Digest {
+    Digest::of_parts([b"link\0".as_slice(), target.as_bytes()])
+}
+
+fn is_executable(meta: &Metadata) -> bool {
+    meta.permissions().mode() & 0o111 != 0
+}
+
+/// The target of the link at `path`, which must stay inside `root` and be UTF-8.
+fn checked_link_target(root: &Path, path: &Path) -> Result<String> {
+    let target = std::fs::read_link(path).ctx("read link", path)?;
+    if !link_stays_inside(root, path, &target) {
+        return Err(Error::UnsafeLink {
+            path: path.to_path_buf(),
+            target: target.display().to_string(),
+        });
+    }
+    target
+        .into_os_string()
+        .into_string()
+        .map_err(|_| Error::NonUtf8Path {
+            path: path.to_path_buf(),
+        })
+}
+
+/// [`Tree::hash_path`] at work.
+struct Hashing<'a> {
+    root: &'a Path,
+    hasher: &'a dyn FileHasher,
+    skip: &'a (dyn Fn(&Path) -> bool + Sync),
+}
+
+impl Hashing<'_> {
+    /// The hash of the node at `path` of type `ft`; `meta` stats it (only files need it).
+    fn node(
+        &self,
+        path: &Path,
+        ft: FileType,
+        meta: impl FnOnce() -> Result<Metadata>,
+    ) -> Result<Digest> {
+        if ft.is_file() {
+            let meta = meta()?;
+            let sha256 = self.hasher.hash(path, &meta)?;
+            Ok(file_hash(is_executable(&meta), &sha256))
+        } else if ft.is_symlink() {
+            Ok(link_hash(&checked_link_target(self.root, path)?))
+        } else if ft.is_dir() {
+            self.dir(path)
+        } else {
+            Err(Error::Special {
+                path: path.to_path_buf(),
+            })
+        }
+    }
+
+    fn dir(&self, path: &Path) -> Result<Digest> {
+        let mut children: Vec<(OsString, DirEntry)> = std::fs::read_dir(path)
+            .ctx("list", path)?
+            .map(|e| e.map(|e| (e.file_name(), e)))
+            .collect::<std::io::Result<_>>()
+            .ctx("list", path)?;
+        children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        // One path buffer per rayon job, not one path per child.
+        let hashes: Vec<Option<Digest>> = children
+            .par_iter()
+            .map_init(PathBuf::new, |buf, (name, entry)| {
+                buf.clear();
+                buf.push(path);
+                buf.push(name);
+                if (self.skip)(buf) {
+                    return Ok(None);
+                }
+                let ft = entry.file_type().ctx("read metadata of", &*buf)?;
+                let meta = || entry.metadata().ctx("read metadata of", &*buf);
+                self.node(buf, ft, meta).map(Some)
+            })
+            .collect::<Result<_>>()?;
+        let mut h = Sha256::new();
+        h.update(b"dir\0");
+        for ((name, _), hash) in children.iter().zip(hashes) {
+            let Some(hash) = hash else { continue };
+            let name = name.to_str().ok_or_else(|| Error::NonUtf8Path {
+                path: path.join(name),
+            })?;
+            h.update(name.as_bytes());
+            h.update([0]);
+            h.update(hash.0);
+        }
+        Ok(Digest(h.finalize().into()))
     }
 }
 
@@ -215,19 +326,7 @@ impl Walker<'_> {
         if ft.is_file() {
             self.pending.push((rel, path.to_path_buf(), meta));
         } else if ft.is_symlink() {
-            let target = std::fs::read_link(path).ctx("read link", path)?;
-            if !link_stays_inside(root, path, &target) {
-                return Err(Error::UnsafeLink {
-                    path: path.to_path_buf(),
-                    target: target.display().to_string(),
-                });
-            }
-            let target = target
-                .to_str()
-                .ok_or_else(|| Error::NonUtf8Path {
-                    path: path.to_path_buf(),
-                })?
-                .to_string();
+            let target = checked_link_target(root, path)?;
             self.entries.push(Entry {
                 path: rel,
                 kind: EntryKind::Symlink { target },
@@ -363,6 +462,62 @@ mod tests {
             d.path(),
             &d.path().join("l"),
             Path::new("/etc")
+        ));
+    }
+
+    /// A folder with a sibling that sorts between it and its children
+    /// (`a` < `a.b` < `a/x`, as `.` and `-` sort before `/`).
+    fn tricky(d: &Path) {
+        fs::create_dir_all(d.join("a/b")).unwrap();
+        fs::create_dir(d.join("empty")).unwrap();
+        fs::write(d.join("a/x"), "x").unwrap();
+        fs::write(d.join("a/b/y"), "y").unwrap();
+        fs::write(d.join("a.b"), "sibling").unwrap();
+        fs::write(d.join("a-c"), "sibling").unwrap();
+        fs::write(d.join("run.sh"), "#!/bin/sh").unwrap();
+        fs::set_permissions(d.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("a/x", d.join("link")).unwrap();
+    }
+
+    #[test]
+    fn a_folder_hash_covers_its_children_when_a_sibling_sorts_between() {
+        let d = tempfile::tempdir().unwrap();
+        tricky(d.path());
+        let before = scan(d.path());
+        fs::write(d.path().join("a/x"), "changed").unwrap();
+        let after = scan(d.path());
+        assert_ne!(before.node_hash("a"), after.node_hash("a"));
+        assert_ne!(before.hash(), after.hash());
+        assert_eq!(after.node_hash("a"), Some(scan(&d.path().join("a")).hash()));
+    }
+
+    #[test]
+    fn hash_path_equals_the_hash_of_the_scanned_tree() {
+        let d = tempfile::tempdir().unwrap();
+        tricky(d.path());
+        // Enough files for rayon to split the folder between threads.
+        fs::create_dir(d.path().join("many")).unwrap();
+        for i in 0..300 {
+            fs::write(d.path().join(format!("many/f{i}")), i.to_string()).unwrap();
+        }
+        let hash_path = |p: &Path, skip: &(dyn Fn(&Path) -> bool + Sync)| {
+            Tree::hash_path(p, &PlainHasher, skip).unwrap()
+        };
+        let none = |_: &Path| false;
+        assert_eq!(hash_path(d.path(), &none), scan(d.path()).hash());
+        let file = d.path().join("a/x");
+        assert_eq!(hash_path(&file, &none), scan(&file).hash());
+        let skip = |p: &Path| p.ends_with("a.b") || p.ends_with("many");
+        assert_eq!(
+            hash_path(d.path(), &skip),
+            Tree::scan_skipping(d.path(), &PlainHasher, &skip)
+                .unwrap()
+                .hash()
+        );
+        std::os::unix::fs::symlink("../..", d.path().join("a/out")).unwrap();
+        assert!(matches!(
+            Tree::hash_path(d.path(), &PlainHasher, &none),
+            Err(Error::UnsafeLink { .. })
         ));
     }
 }

@@ -313,10 +313,9 @@ impl Executor<'_> {
                     })?;
                     let skip = |path: &Path| is_pipe_state(p, path);
                     let hash = match self.store {
-                        Some(store) => Tree::scan_skipping(&real, store.stat_cache(), &skip)?,
-                        None => Tree::scan_skipping(&real, &pipe_cache::PlainHasher, &skip)?,
-                    }
-                    .hash();
+                        Some(store) => Tree::hash_path(&real, store.stat_cache(), &skip)?,
+                        None => Tree::hash_path(&real, &pipe_cache::PlainHasher, &skip)?,
+                    };
                     (abs, hash)
                 }
             };
@@ -378,11 +377,18 @@ fn is_pipe_state(p: &Pipeline, path: &Path) -> bool {
         a.canonicalize()
             .is_ok_and(|a| path.canonicalize().is_ok_and(|b| a == b))
     };
-    let lock = p.lock_file();
     match name {
         ".pipe" => path.is_dir() && same(&p.pipe_dir()),
         "pipe.lock" => true,
-        _ if lock.file_name() == path.file_name() && same(&lock) => true,
+        // Called for every file of an input: a plain name costs no allocation.
+        _ if !name.ends_with(".lock") => false,
+        _ if {
+            let lock = p.lock_file();
+            lock.file_name() == path.file_name() && same(&lock)
+        } =>
+        {
+            true
+        }
         _ => name.strip_suffix(".lock").is_some_and(|stem| {
             ["yaml", "yml"]
                 .iter()
