@@ -508,6 +508,7 @@ fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Serve { args } => {
             let worker =
                 pipe_stages::worker::path().map_err(|e| Failure::usage(anyhow::anyhow!("{e}")))?;
+            signals::unblock();
             let err = std::os::unix::process::CommandExt::exec(
                 std::process::Command::new(&worker).arg("serve").args(&args),
             );

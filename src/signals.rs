@@ -43,6 +43,20 @@ pub fn install() {
     }
 }
 
+/// Unblock SIGINT and SIGTERM in this thread: call right before `exec`,
+/// which keeps the signal mask (unlike spawning a child), so that the program
+/// `pipe` becomes (`pipe serve`) gets its signals as usual.
+pub fn unblock() {
+    // SAFETY: plain libc calls on a local, initialised signal set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 /// The run that a signal stops from now on.
 pub fn watch(run: Arc<Interrupt>) {
     let _ = RUN.set(run);

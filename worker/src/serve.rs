@@ -346,6 +346,14 @@ struct App {
 /// bounding the tokenizer's work.
 const CHARS_PER_TOKEN: usize = 32;
 
+/// Keep at most `max` characters of `s` (on a character boundary), so that
+/// the tokenizer's work per sentence is bounded whatever a client sends.
+fn cut_chars(s: &mut String, max: usize) {
+    if let Some((cut, _)) = s.char_indices().nth(max) {
+        s.truncate(cut);
+    }
+}
+
 /// Counts a running inference thread until dropped (a panic included).
 struct Alive(Arc<AtomicUsize>);
 
@@ -649,9 +657,7 @@ async fn invoke(app: &App, headers: &HeaderMap, body: Body) -> Response {
         );
     }
     for s in &mut sentences {
-        if let Some((cut, _)) = s.char_indices().nth(app.max_chars) {
-            s.truncate(cut);
-        }
+        cut_chars(s, app.max_chars);
     }
     let (tx, rx) = oneshot::channel();
     // Off the count just before it is queued: a worker that finds the queue
@@ -942,7 +948,56 @@ pub fn serve(opts: Options) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{length_groups, CALL_ROWS};
+    use super::*;
+
+    #[test]
+    fn sentences_are_cut_on_a_character_boundary() {
+        let mut s = "é".repeat(10);
+        cut_chars(&mut s, 4);
+        assert_eq!(s, "éééé");
+        let mut short = "short".to_string();
+        cut_chars(&mut short, 100);
+        assert_eq!(short, "short");
+    }
+
+    /// `/ping` answers 503 once an inference thread has gone, e.g. by a
+    /// panic: its `Alive` guard is dropped while unwinding.
+    #[test]
+    fn ping_is_unhealthy_once_an_inference_thread_is_gone() {
+        let metrics = Metrics::new().unwrap();
+        let queue = Arc::new(Queue {
+            waiting: Mutex::new(VecDeque::new()),
+            more: Condvar::new(),
+            capacity: 1,
+            depth: metrics.queued.clone(),
+        });
+        let alive = Arc::new(AtomicUsize::new(2));
+        let app = Arc::new(App {
+            queue,
+            arriving: Arc::new(AtomicUsize::new(0)),
+            alive: alive.clone(),
+            workers: 2,
+            labels: vec![],
+            metrics,
+            body_limit: 1,
+            max_items: 1,
+            max_chars: 1,
+            read_timeout: Duration::from_secs(1),
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let status = |app: &Arc<App>| rt.block_on(ping(State(app.clone()))).status();
+        assert_eq!(status(&app), StatusCode::OK);
+        let guard = Alive(alive);
+        let died = std::thread::spawn(move || {
+            let _guard = guard;
+            panic!("an inference thread dies");
+        })
+        .join();
+        assert!(died.is_err());
+        assert_eq!(status(&app), StatusCode::SERVICE_UNAVAILABLE);
+    }
 
     #[test]
     fn length_groups_cover_every_sentence_in_order() {
