@@ -130,14 +130,8 @@ pub fn record(p: &Pipeline, summary: &RunSummary) -> anyhow::Result<Run> {
         .filter(|c| c.is_ascii_digit() || *c == 'T' || *c == '.')
         .map(|c| if c == 'T' || c == '.' { '-' } else { c })
         .collect();
-    let mut id = stamp.clone();
-    let mut n = 1;
-    while dir.join(format!("{id}.json")).exists() {
-        n += 1;
-        id = format!("{stamp}-{n}");
-    }
-    let run = Run {
-        id,
+    let mut run = Run {
+        id: stamp.clone(),
         time,
         commit: git_commit(root),
         manifest: relative(&p.file),
@@ -147,11 +141,30 @@ pub fn record(p: &Pipeline, summary: &RunSummary) -> anyhow::Result<Run> {
         stages,
         lock: std::fs::read_to_string(p.lock_file()).ok(),
     };
-    let path = dir.join(format!("{}.json", run.id));
-    let text = serde_json::to_string_pretty(&run)? + "\n";
-    pipe_engine::cache::write_atomic(&path, text.as_bytes())
-        .with_context(|| format!("cannot write the run record {}", path.display()))?;
-    Ok(run)
+    // Claim the id atomically: the record is written to a temp file and then
+    // hard-linked to its name, which fails if another run took that name
+    // (two runs in the same millisecond), and never leaves a partial record.
+    for n in 1..=1000 {
+        if n > 1 {
+            run.id = format!("{stamp}-{n}");
+        }
+        let text = serde_json::to_string_pretty(&run)? + "\n";
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+            .with_context(|| format!("cannot create a temp file in {}", dir.display()))?;
+        std::io::Write::write_all(&mut tmp, text.as_bytes())
+            .and_then(|()| tmp.as_file().sync_all())
+            .with_context(|| format!("cannot write {}", tmp.path().display()))?;
+        let path = dir.join(format!("{}.json", run.id));
+        match std::fs::hard_link(tmp.path(), &path) {
+            Ok(()) => return Ok(run),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot write the run record {}", path.display()))
+            }
+        }
+    }
+    anyhow::bail!("no free run id in {} for {stamp}", dir.display())
 }
 
 fn git_commit(root: &Path) -> Option<String> {

@@ -318,7 +318,7 @@ fn remote_warnings(remote: Option<&pipe_remote::Remote>) {
         );
     }
     for p in &report.problems {
-        eprintln!("warning: {p}");
+        eprintln!("warning: {}", pipe_engine::cache::redact_userinfo(p));
     }
 }
 
@@ -355,7 +355,9 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code as u8),
         Err(f) => {
-            eprintln!("error: {:#}", f.error);
+            // A URL's user info (a remote's, an endpoint's) never reaches the terminal.
+            let message = format!("{:#}", f.error);
+            eprintln!("error: {}", pipe_engine::cache::redact_userinfo(&message));
             ExitCode::from(f.code as u8)
         }
     }

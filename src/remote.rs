@@ -31,7 +31,16 @@ pub fn push(p: &Pipeline, remote: &Remote, quiet: bool) -> Result<i32, Failure> 
             p.lock_file().display()
         )));
     }
-    let store = Store::open(&p.pipe_dir()).context("cannot open the store")?;
+    // Under the workspace lock: a concurrent run cleans the store's temp
+    // files and saves the stat cache too.
+    let pipe_dir = p.pipe_dir();
+    std::fs::create_dir_all(&pipe_dir)
+        .with_context(|| format!("cannot create {}", pipe_dir.display()))?;
+    let _lock = WorkspaceLock::acquire(&pipe_dir.join("lock"), |pid| {
+        eprintln!("{}", reporter::waiting_for_lock(pid))
+    })
+    .context("cannot lock the workspace")?;
+    let store = Store::open(&pipe_dir).context("cannot open the store")?;
     let mut missing = Vec::new();
     let (mut blobs, mut bytes) = (0usize, 0u64);
     for (name, entry) in &stages {

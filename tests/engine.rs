@@ -494,14 +494,21 @@ fn dot_input_never_hashes_pipe_state_or_lock_files() {
     ws.file("data.txt", "x\n").manifest(
         "version: 1\nname: d\nstages:\n  all:\n    kind: shell\n    inputs: {ws: .}\n    with: {cmd: 'cat $PIPE_IN_WS/data.txt > $PIPE_OUT/o'}\n  other:\n    kind: shell\n    with: {cmd: 'echo > $PIPE_OUT/o'}\n",
     );
+    let lock = |n: &str| {
+        format!("# other.lock: written by `pipe run`. Commit it with the manifest.\nversion: 1\npipeline: o\nstages: {{}}\n# {n}\n")
+    };
     ws.file("other.yaml", "version: 1\nname: o\nstages: {}\n");
-    ws.file("other.lock", "one\n");
+    ws.file("other.lock", &lock("one"));
+    ws.file("Chart.yaml", "name: c\n");
+    ws.file("Chart.lock", "one\n");
     assert_eq!(ws.ran(&[]), ["all", "other"]);
     // The run wrote .pipe/ and the lock file; another manifest's lock changed.
-    ws.file("other.lock", "two\n");
+    ws.file("other.lock", &lock("two"));
     assert!(ws.ran(&["--force", "other"]) == ["other"]);
     assert!(ws.ran(&[]).is_empty());
-    // A real change still counts.
+    // A real change still counts, another tool's lock file included.
     ws.file("data.txt", "y\n");
+    assert_eq!(ws.ran(&[]), ["all"]);
+    ws.file("Chart.lock", "two\n");
     assert_eq!(ws.ran(&[]), ["all"]);
 }

@@ -62,3 +62,17 @@ fn a_param_named_as_pipe_param_is_exported_and_keyed() {
     // Another param does not touch this stage's key.
     assert!(ws.ran(&["--set", "max-len=64", "--set", "g=x"]).is_empty());
 }
+
+/// A `'` in a comment or a heredoc is not a quote; the value is still never
+/// code (regression: the quote tracker read `don't` as opening a quote and
+/// spliced the value into the script unquoted).
+#[test]
+fn quotes_in_comments_and_heredocs_do_not_let_a_param_run() {
+    let ws = TestWorkspace::new();
+    ws.manifest(
+        "version: 1\nname: s\nparams:\n  g: hello\nstages:\n  echo:\n    kind: shell\n    with:\n      cmd: |\n        # don't forget\n        printf '<%s>' ${params.g} > $PIPE_OUT/g.txt\n        cat > $PIPE_OUT/h.txt <<EOF\n        it's ${params.g}\n        EOF\n",
+    );
+    assert_eq!(ws.ran(&["--set", &format!("g={INJECT}")]), ["echo"]);
+    no_injection(&ws);
+    assert_eq!(ws.read(".pipe/out/s/echo/g.txt"), format!("<{INJECT}>"));
+}

@@ -287,7 +287,19 @@ impl Store {
             return Ok(None);
         };
         let obj = self.object_path(&digest, executable);
-        fs::read(&obj).ctx("read", obj).map(Some)
+        let bytes = match fs::read(&obj) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Missing { digest })
+            }
+            Err(e) => return Err(e).ctx("read", obj),
+        };
+        // Never hand out a damaged object's bytes.
+        let actual = Digest::of(&bytes);
+        if actual != digest {
+            return Err(Error::Corrupt { digest, actual });
+        }
+        Ok(Some(bytes))
     }
 
     /// Check every object of a run record: [`Error::Corrupt`] or

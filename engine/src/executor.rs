@@ -367,8 +367,9 @@ impl Executor<'_> {
 }
 
 /// pipe's own files, never part of a workspace input (an input of `.`): the
-/// `.pipe` dir and lock files (`pipe.lock`, and `NAME.lock` beside a manifest
-/// `NAME.yaml`/`NAME.yml`).
+/// `.pipe` dir and lock files (this pipeline's, and any `pipe.lock` or
+/// `NAME.lock` beside a `NAME.yaml`/`NAME.yml` that `pipe run` wrote: another
+/// tool's lock, such as Helm's `Chart.lock`, is data).
 fn is_pipe_state(p: &Pipeline, path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return false;
@@ -379,7 +380,7 @@ fn is_pipe_state(p: &Pipeline, path: &Path) -> bool {
     };
     match name {
         ".pipe" => path.is_dir() && same(&p.pipe_dir()),
-        "pipe.lock" => true,
+        "pipe.lock" => written_by_pipe(path),
         // Called for every file of an input: a plain name costs no allocation.
         _ if !name.ends_with(".lock") => false,
         _ if {
@@ -389,12 +390,30 @@ fn is_pipe_state(p: &Pipeline, path: &Path) -> bool {
         {
             true
         }
-        _ => name.strip_suffix(".lock").is_some_and(|stem| {
-            ["yaml", "yml"]
-                .iter()
-                .any(|ext| path.with_file_name(format!("{stem}.{ext}")).is_file())
-        }),
+        _ => {
+            name.strip_suffix(".lock").is_some_and(|stem| {
+                ["yaml", "yml"]
+                    .iter()
+                    .any(|ext| path.with_file_name(format!("{stem}.{ext}")).is_file())
+            }) && written_by_pipe(path)
+        }
     }
+}
+
+/// Whether the lock file at `path` opens with the header `pipe run` writes.
+fn written_by_pipe(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 160];
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let n = f.read(&mut head).unwrap_or(0);
+    let head = String::from_utf8_lossy(&head[..n]);
+    head.starts_with('#')
+        && head
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains(": written by `pipe run`."))
 }
 
 fn io_err(op: &str, path: &std::path::Path, e: std::io::Error) -> StageError {

@@ -212,6 +212,9 @@ impl GroupChild<'_> {
             }
         }
         kill_group(pid, libc::SIGKILL);
+        // SIGKILL is not synchronous: a member of the group still writing
+        // into staging must be gone before the output is scanned.
+        wait_group_gone(pid);
         let status = self.child.wait();
         self.reaped = true;
         self.interrupt.untrack(pid);
@@ -226,6 +229,44 @@ impl Drop for GroupChild<'_> {
             let _ = self.reap();
         }
     }
+}
+
+/// Wait (bounded, 10 s) until no live process other than the leader `pgid`
+/// (a zombie until reaped) is left in process group `pgid`.
+fn wait_group_gone(pgid: i32) {
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_micros(200);
+    while group_has_live_members(pgid) && started.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Whether a process other than `pgid` itself, not yet dead (zombie `Z` or
+/// dead `X`), is in process group `pgid`.
+fn group_has_live_members(pgid: i32) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|e| {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            return false;
+        };
+        if pid == pgid {
+            return false;
+        }
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            return false;
+        };
+        // `pid (comm) state ppid pgrp …`; comm may hold spaces and parens.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            return false;
+        };
+        let mut f = rest.split_whitespace();
+        let state = f.next();
+        let pgrp = f.nth(1).and_then(|g| g.parse::<i32>().ok());
+        pgrp == Some(pgid) && !matches!(state, Some("Z" | "X"))
+    })
 }
 
 fn kill_group(pgid: i32, signal: i32) {

@@ -198,6 +198,16 @@ impl Remote {
         wanted: &HashMap<Digest, Vec<bool>>,
         store: &Store,
     ) -> Result<u64, Error> {
+        if pack.size > crate::entry::PACK_MAX {
+            return Err(Error::Entry {
+                path: self.cas(&pack.sha256).to_string(),
+                why: format!(
+                    "a pack of {} bytes is over the limit of {}",
+                    pack.size,
+                    crate::entry::PACK_MAX
+                ),
+            });
+        }
         let bytes = self.get_blob(&pack.sha256).await?;
         let short = || Error::Entry {
             path: self.cas(&pack.sha256).to_string(),
@@ -255,7 +265,15 @@ impl Remote {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(self.store_err(&path))?;
             hasher.update(&chunk);
-            total += chunk.len() as u64;
+            total = total.saturating_add(chunk.len() as u64);
+            if total > size {
+                // Longer than the entry says: stop before it fills the disk.
+                self.mark_bad(d);
+                return Err(Error::Corrupt {
+                    digest: d,
+                    actual: Digest(hasher.finalize().into()),
+                });
+            }
             file.write_all(&chunk).map_err(io("write", tmp.path()))?;
         }
         file.flush().map_err(io("write", tmp.path()))?;

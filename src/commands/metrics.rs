@@ -88,6 +88,9 @@ fn lock_at(p: &Pipeline, rev: &str) -> anyhow::Result<LockFile> {
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
+    if rev.starts_with('-') {
+        super::usage!("`{rev}` is neither a run id nor a git revision");
+    }
     let spec = format!("{rev}:./{name}");
     let out = std::process::Command::new("git")
         .arg("-C")

@@ -4,10 +4,15 @@
 //! variables) are left alone.
 //!
 //! In a shell script (a kind's [`script_fields`](crate::StageKind::script_fields))
-//! params are data, never code: each value is quoted for where it stands (bare:
-//! one single-quoted word; inside `"…"`: `$`, `` ` ``, `"` and `\` escaped;
-//! inside `'…'`: each `'` closed, escaped and reopened), so `--set
-//! 'x=$(rm -rf ~)'` is the text `$(rm -rf ~)`. A script that names
+//! params are data, never code. A value made only of plain characters (letters,
+//! digits, `@%+=:,./_-`) is spliced as it is: it means the same in any shell
+//! context. Any other value is never put in the script text at all: the
+//! reference becomes a quoted expansion of the param's environment variable
+//! (`"${PIPE_PARAM_X}"` bare, `${PIPE_PARAM_X}` inside `"…"`,
+//! `'"${PIPE_PARAM_X}"'` inside `'…'`), and the shell kind exports that
+//! variable. The result of an expansion is never parsed again, so even where
+//! the quote tracking below misreads a script (a `'` in a comment or a heredoc)
+//! `--set 'x=$(rm -rf ~)'` stays the text `$(rm -rf ~)`. A script that names
 //! `$PIPE_PARAM_<NAME>` reads that param too (it goes into the key).
 
 use std::collections::BTreeMap;
@@ -61,20 +66,19 @@ enum Quote {
     Double,
 }
 
-/// `value` as shell data for the quoting context it is spliced into.
-fn shell_quote(value: &str, context: Quote) -> String {
+/// Param `name`'s `value` as shell data for the quoting context it is spliced
+/// into (see the module doc): plain text as it is, anything else as an
+/// expansion of its environment variable.
+fn shell_quote(name: &str, value: &str, context: Quote) -> String {
     let plain = |c: char| c.is_ascii_alphanumeric() || "@%+=:,./_-".contains(c);
+    if !value.is_empty() && value.chars().all(plain) {
+        return value.to_string();
+    }
+    let var = env_var(name);
     match context {
-        Quote::None if !value.is_empty() && value.chars().all(plain) => value.to_string(),
-        Quote::None => format!("'{}'", value.replace('\'', r"'\''")),
-        Quote::Single => value.replace('\'', r"'\''"),
-        Quote::Double => value.chars().fold(String::new(), |mut out, c| {
-            if matches!(c, '$' | '`' | '"' | '\\') {
-                out.push('\\');
-            }
-            out.push(c);
-            out
-        }),
+        Quote::None => format!("\"${{{var}}}\""),
+        Quote::Single => format!("'\"${{{var}}}\"'"),
+        Quote::Double => format!("${{{var}}}"),
     }
 }
 
@@ -106,12 +110,25 @@ pub fn interpolate_script(
                 let name = &s[i + OPEN.len()..i + end];
                 let value = params.get(name).ok_or_else(|| Unknown(name.to_string()))?;
                 used.insert(name.to_string(), value.clone());
-                out.push_str(&shell_quote(&text(value), quote));
+                out.push_str(&shell_quote(name, &text(value), quote));
                 while chars.peek().is_some_and(|(j, _)| *j <= i + end) {
                     chars.next();
                 }
                 continue;
             }
+        }
+        // A comment (`#` starting a word, outside quotes) runs to the end of
+        // the line: its quotes are not quotes.
+        let word_start = out
+            .chars()
+            .last()
+            .is_none_or(|p| p.is_whitespace() || matches!(p, ';' | '&' | '|' | '(' | ')'));
+        if quote == Quote::None && c == '#' && word_start {
+            out.push(c);
+            while let Some((_, n)) = chars.next_if(|(_, n)| *n != '\n') {
+                out.push(n);
+            }
+            continue;
         }
         out.push(c);
         match (quote, c) {
@@ -225,19 +242,30 @@ mod tests {
         };
         assert_eq!(
             script("echo ${params.n} ${params.g}", &mut used),
-            r#"echo 3 'a b'\''"$x'"#
+            r#"echo 3 "${PIPE_PARAM_G}""#
         );
         assert_eq!(
             script(r#"echo "<${params.g}>""#, &mut used),
-            r#"echo "<a b'\"\$x>""#
+            r#"echo "<${PIPE_PARAM_G}>""#
         );
         assert_eq!(
             script("echo '<${params.g}>'", &mut used),
-            r#"echo '<a b'\''"$x>'"#
+            r#"echo '<'"${PIPE_PARAM_G}"'>'"#
         );
         assert_eq!(
             script(r#"echo \"${params.g}"#, &mut used),
-            r#"echo \"'a b'\''"$x'"#
+            r#"echo \""${PIPE_PARAM_G}""#
+        );
+        // A quote in a comment is not a quote.
+        assert_eq!(
+            script("# don't\necho ${params.g}", &mut used),
+            "# don't\necho \"${PIPE_PARAM_G}\""
+        );
+        // A quote the tracker misreads (in a heredoc) never lets a value run:
+        // the value is not in the script text at all, only its expansion.
+        assert_eq!(
+            script("cat <<E\nit's ${params.g}\nE", &mut used),
+            "cat <<E\nit's '\"${PIPE_PARAM_G}\"'\nE"
         );
         assert_eq!(script("echo ${params.n}", &mut used), "echo 3");
         assert_eq!(used.len(), 2);
