@@ -23,6 +23,20 @@ fn locked(p: &Pipeline) -> Result<Vec<(String, pipe_engine::lockfile::LockEntry)
         .collect())
 }
 
+/// The workspace's store, under the workspace lock: a concurrent run cleans
+/// the store's temp files and saves the stat cache too.
+fn open_locked(p: &Pipeline) -> anyhow::Result<(WorkspaceLock, Store)> {
+    let pipe_dir = p.pipe_dir();
+    std::fs::create_dir_all(&pipe_dir)
+        .with_context(|| format!("cannot create {}", pipe_dir.display()))?;
+    let lock = WorkspaceLock::acquire(&pipe_dir.join("lock"), |pid| {
+        eprintln!("{}", reporter::waiting_for_lock(pid))
+    })
+    .context("cannot lock the workspace")?;
+    let store = Store::open(&pipe_dir).context("cannot open the store")?;
+    Ok((lock, store))
+}
+
 pub fn push(p: &Pipeline, remote: &Remote, quiet: bool) -> Result<i32, Failure> {
     let stages = locked(p)?;
     if stages.is_empty() {
@@ -31,16 +45,7 @@ pub fn push(p: &Pipeline, remote: &Remote, quiet: bool) -> Result<i32, Failure> 
             p.lock_file().display()
         )));
     }
-    // Under the workspace lock: a concurrent run cleans the store's temp
-    // files and saves the stat cache too.
-    let pipe_dir = p.pipe_dir();
-    std::fs::create_dir_all(&pipe_dir)
-        .with_context(|| format!("cannot create {}", pipe_dir.display()))?;
-    let _lock = WorkspaceLock::acquire(&pipe_dir.join("lock"), |pid| {
-        eprintln!("{}", reporter::waiting_for_lock(pid))
-    })
-    .context("cannot lock the workspace")?;
-    let store = Store::open(&pipe_dir).context("cannot open the store")?;
+    let (_lock, store) = open_locked(p)?;
     let mut missing = Vec::new();
     let (mut blobs, mut bytes) = (0usize, 0u64);
     for (name, entry) in &stages {
@@ -85,14 +90,7 @@ pub fn push(p: &Pipeline, remote: &Remote, quiet: bool) -> Result<i32, Failure> 
 
 pub fn pull(p: &Pipeline, remote: &Remote, quiet: bool) -> Result<i32, Failure> {
     let stages = locked(p)?;
-    let pipe_dir = p.pipe_dir();
-    std::fs::create_dir_all(&pipe_dir)
-        .with_context(|| format!("cannot create {}", pipe_dir.display()))?;
-    let _lock = WorkspaceLock::acquire(&pipe_dir.join("lock"), |pid| {
-        eprintln!("{}", reporter::waiting_for_lock(pid))
-    })
-    .context("cannot lock the workspace")?;
-    let store = Store::open(&pipe_dir).context("cannot open the store")?;
+    let (_lock, store) = open_locked(p)?;
     store.clean_tmp().context("cannot clean the store")?;
     let mut missing = Vec::new();
     for (name, entry) in &stages {

@@ -170,17 +170,6 @@ impl pipe_engine::RemoteCache for Remote {
     }
 }
 
-/// `a: b: c` from an error and its sources.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        let msg = src.to_string();
-        if !s.contains(&msg) {
-            s.push_str(": ");
-            s.push_str(&msg);
-        }
-        cur = src.source();
-    }
-    s
-}
+/// `a: b: c` from an error and its sources, URL user info masked (the
+/// engine's rendering, one copy).
+pub use pipe_engine::executor::error_chain;

@@ -71,7 +71,9 @@ impl Location {
     }
 }
 
-fn s3(bucket: &str) -> Result<object_store::aws::AmazonS3, Error> {
+/// An S3 client builder for `bucket`: the standard AWS variables, else the
+/// profile `AWS_PROFILE` (or `default`) in `~/.aws/credentials`.
+pub fn s3_builder(bucket: &str) -> object_store::aws::AmazonS3Builder {
     let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
     if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
         if let Some((key, secret, token)) = profile_credentials() {
@@ -81,6 +83,11 @@ fn s3(bucket: &str) -> Result<object_store::aws::AmazonS3, Error> {
             }
         }
     }
+    b
+}
+
+fn s3(bucket: &str) -> Result<object_store::aws::AmazonS3, Error> {
+    let mut b = s3_builder(bucket);
     // Fail fast when the remote is away: a cache that cannot be reached is a miss.
     let retry = object_store::RetryConfig {
         max_retries: 3,

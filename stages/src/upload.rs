@@ -24,7 +24,7 @@ use std::sync::Arc;
 use object_store::{path::Path as ObjectPath, ObjectStore, PutPayload};
 use pipe_engine::cache::Digest;
 use pipe_engine::{StageContext, StageError, StageKind, WithError};
-use pipe_remote::location::{is_loopback, profile_credentials};
+use pipe_remote::location::{is_loopback, s3_builder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -135,15 +135,7 @@ fn open(
 ) -> Result<(Arc<dyn ObjectStore>, String, String), StageError> {
     Ok(match dest {
         Dest::S3 { bucket, prefix } => {
-            let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
-            if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
-                if let Some((key, secret, token)) = profile_credentials() {
-                    b = b.with_access_key_id(key).with_secret_access_key(secret);
-                    if let Some(t) = token {
-                        b = b.with_token(t);
-                    }
-                }
-            }
+            let mut b = s3_builder(bucket);
             if let Some(region) = &w.region {
                 b = b.with_region(region);
             }
