@@ -78,7 +78,11 @@ impl KeyRecord {
                     // Two unequal objects differ in some field; should they not,
                     // the whole `with:` is what changed.
                     first_difference(&o, &n).unwrap_or_else(|| {
-                        (String::new(), Some(old.with.clone()), Some(self.with.clone()))
+                        (
+                            String::new(),
+                            Some(old.with.clone()),
+                            Some(self.with.clone()),
+                        )
                     })
                 }
                 (o, n) => (String::new(), Some(o.clone()), Some(n.clone())),
