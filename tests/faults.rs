@@ -1,6 +1,8 @@
 //! Faults through the real `pipe` binary: signals, SIGKILL at random moments,
 //! stage processes left behind, values that used to panic a stage.
 
+#![allow(clippy::print_stdout, reason = "reports what the SIGKILL loop checked")]
+
 mod common;
 
 use std::collections::BTreeMap;
