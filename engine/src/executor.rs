@@ -48,7 +48,10 @@ pub enum Mode {
 /// Whether a stage's stored result can be used, decided before anything runs.
 pub enum Freshness {
     /// The stored result holds (restored into the output dir unless planning).
-    Fresh { run: RunRecord, source: CacheSource },
+    Fresh {
+        run: Box<RunRecord>,
+        source: CacheSource,
+    },
     /// The stage must run, and why.
     Dirty(DirtyReason),
 }
@@ -133,7 +136,7 @@ impl Executor<'_> {
 
     fn decide_and_act(&self, job: &Job, mode: Mode) -> Outcome {
         let reason = match self.plan(job, mode) {
-            Ok(Freshness::Fresh { run, source }) => return Outcome::Cached { run, source },
+            Ok(Freshness::Fresh { run, source }) => return Outcome::Cached { run: *run, source },
             Ok(Freshness::Dirty(reason)) => reason,
             Err(error) => {
                 return Outcome::Failed {
@@ -260,6 +263,7 @@ impl Executor<'_> {
         let Some((run, source)) = self.lookup(&job.key, mode)? else {
             return Ok(Freshness::Dirty(self.explain(job)));
         };
+        let run = Box::new(run);
         if mode == Mode::Plan {
             return Ok(Freshness::Fresh { run, source });
         }
