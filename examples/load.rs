@@ -4,6 +4,11 @@
 //!
 //!   cargo run --release --example load -- URL SENTENCES.txt CLIENTS REQUESTS_PER_CLIENT
 
+#![allow(
+    clippy::print_stdout,
+    reason = "prints its figures as a JSON line for bench/serve.sh"
+)]
+
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};

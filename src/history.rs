@@ -100,7 +100,7 @@ pub fn record(p: &Pipeline, summary: &RunSummary) -> anyhow::Result<Run> {
         }
         let metrics = match (&r.key, r.output_hash) {
             (Some(key), Some(_)) => metrics_of(&store, stage, key).unwrap_or_else(|e| {
-                eprintln!("warning: {e:#}");
+                crate::reporter::warn(&format!("{e:#}"));
                 BTreeMap::new()
             }),
             _ => BTreeMap::new(),

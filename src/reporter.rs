@@ -1,6 +1,9 @@
 //! The one owner of the terminal: a human reporter (status lines on stderr;
 //! on a terminal only, one live line per running stage with its latest
-//! progress) and a JSON reporter (one document on stdout).
+//! progress), a JSON reporter (one document on stdout), and the lines every
+//! command prints ([`status`], [`warn`], [`error`], [`note`]; data goes to
+//! [`stdout`]). Nothing else in `pipe` prints: the workspace lints
+//! `print_stdout` and `print_stderr` keep it so.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -20,8 +23,33 @@ pub struct Human {
 }
 
 /// `   Running upper: reason` with the verb right-aligned to 12 columns, like cargo.
-fn line(verb: &str, rest: &str) -> String {
+pub fn line(verb: &str, rest: &str) -> String {
     format!("{verb:>12} {rest}")
+}
+
+/// One line on stderr. A closed stderr loses the line, never the command.
+pub fn note(text: &str) {
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
+/// A status line on stderr: `    Restored train (1a2b3c4d)`.
+pub fn status(verb: &str, rest: &str) {
+    note(&line(verb, rest));
+}
+
+/// `warning: …` on stderr.
+pub fn warn(text: &str) {
+    note(&format!("warning: {text}"));
+}
+
+/// `error: …` on stderr.
+pub fn error(text: &str) {
+    note(&format!("error: {text}"));
+}
+
+/// Where a command's data goes (`--json`, `pipe dag`, `pipe show`).
+pub fn stdout() -> std::io::StdoutLock<'static> {
+    std::io::stdout().lock()
 }
 
 /// Why nothing happens yet: printed by every reporter, and by `gc`.
@@ -184,15 +212,17 @@ pub struct Json;
 impl Reporter for Json {
     fn event(&self, event: Event<'_>) {
         if let Event::WaitingForLock { pid } = event {
-            eprintln!("{}", waiting_for_lock(pid));
+            note(&waiting_for_lock(pid));
         }
     }
 }
 
-pub fn json_summary(summary: &RunSummary) -> String {
+/// `--json`: every stage's result as one document on stdout.
+pub fn json_summary(summary: &RunSummary) {
     let mut doc = serde_json::json!({ "stages": summary.results });
     if summary.interrupted {
         doc["interrupted"] = true.into();
     }
-    serde_json::to_string_pretty(&doc).unwrap_or_default()
+    let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    let _ = writeln!(stdout(), "{text}");
 }

@@ -3,6 +3,11 @@
 //! stage for real), its caching and reproducibility, and pipelines/sst2.yaml on
 //! a subset.
 
+#![allow(
+    clippy::print_stderr,
+    reason = "reports the metrics a full fine-tuning reached"
+)]
+
 mod common;
 
 use std::path::Path;

@@ -226,6 +226,7 @@ fn gc_keeps_referenced_objects_and_drops_the_rest() {
 
 fn mkfifo(path: &std::path::Path) {
     let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
 }
 
@@ -260,6 +261,7 @@ fn sigkill_mid_stage_leaves_no_partial_entry() {
         .spawn()
         .unwrap();
     wait_until_slow_started(&ws);
+    // SAFETY: kill(2) on our own child, not yet reaped, so its pid is not reused.
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     child.wait().unwrap();
     let records = files_under(&ws.path(".pipe/cas-v1/runs"));

@@ -1,6 +1,8 @@
 //! Faults through the real `pipe` binary: signals, SIGKILL at random moments,
 //! stage processes left behind, values that used to panic a stage.
 
+#![allow(clippy::print_stdout, reason = "reports what the SIGKILL loop checked")]
+
 mod common;
 
 use std::collections::BTreeMap;
@@ -14,6 +16,7 @@ use pipe_engine::cache::{Digest, RunRecord};
 
 fn mkfifo(path: &Path) {
     let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
 }
 
@@ -64,6 +67,7 @@ impl Grandchild {
 impl Drop for Grandchild {
     fn drop(&mut self) {
         if self.alive() {
+            // SAFETY: kill(2) on a pid checked alive above; at worst it is already gone.
             unsafe { libc::kill(self.0, libc::SIGKILL) };
         }
     }
@@ -75,6 +79,7 @@ fn sigint_and_sigterm_stop_the_stage_group_and_exit_130() {
         let ws = gated_workspace();
         let (child, bg) = start_until_slow_runs(&ws);
         assert!(bg.alive());
+        // SAFETY: kill(2) on our own child, not yet reaped, so its pid is not reused.
         unsafe { libc::kill(child.id() as i32, signal) };
         let out = child.wait_with_output().unwrap();
         let err = stderr(&out);
@@ -102,6 +107,7 @@ fn sigint_and_sigterm_stop_the_stage_group_and_exit_130() {
 fn sigkill_of_pipe_leaves_no_stage_process_behind() {
     let ws = gated_workspace();
     let (mut child, bg) = start_until_slow_runs(&ws);
+    // SAFETY: kill(2) on our own child, not yet reaped, so its pid is not reused.
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     child.wait().unwrap();
     std::fs::remove_file(ws.path("gate")).unwrap();

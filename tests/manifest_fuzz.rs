@@ -7,6 +7,11 @@
 //! at once, so 10,000 cost a few dozen processes; a sample also goes one
 //! manifest per process to check each one's exit code.
 
+#![allow(
+    clippy::print_stderr,
+    reason = "reports how many mutated manifests it covered"
+)]
+
 mod common;
 
 use std::collections::HashMap;

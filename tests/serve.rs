@@ -294,6 +294,7 @@ fn sigterm_drains_in_flight_requests_and_exits_0() {
             .is_ok_and(|m| m.contains("pipe_in_flight_requests 1"))
     });
     assert!(held, "the request never reached the server");
+    // SAFETY: kill(2) on our own child, not yet reaped, so its pid is not reused.
     unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
     conn.write_all(&body[5..]).unwrap();
     let mut answer = String::new();
@@ -348,6 +349,7 @@ fn deploy_reuse_replace_and_down() {
 
     // A dead endpoint is noticed and brought back up.
     let pid2 = ep2["pid"].as_u64().unwrap();
+    // SAFETY: kill(2) on the server pipe started; the loop below waits for it to go.
     unsafe { libc::kill(pid2 as i32, libc::SIGKILL) };
     while alive(pid2) {
         std::thread::yield_now();
@@ -587,6 +589,7 @@ fn sigterm_with_a_stuck_client_exits_0_after_the_drain_timeout() {
     )
     .unwrap();
     wait_for_metric(&s.url, "pipe_in_flight_requests 1");
+    // SAFETY: kill(2) on our own child, not yet reaped, so its pid is not reused.
     unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
     // Bounded: before the drain deadline the server waited for the client
     // for ever.

@@ -5,6 +5,11 @@
 //! fingerprints, and compiles the server's C++ module shim (`src/fast_cpu.cpp`)
 //! against libtorch's headers, with the flags torch-sys uses.
 
+#![allow(
+    clippy::print_stdout,
+    reason = "a build script talks to cargo on its stdout"
+)]
+
 use std::path::PathBuf;
 
 fn main() {

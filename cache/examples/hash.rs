@@ -2,6 +2,12 @@
 //! throughput. Used by `bench/engine.sh`:
 //! `cargo run --release -p pipe-cache --example hash -- FILE...`
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a command-line example: its output is the point"
+)]
+
 use std::time::Instant;
 
 fn main() {

@@ -20,6 +20,12 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    #[error("cannot encode {} as JSON", path.display())]
+    Encode {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("store object {digest} is corrupt (its content hashes to {actual})")]
     Corrupt { digest: Digest, actual: Digest },
     #[error("store object {digest} is missing")]

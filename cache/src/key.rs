@@ -75,7 +75,15 @@ impl KeyRecord {
                 (Value::Object(o), Value::Object(n)) => {
                     let o: BTreeMap<_, _> = o.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                     let n: BTreeMap<_, _> = n.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                    first_difference(&o, &n).unwrap_or_default()
+                    // Two unequal objects differ in some field; should they not,
+                    // the whole `with:` is what changed.
+                    first_difference(&o, &n).unwrap_or_else(|| {
+                        (
+                            String::new(),
+                            Some(old.with.clone()),
+                            Some(self.with.clone()),
+                        )
+                    })
                 }
                 (o, n) => (String::new(), Some(o.clone()), Some(n.clone())),
             };
@@ -147,7 +155,8 @@ pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
             }
             out.push(b']');
         }
-        scalar => out.extend(serde_json::to_vec(scalar).unwrap_or_default()),
+        // A scalar's `Display` is its compact JSON, and cannot fail.
+        scalar => out.extend(scalar.to_string().as_bytes()),
     }
 }
 

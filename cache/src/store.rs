@@ -209,8 +209,7 @@ impl Store {
             pins,
             stats,
         };
-        let bytes = serde_json::to_vec_pretty(&run).unwrap_or_default();
-        write_atomic(&self.record_path(&key), &bytes)?;
+        self.write_record(&run)?;
         Ok(run)
     }
 
@@ -250,8 +249,18 @@ impl Store {
         if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
             return Err(std::io::Error::last_os_error()).ctx("sync the filesystem of", objects);
         }
-        let bytes = serde_json::to_vec_pretty(run).unwrap_or_default();
-        write_atomic(&self.record_path(&run.key), &bytes)
+        self.write_record(run)
+    }
+
+    /// Write a run record as pretty JSON, atomically. A record that cannot be
+    /// encoded is an error, never an empty file.
+    fn write_record(&self, run: &RunRecord) -> Result<()> {
+        let path = self.record_path(&run.key);
+        let bytes = serde_json::to_vec_pretty(run).map_err(|source| Error::Encode {
+            path: path.clone(),
+            source,
+        })?;
+        write_atomic(&path, &bytes)
     }
 
     /// Check one object against its name, using the stat cache to skip

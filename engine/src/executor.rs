@@ -1,22 +1,36 @@
-//! Running one stage: resolve its inputs to content hashes, build its key,
-//! serve it from the store if possible, otherwise run it in a staging dir and
-//! commit the result.
+//! Running one stage, in two steps, as cargo does: [`Executor::plan`] decides
+//! whether the stored result is [`Freshness::Fresh`] or why it is
+//! [`Freshness::Dirty`]; [`Executor::execute`] then acts on that decision and
+//! returns an [`Outcome`]. Nothing is reported through out-parameters: the
+//! outcome becomes the stage's [`StageResult`] in one place.
+//!
+//! ```text
+//! prepare (inputs → key) ──▶ plan ──▶ Fresh ─────────────────────────▶ Outcome::Cached
+//!                                └──▶ Dirty(reason) ──▶ run (staging ──▶ work ──▶ commit) ──▶ Outcome::Ran
+//! ```
+//!
+//! [`Executor::work`] is the one place a stage's work happens; another
+//! executor (a cluster's) replaces that call.
+
+mod error;
+mod inputs;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use pipe_cache::{
-    DirtyReason, Error as CacheError, InputDigest, KeyRecord, RunRecord, Store, Tree,
-};
+use pipe_cache::{DirtyReason, Error as CacheError, Key, KeyRecord, RunRecord, Store};
+
+pub use error::{error_chain, ExecError, KindError};
 
 use crate::event::{CacheSource, Event, Reporter, StageResult, Status};
 use crate::interrupt::Interrupt;
 use crate::lockfile::LockFile;
-use crate::pipeline::{InputRef, Pipeline, Stage};
+use crate::pipeline::{Pipeline, Stage};
 use crate::remote::RemoteCache;
-use crate::stage::{Registry, StageContext, StageError};
+use crate::stage::{Registry, StageContext, StageError, StageKind};
+use inputs::Resolved;
 
 /// How far to go with a stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +45,40 @@ pub enum Mode {
     Plan,
 }
 
+/// Whether a stage's stored result can be used, decided before anything runs.
+pub enum Freshness {
+    /// The stored result holds (restored into the output dir unless planning).
+    Fresh {
+        run: Box<RunRecord>,
+        source: CacheSource,
+    },
+    /// The stage must run, and why.
+    Dirty(DirtyReason),
+}
+
+/// What became of a stage.
+pub enum Outcome {
+    Cached {
+        run: RunRecord,
+        source: CacheSource,
+    },
+    Ran {
+        run: RunRecord,
+        reason: DirtyReason,
+    },
+    /// Planning only: the stage would run.
+    WouldRun(DirtyReason),
+    /// Upstream of a `--only` selection and not cached: not run.
+    Skipped(DirtyReason),
+    Failed {
+        error: ExecError,
+        /// Why it ran, when it got that far.
+        reason: Option<DirtyReason>,
+        /// The end of its log, when its work failed.
+        log_tail: Option<String>,
+    },
+}
+
 pub struct Executor<'a> {
     pub pipeline: &'a Pipeline,
     pub registry: &'a Registry,
@@ -41,10 +89,23 @@ pub struct Executor<'a> {
     pub interrupt: &'a Interrupt,
 }
 
-/// Inputs resolved to paths and digests.
-struct Resolved {
-    paths: BTreeMap<String, PathBuf>,
-    digests: BTreeMap<String, InputDigest>,
+/// A stage ready to plan: its kind, resolved inputs and key.
+pub struct Job<'a> {
+    stage: &'a Stage,
+    kind: &'a dyn StageKind,
+    inputs: Resolved,
+    record: KeyRecord,
+    key: Key,
+    /// Where the output is materialised, and the log.
+    out_dir: PathBuf,
+    log: PathBuf,
+}
+
+/// Pins and stats a stage records while it runs (see [`StageContext::pin`]).
+#[derive(Default)]
+struct Recorded {
+    pins: Mutex<BTreeMap<String, String>>,
+    stats: Mutex<BTreeMap<String, f64>>,
 }
 
 impl Executor<'_> {
@@ -57,218 +118,276 @@ impl Executor<'_> {
         upstream: &HashMap<String, RunRecord>,
     ) -> (StageResult, Option<RunRecord>) {
         let started = Instant::now();
-        let mut result = StageResult::new(&stage.name, Status::Failed);
-        let outcome = self.try_execute(stage, mode, upstream, &mut result);
-        result.seconds = started.elapsed().as_secs_f64();
-        match outcome {
-            Ok(run) => {
-                if let Some(run) = &run {
-                    result.key = Some(run.key);
-                    result.output_hash = Some(run.output_hash);
-                    result.output_dir = Some(self.pipeline.output_dir(&stage.name));
-                    result.stats = run.stats.clone();
+        let (key, outcome) = match self.prepare(stage, upstream) {
+            Ok(job) => (Some(job.key), self.decide_and_act(&job, mode)),
+            Err(error) => (
+                None,
+                Outcome::Failed {
+                    error,
+                    reason: None,
+                    log_tail: None,
+                },
+            ),
+        };
+        let mut result = self.result(stage, key, outcome);
+        result.0.seconds = started.elapsed().as_secs_f64();
+        result
+    }
+
+    fn decide_and_act(&self, job: &Job, mode: Mode) -> Outcome {
+        let reason = match self.plan(job, mode) {
+            Ok(Freshness::Fresh { run, source }) => return Outcome::Cached { run: *run, source },
+            Ok(Freshness::Dirty(reason)) => reason,
+            Err(error) => {
+                return Outcome::Failed {
+                    error,
+                    reason: None,
+                    log_tail: None,
                 }
-                (result, run)
             }
-            // `result.status` starts as Failed; a stage refused before running
-            // (not selected, not cached) has set Skipped.
-            Err(e) => {
-                result.error = Some(error_chain(e.as_ref()));
-                (result, None)
-            }
+        };
+        match mode {
+            Mode::Plan => Outcome::WouldRun(reason),
+            Mode::CacheOnly => Outcome::Skipped(reason),
+            Mode::Run | Mode::Force => match self.run(job, mode, &reason) {
+                Ok(run) => Outcome::Ran { run, reason },
+                Err(error) => {
+                    let log_tail = matches!(error, ExecError::Run(_))
+                        .then(|| log_tail(&job.log, 20))
+                        .flatten();
+                    Outcome::Failed {
+                        error,
+                        reason: Some(reason),
+                        log_tail,
+                    }
+                }
+            },
         }
     }
 
-    fn try_execute(
+    /// The stage's `--json` result for `outcome`.
+    fn result(
         &self,
         stage: &Stage,
-        mode: Mode,
+        key: Option<Key>,
+        outcome: Outcome,
+    ) -> (StageResult, Option<RunRecord>) {
+        let mut r = StageResult::new(&stage.name, Status::Failed);
+        r.key = key;
+        let run = match outcome {
+            Outcome::Cached { run, source } => {
+                r.status = Status::Cached;
+                r.cache = Some(source);
+                Some(run)
+            }
+            Outcome::Ran { run, reason } => {
+                r.status = Status::Ran;
+                r.reason = Some(reason);
+                Some(run)
+            }
+            Outcome::WouldRun(reason) => {
+                r.status = Status::Pending;
+                r.reason = Some(reason);
+                None
+            }
+            Outcome::Skipped(reason) => {
+                r.status = Status::Skipped;
+                r.error = Some(format!(
+                    "not selected and not cached ({reason}); run it first"
+                ));
+                r.reason = Some(reason);
+                None
+            }
+            Outcome::Failed {
+                error,
+                reason,
+                log_tail,
+            } => {
+                r.error = Some(error_chain(&error));
+                r.reason = reason;
+                r.log_tail = log_tail;
+                None
+            }
+        };
+        if let Some(run) = &run {
+            r.key = Some(run.key);
+            r.output_hash = Some(run.output_hash);
+            r.output_dir = Some(self.pipeline.output_dir(&stage.name));
+            r.stats = run.stats.clone();
+        }
+        (r, run)
+    }
+
+    /// Resolve the stage's inputs and build its key.
+    pub fn prepare<'s>(
+        &'s self,
+        stage: &'s Stage,
         upstream: &HashMap<String, RunRecord>,
-        result: &mut StageResult,
-    ) -> Result<Option<RunRecord>, StageError> {
-        let p = self.pipeline;
+    ) -> Result<Job<'s>, ExecError> {
         let kind = self
             .registry
             .get(&stage.kind)
-            .ok_or_else(|| format!("unknown stage kind `{}`", stage.kind))?;
-        let resolved = self.resolve_inputs(stage, upstream)?;
+            .ok_or_else(|| ExecError::UnknownKind(stage.kind.clone()))?;
+        let inputs = inputs::resolve(self.pipeline, self.store, stage, upstream)?;
         let record = KeyRecord {
             kind: stage.kind.clone(),
             kind_version: kind.version(),
             params: stage.params_used.clone(),
             with: stage.with.clone(),
-            inputs: resolved.digests.clone(),
+            inputs: inputs.digests.clone(),
             env: stage.env.clone(),
-            fingerprints: kind.fingerprints(stage)?,
+            fingerprints: kind
+                .fingerprints(stage)
+                .map_err(|e| ExecError::Kind(KindError(e)))?,
         };
-        let key = record.key();
-        result.key = Some(key);
-        let out_dir = p.output_dir(&stage.name);
-        let log = p.log_file(&stage.name);
-
-        let mut reason = match mode {
-            Mode::Force => Some(DirtyReason::Forced),
-            _ if !stage.cache => Some(DirtyReason::NotCached),
-            _ => None,
-        };
-        if reason.is_none() {
-            let mut hit = match self.store {
-                Some(store) => store.get(&key)?,
-                None => None,
-            };
-            let mut source = CacheSource::Local;
-            if hit.is_none() {
-                hit = self.remote_hit(&key, mode);
-                source = CacheSource::Remote;
-            }
-            result.cache = hit.is_some().then_some(source);
-            match hit {
-                Some(run) if mode == Mode::Plan => {
-                    result.status = Status::Cached;
-                    return Ok(Some(run));
-                }
-                Some(run) => match self.restore(&run, &out_dir) {
-                    Ok(()) => {
-                        let drift = if kind.is_effect(stage) {
-                            let pins = Mutex::new(BTreeMap::new());
-                            let stats = Mutex::new(BTreeMap::new());
-                            let ctx = self.context(
-                                stage, &resolved, &out_dir, &log, &run.pins, &pins, &stats,
-                            );
-                            kind.verify(&ctx)?
-                        } else {
-                            None
-                        };
-                        match drift {
-                            None => {
-                                result.status = Status::Cached;
-                                return Ok(Some(run));
-                            }
-                            Some(detail) => reason = Some(DirtyReason::Drift { detail }),
-                        }
-                    }
-                    // Damage is a miss: the rerun's commit repairs the store.
-                    Err(CacheError::Corrupt { digest, .. }) => {
-                        reason = Some(DirtyReason::OutputCorrupt {
-                            detail: format!("object {} failed its hash check", digest.short()),
-                        });
-                    }
-                    Err(CacheError::Missing { digest }) => {
-                        reason = Some(DirtyReason::OutputCorrupt {
-                            detail: format!("object {} is missing", digest.short()),
-                        });
-                    }
-                    Err(e) => return Err(e.into()),
-                },
-                None => reason = Some(self.explain(stage, &record)),
-            }
-        }
-        let reason = reason.unwrap_or(DirtyReason::NeverRun);
-        result.cache = None;
-        result.reason = Some(reason.clone());
-        match mode {
-            Mode::Plan => {
-                result.status = Status::Pending;
-                return Ok(None);
-            }
-            Mode::CacheOnly => {
-                result.status = Status::Skipped;
-                return Err(format!("not selected and not cached ({reason}); run it first").into());
-            }
-            Mode::Run | Mode::Force => {}
-        }
-        let store = self.store.ok_or("no store")?;
-
-        self.reporter.event(Event::Started {
-            stage: &stage.name,
-            reason: &reason,
-        });
-        let staging = store.staging_dir()?;
-        let out = staging.path().join("out");
-        std::fs::create_dir_all(&out).map_err(|e| io_err("create", &out, e))?;
-        if let Some(dir) = log.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| io_err("create", dir, e))?;
-        }
-        std::fs::write(&log, b"").map_err(|e| io_err("create", &log, e))?;
-        let started = Instant::now();
-        // A forced stage starts from nothing: it must not be held to old pins.
-        let locked_pins = match (mode, self.old_lock.stages.get(&stage.name)) {
-            (Mode::Force, _) | (_, None) => BTreeMap::new(),
-            (_, Some(entry)) => entry.pins.clone(),
-        };
-        let new_pins = Mutex::new(BTreeMap::new());
-        let new_stats = Mutex::new(BTreeMap::new());
-        let ctx = self.context(
+        Ok(Job {
             stage,
-            &resolved,
-            &out,
-            &log,
-            &locked_pins,
-            &new_pins,
-            &new_stats,
-        );
-        let ran = kind.run(&ctx);
-        // Whatever an interrupted stage produced is dropped with its staging dir.
-        if self.interrupt.is_set() {
-            return Err("interrupted".into());
-        }
-        if let Err(e) = ran {
-            result.log_tail = log_tail(&log, 20);
-            return Err(e);
-        }
-        let pins = new_pins.into_inner().unwrap_or_else(|e| e.into_inner());
-        let stats = new_stats.into_inner().unwrap_or_else(|e| e.into_inner());
-        let run = store.commit(
-            key,
+            kind,
+            inputs,
+            key: record.key(),
             record,
-            &out,
-            started.elapsed().as_secs_f64(),
-            pins,
-            stats,
-        )?;
-        store.materialize(&run, &out_dir)?;
-        if let Some(remote) = self.remote.filter(|r| r.writes()) {
-            remote.push(&run, store);
-        }
-        result.status = Status::Ran;
-        Ok(Some(run))
+            out_dir: self.pipeline.output_dir(&stage.name),
+            log: self.pipeline.log_file(&stage.name),
+        })
     }
 
-    /// A result missing from the store, from the remote cache: only looked up
-    /// when planning, downloaded into the store otherwise.
-    fn remote_hit(&self, key: &pipe_cache::Key, mode: Mode) -> Option<RunRecord> {
-        let remote = self.remote?;
-        match (mode, self.store) {
+    /// Decide, touching nothing but the output dir (restored from the store
+    /// unless planning): is the stored result good, or why must the stage run?
+    pub fn plan(&self, job: &Job, mode: Mode) -> Result<Freshness, ExecError> {
+        if mode == Mode::Force {
+            return Ok(Freshness::Dirty(DirtyReason::Forced));
+        }
+        if !job.stage.cache {
+            return Ok(Freshness::Dirty(DirtyReason::NotCached));
+        }
+        let Some((run, source)) = self.lookup(&job.key, mode)? else {
+            return Ok(Freshness::Dirty(self.explain(job)));
+        };
+        let run = Box::new(run);
+        if mode == Mode::Plan {
+            return Ok(Freshness::Fresh { run, source });
+        }
+        // Damage is a miss: the rerun's commit repairs the store.
+        let damage = match self.restore(&run, &job.out_dir) {
+            Ok(()) => None,
+            Err(CacheError::Corrupt { digest, .. }) => {
+                Some(format!("object {} failed its hash check", digest.short()))
+            }
+            Err(CacheError::Missing { digest }) => {
+                Some(format!("object {} is missing", digest.short()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(detail) = damage {
+            return Ok(Freshness::Dirty(DirtyReason::OutputCorrupt { detail }));
+        }
+        Ok(match self.verify(job, &run)? {
+            None => Freshness::Fresh { run, source },
+            Some(detail) => Freshness::Dirty(DirtyReason::Drift { detail }),
+        })
+    }
+
+    /// The stored result for `key`: from the store, else from the remote
+    /// cache (only looked up when planning, downloaded into the store otherwise).
+    fn lookup(&self, key: &Key, mode: Mode) -> Result<Option<(RunRecord, CacheSource)>, ExecError> {
+        if let Some(run) = self.store.map(|s| s.get(key)).transpose()?.flatten() {
+            return Ok(Some((run, CacheSource::Local)));
+        }
+        let remote = self.remote.and_then(|remote| match (mode, self.store) {
             (Mode::Plan, _) => remote.lookup(key),
             (_, Some(store)) => remote.fetch(key, store),
             (_, None) => None,
-        }
+        });
+        Ok(remote.map(|run| (run, CacheSource::Remote)))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// For an effect: whether the world still matches the restored receipt.
+    fn verify(&self, job: &Job, run: &RunRecord) -> Result<Option<String>, ExecError> {
+        if !job.kind.is_effect(job.stage) {
+            return Ok(None);
+        }
+        let recorded = Recorded::default();
+        let ctx = self.context(job, &job.out_dir, &run.pins, &recorded);
+        job.kind
+            .verify(&ctx)
+            .map_err(|e| ExecError::Kind(KindError(e)))
+    }
+
+    /// Run a dirty stage in a staging dir and commit its output: blobs into
+    /// the store, then the run record, then the output dir.
+    fn run(&self, job: &Job, mode: Mode, reason: &DirtyReason) -> Result<RunRecord, ExecError> {
+        let store = self.store.ok_or(ExecError::NoStore)?;
+        self.reporter.event(Event::Started {
+            stage: &job.stage.name,
+            reason,
+        });
+        let staging = store.staging_dir()?;
+        let out = staging.path().join("out");
+        create_dir(&out)?;
+        if let Some(dir) = job.log.parent() {
+            create_dir(dir)?;
+        }
+        std::fs::write(&job.log, b"").map_err(|source| ExecError::Create {
+            path: job.log.clone(),
+            source,
+        })?;
+        let started = Instant::now();
+        // A forced stage starts from nothing: it must not be held to old pins.
+        let locked_pins = match (mode, self.old_lock.stages.get(&job.stage.name)) {
+            (Mode::Force, _) | (_, None) => BTreeMap::new(),
+            (_, Some(entry)) => entry.pins.clone(),
+        };
+        let recorded = Recorded::default();
+        let ran = self.work(job.kind, &self.context(job, &out, &locked_pins, &recorded));
+        // Whatever an interrupted stage produced is dropped with its staging dir.
+        if self.interrupt.is_set() {
+            return Err(ExecError::Interrupted);
+        }
+        ran.map_err(|e| ExecError::Run(KindError(e)))?;
+        let pins = recorded
+            .pins
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
+        let stats = recorded
+            .stats
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
+        let seconds = started.elapsed().as_secs_f64();
+        let run = store.commit(job.key, job.record.clone(), &out, seconds, pins, stats)?;
+        store.materialize(&run, &job.out_dir)?;
+        if let Some(remote) = self.remote.filter(|r| r.writes()) {
+            remote.push(&run, store);
+        }
+        Ok(run)
+    }
+
+    /// The one place a stage's work happens: here, in this process's
+    /// threads and child processes. An executor that runs work elsewhere
+    /// (a cluster) takes over this call.
+    fn work(&self, kind: &dyn StageKind, ctx: &StageContext) -> Result<(), StageError> {
+        kind.run(ctx)
+    }
+
     fn context<'b>(
         &'b self,
-        stage: &'b Stage,
-        resolved: &Resolved,
+        job: &'b Job,
         out: &'b std::path::Path,
-        log: &'b std::path::Path,
         locked_pins: &'b BTreeMap<String, String>,
-        new_pins: &'b Mutex<BTreeMap<String, String>>,
-        new_stats: &'b Mutex<BTreeMap<String, f64>>,
+        recorded: &'b Recorded,
     ) -> StageContext<'b> {
         StageContext {
             pipeline: self.pipeline,
-            stage,
+            stage: job.stage,
             workspace: &self.pipeline.root,
             out,
-            inputs: resolved.paths.clone(),
-            log,
+            inputs: job.inputs.paths.clone(),
+            log: &job.log,
             cancel: self.interrupt.flag(),
             interrupt: self.interrupt,
             reporter: self.reporter,
             locked_pins,
-            new_pins,
-            new_stats,
+            new_pins: &recorded.pins,
+            new_stats: &recorded.stats,
         }
     }
 
@@ -283,156 +402,27 @@ impl Executor<'_> {
         store.materialize(run, out_dir)
     }
 
-    fn resolve_inputs(
-        &self,
-        stage: &Stage,
-        upstream: &HashMap<String, RunRecord>,
-    ) -> Result<Resolved, StageError> {
-        let p = self.pipeline;
-        let mut paths = BTreeMap::new();
-        let mut digests = BTreeMap::new();
-        for input in &stage.inputs {
-            let (path, hash) = match &input.target {
-                InputRef::Stage { stage: up, path } => {
-                    let run = upstream.get(up).ok_or_else(|| {
-                        format!("input `{}`: stage `{up}` has no output", input.name)
-                    })?;
-                    let hash = run.output.node_hash(path).ok_or_else(|| {
-                        format!(
-                            "input `{}`: the output of stage `{up}` has no `{path}`",
-                            input.name
-                        )
-                    })?;
-                    let dir = p.output_dir(up);
-                    (if path.is_empty() { dir } else { dir.join(path) }, hash)
-                }
-                InputRef::Workspace(rel) => {
-                    let abs = p.root.join(rel);
-                    let real = self.real_workspace_path(&abs).map_err(|why| {
-                        format!("input `{}`: `{}` {why}", input.name, rel.display())
-                    })?;
-                    let skip = |path: &Path| is_pipe_state(p, path);
-                    let hash = match self.store {
-                        Some(store) => Tree::hash_path(&real, store.stat_cache(), &skip)?,
-                        None => Tree::hash_path(&real, &pipe_cache::PlainHasher, &skip)?,
-                    };
-                    (abs, hash)
-                }
-            };
-            paths.insert(input.name.clone(), path);
-            digests.insert(
-                input.name.clone(),
-                InputDigest {
-                    source: input.source.clone(),
-                    hash,
-                },
-            );
-        }
-        Ok(Resolved { paths, digests })
-    }
-
-    /// The real path of a workspace input: symbolic links along it are
-    /// followed, and it must still be inside the (real) workspace.
-    fn real_workspace_path(&self, abs: &Path) -> Result<PathBuf, String> {
-        let real = abs
-            .canonicalize()
-            .map_err(|e| format!("cannot be resolved: {e}"))?;
-        let root = self.pipeline.root.canonicalize().map_err(|e| {
-            format!(
-                "cannot be resolved: workspace {}: {e}",
-                self.pipeline.root.display()
-            )
-        })?;
-        if !real.starts_with(&root) {
-            return Err(format!(
-                "resolves to {}, outside the workspace {} (through a symbolic link)",
-                real.display(),
-                root.display()
-            ));
-        }
-        Ok(real)
-    }
-
     /// Why a stage whose key is not in the store must run.
-    fn explain(&self, stage: &Stage, record: &KeyRecord) -> DirtyReason {
-        let Some(entry) = self.old_lock.stages.get(&stage.name) else {
+    fn explain(&self, job: &Job) -> DirtyReason {
+        let Some(entry) = self.old_lock.stages.get(&job.stage.name) else {
             return DirtyReason::NeverRun;
         };
         let old = self.store.and_then(|s| s.get(&entry.key).ok().flatten());
         match old {
-            Some(old) => record.compare(&old.record).unwrap_or(DirtyReason::NeverRun),
+            Some(old) => job
+                .record
+                .compare(&old.record)
+                .unwrap_or(DirtyReason::NeverRun),
             None => DirtyReason::NeverRun,
         }
     }
 }
 
-/// pipe's own files, never part of a workspace input (an input of `.`): the
-/// `.pipe` dir and lock files (this pipeline's, and any `pipe.lock` or
-/// `NAME.lock` beside a `NAME.yaml`/`NAME.yml` that `pipe run` wrote: another
-/// tool's lock, such as Helm's `Chart.lock`, is data).
-fn is_pipe_state(p: &Pipeline, path: &Path) -> bool {
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-        return false;
-    };
-    let same = |a: &Path| {
-        a.canonicalize()
-            .is_ok_and(|a| path.canonicalize().is_ok_and(|b| a == b))
-    };
-    match name {
-        ".pipe" => path.is_dir() && same(&p.pipe_dir()),
-        "pipe.lock" => written_by_pipe(path),
-        // Called for every file of an input: a plain name costs no allocation.
-        _ if !name.ends_with(".lock") => false,
-        _ if {
-            let lock = p.lock_file();
-            lock.file_name() == path.file_name() && same(&lock)
-        } =>
-        {
-            true
-        }
-        _ => {
-            name.strip_suffix(".lock").is_some_and(|stem| {
-                ["yaml", "yml"]
-                    .iter()
-                    .any(|ext| path.with_file_name(format!("{stem}.{ext}")).is_file())
-            }) && written_by_pipe(path)
-        }
-    }
-}
-
-/// Whether the lock file at `path` opens with the header `pipe run` writes.
-fn written_by_pipe(path: &Path) -> bool {
-    use std::io::Read;
-    let mut head = [0u8; 160];
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return false;
-    };
-    let n = f.read(&mut head).unwrap_or(0);
-    let head = String::from_utf8_lossy(&head[..n]);
-    head.starts_with('#')
-        && head
-            .lines()
-            .next()
-            .is_some_and(|l| l.contains(": written by `pipe run`."))
-}
-
-fn io_err(op: &str, path: &std::path::Path, e: std::io::Error) -> StageError {
-    format!("cannot {op} {}: {e}", path.display()).into()
-}
-
-/// `a: b: c` from an error and its sources, URL user info masked.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        let msg = src.to_string();
-        if !s.contains(&msg) {
-            s.push_str(": ");
-            s.push_str(&msg);
-        }
-        cur = src.source();
-    }
-    crate::cache::redact_userinfo(&s)
+fn create_dir(path: &std::path::Path) -> Result<(), ExecError> {
+    std::fs::create_dir_all(path).map_err(|source| ExecError::Create {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn log_tail(path: &std::path::Path, lines: usize) -> Option<String> {

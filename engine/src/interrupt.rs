@@ -112,8 +112,10 @@ impl Interrupt {
         if self.is_set() {
             return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
         }
-        // SAFETY: getppid and prctl are async-signal-safe.
+        // SAFETY: getpid has no preconditions and cannot fail.
         let parent = unsafe { libc::getpid() };
+        // SAFETY: the closure runs in the child between fork and exec and calls only
+        // async-signal-safe functions (prctl, getppid); it allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -195,6 +197,8 @@ impl GroupChild<'_> {
         loop {
             // SAFETY: a zeroed siginfo_t is a valid out-parameter.
             let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: `info` is a valid, writable siginfo_t; WNOWAIT leaves the child
+            // unreaped, so `pid` still names it.
             let r = unsafe {
                 libc::waitid(
                     libc::P_PID,

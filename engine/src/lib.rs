@@ -20,6 +20,7 @@ pub mod workspace;
 pub use pipe_cache as cache;
 pub mod event;
 pub mod executor;
+pub mod gc;
 pub mod interrupt;
 pub mod lockfile;
 pub mod remote;

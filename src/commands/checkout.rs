@@ -4,7 +4,7 @@
 use anyhow::Context;
 use pipe_engine::cache::{Store, WorkspaceLock};
 
-use crate::history;
+use crate::{history, reporter};
 
 /// Restore run `id` of the workspace at `root`. Every output is checked to be
 /// in the store before anything changes, so a missing one changes nothing.
@@ -17,7 +17,7 @@ pub fn checkout(root: &std::path::Path, id: &str) -> anyhow::Result<()> {
     };
     let pipe_dir = root.join(".pipe");
     let _lock = WorkspaceLock::acquire(&pipe_dir.join("lock"), |pid| {
-        eprintln!("{}", crate::reporter::waiting_for_lock(pid))
+        reporter::note(&reporter::waiting_for_lock(pid))
     })
     .context("cannot lock the workspace")?;
     let store = Store::open(&pipe_dir).context("cannot open the store")?;
@@ -47,11 +47,9 @@ pub fn checkout(root: &std::path::Path, id: &str) -> anyhow::Result<()> {
                 .materialize(rec, &dest)
                 .with_context(|| format!("cannot restore the output of `{}`", s.name))?;
         }
-        eprintln!(
-            "{:>12} {} ({})",
+        reporter::status(
             "Restored",
-            s.name,
-            rec.output_hash.short()
+            &format!("{} ({})", s.name, rec.output_hash.short()),
         );
     }
     if let Some(lock) = &run.lock {
@@ -59,7 +57,7 @@ pub fn checkout(root: &std::path::Path, id: &str) -> anyhow::Result<()> {
         let path = root.join(rel);
         pipe_engine::cache::write_atomic(&path, lock.as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
-        eprintln!("{:>12} {}", "Restored", rel.display());
+        reporter::status("Restored", &rel.display().to_string());
     }
     Ok(())
 }

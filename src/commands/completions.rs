@@ -11,6 +11,6 @@ pub fn run<C: CommandFactory>(shell: Shell) -> i32 {
     // Into a buffer first: clap_complete panics when stdout is closed early.
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut C::command(), "pipe", &mut script);
-    let _ = std::io::stdout().lock().write_all(&script);
+    let _ = crate::reporter::stdout().write_all(&script);
     exit::OK
 }

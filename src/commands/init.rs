@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::ValueEnum;
 
 use crate::exit::{self, Failure};
+use crate::reporter;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Template {
@@ -66,18 +67,18 @@ pub fn run(dir: &Path, template: Template) -> Result<i32, Failure> {
     file.write_all(text.replace(origin, name).as_bytes())
         .and_then(|()| file.sync_all())
         .with_context(|| format!("cannot write {}", path.display()))?;
-    eprintln!("{:>12} {name}", "Created");
+    reporter::status("Created", name);
     if ignore_store(dir)? {
-        eprintln!("{:>12} .gitignore (.pipe/)", "Updated");
+        reporter::status("Updated", ".gitignore (.pipe/)");
     }
-    eprintln!(
+    reporter::note(&format!(
         "run it with `pipe run{}`",
         if name == "pipe.yaml" {
             String::new()
         } else {
             format!(" {name}")
         }
-    );
+    ));
     Ok(exit::OK)
 }
 

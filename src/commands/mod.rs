@@ -1,13 +1,60 @@
-//! Subcommands that live in their own file: one file per command, each with
-//! one entry function the dispatch in `main.rs` calls (clap parses in `main.rs`).
+//! One file per subcommand, each with one entry function that the dispatch in
+//! `main.rs` calls (clap parses in `cli.rs`); the work itself is the engine's
+//! and the stage kinds'. Helpers several commands share live here.
 
 pub mod checkout;
 pub mod completions;
+pub mod dag;
+pub mod down;
+pub mod endpoints;
+pub mod gc;
 pub mod init;
 pub mod logs;
 pub mod metrics;
 pub mod plots;
+pub mod pull;
+pub mod push;
+pub mod remote;
+pub mod run;
 pub mod runs;
+pub mod serve;
+pub mod show;
+pub mod status;
+pub mod validate;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use pipe_engine::{Pipeline, Registry};
+
+use crate::cli::{ManifestArgs, DEFAULT_MANIFEST};
+use crate::exit::Failure;
+
+/// The pipeline of a command's manifest arguments.
+pub fn load(m: &ManifestArgs, registry: &Registry) -> Result<Pipeline, Failure> {
+    check_default(&m.manifest)?;
+    Ok(pipe_engine::load(&m.manifest, &m.sets, registry)?)
+}
+
+/// A clear word when the manifest a command falls back to is not there.
+pub fn check_default(manifest: &Path) -> Result<(), Failure> {
+    if manifest == Path::new(DEFAULT_MANIFEST) && !manifest.exists() {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "no {DEFAULT_MANIFEST} in the current folder: name a manifest, or create one with `pipe init`"
+        )));
+    }
+    Ok(())
+}
+
+/// The workspace root, found from `dir` or the current directory by the one
+/// rule every command uses ([`pipe_engine::workspace::find_root`]).
+pub fn find_workspace(dir: Option<PathBuf>) -> Result<PathBuf, Failure> {
+    let start = match dir {
+        Some(d) => d,
+        None => std::env::current_dir().context("no current directory")?,
+    };
+    Ok(pipe_engine::workspace::find_root(&start))
+}
 
 /// Rows of cells as aligned columns (two spaces apart, no trailing spaces).
 pub fn table(rows: &[Vec<String>]) -> String {

@@ -165,12 +165,14 @@ pub fn plots(p: &Pipeline, ids: &[String], output: &Path) -> anyhow::Result<()> 
     let html = render(&p.name, &runs, &charts, &matrices);
     pipe_engine::cache::write_atomic(output, html.as_bytes())
         .with_context(|| format!("cannot write {}", output.display()))?;
-    eprintln!(
-        "{:>12} {} ({} charts, {} runs)",
+    crate::reporter::status(
         "Wrote",
-        output.display(),
-        charts.len() + matrices.len(),
-        runs.len()
+        &format!(
+            "{} ({} charts, {} runs)",
+            output.display(),
+            charts.len() + matrices.len(),
+            runs.len()
+        ),
     );
     Ok(())
 }

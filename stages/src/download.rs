@@ -13,7 +13,7 @@
 //! update`). A pin is named after what was downloaded (see [`pin_name`]), so a
 //! stage whose URL changed is never held to the old URL's pin.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use pipe_engine::{StageContext, StageError, StageKind, WithError};
 use pipe_protocol::eta;
@@ -183,7 +183,10 @@ fn check_pin(
     Ok(())
 }
 
-pub struct Download;
+pub struct Download {
+    /// Look up `https://HOST/PATH` as `MIRROR/HOST/PATH` first (`--mirror`).
+    pub mirror: Option<PathBuf>,
+}
 
 impl StageKind for Download {
     fn name(&self) -> &'static str {
@@ -204,6 +207,7 @@ impl StageKind for Download {
             WithError::seconds("timeout", w.timeout)?,
             w.retries,
             w.max_bytes,
+            self.mirror.clone(),
         )?;
         // `model.safetensors: 120.4/440.5 MB · 35.2 MB/s · ETA 9s`
         let progress = |name: &str| {

@@ -67,16 +67,19 @@ pub fn redact(url: &str) -> String {
 }
 
 impl Fetcher {
-    /// A fetcher giving up after `retries` retries or past `max_bytes` bytes.
-    pub fn new(timeout: Duration, retries: u32, max_bytes: u64) -> Result<Fetcher, reqwest::Error> {
+    /// A fetcher giving up after `retries` retries or past `max_bytes` bytes,
+    /// looking up `https://HOST/PATH` as `MIRROR/HOST/PATH` first.
+    pub fn new(
+        timeout: Duration,
+        retries: u32,
+        max_bytes: u64,
+        mirror: Option<PathBuf>,
+    ) -> Result<Fetcher, reqwest::Error> {
         let client = reqwest::blocking::Client::builder()
             .connect_timeout(timeout)
             .timeout(timeout)
             .user_agent(concat!("pipe/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let mirror = std::env::var_os("PIPE_MIRROR")
-            .filter(|m| !m.is_empty())
-            .map(PathBuf::from);
         Ok(Fetcher {
             client,
             retries,

@@ -32,11 +32,20 @@ pub use split::Split;
 pub use torch::Torch;
 pub use upload::Upload;
 
+/// What the command line tells the kinds (rather than the environment).
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// Look up `https://HOST/PATH` downloads as `MIRROR/HOST/PATH` first.
+    pub mirror: Option<std::path::PathBuf>,
+}
+
 /// Every built-in kind.
-pub fn registry() -> pipe_engine::Registry {
+pub fn registry(settings: &Settings) -> pipe_engine::Registry {
     let mut r = pipe_engine::Registry::new();
     r.register(Box::new(Shell));
-    r.register(Box::new(Download));
+    r.register(Box::new(Download {
+        mirror: settings.mirror.clone(),
+    }));
     r.register(Box::new(Split));
     r.register(Box::new(Upload));
     r.register(Box::new(Torch::Finetune));

@@ -8,6 +8,10 @@ pub mod data;
 pub mod fast;
 pub mod finetune;
 pub mod metrics;
+#[allow(
+    clippy::print_stdout,
+    reason = "the server announces its address on stdout: pipe reads that line"
+)]
 pub mod serve;
 pub mod tokenize;
 pub mod trace;
@@ -22,6 +26,10 @@ use pipe_protocol::Message;
 pub struct Report;
 
 impl Report {
+    #[allow(
+        clippy::print_stderr,
+        reason = "the worker's log is its stderr, which the engine appends to the stage log"
+    )]
     pub fn log(&self, line: &str) {
         eprintln!("{line}");
     }

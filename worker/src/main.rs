@@ -160,6 +160,11 @@ fn stage() -> Result<()> {
     }
 }
 
+#[allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "pipe-worker's protocol: `info` on stdout, usage and errors on stderr"
+)]
 fn main() -> ExitCode {
     load_cuda();
     let args: Vec<String> = std::env::args().skip(1).collect();
