@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use cli::{Cli, Command, MetricsCommand};
+use cli::{Cli, Command, ExpCommand, MetricsCommand};
 use commands::failure;
 use exit::Failure;
 
@@ -82,8 +82,8 @@ fn dispatch(cli: Cli) -> Result<i32, Failure> {
             all,
             workspace,
         } => commands::down::down(&names, all, workspace),
-        Command::Runs { manifest, json } => {
-            let p = pipe_engine::load(&manifest, &[], registry)?;
+        Command::Runs { manifest, json } | Command::Exp(ExpCommand::Show { manifest, json }) => {
+            let p = commands::load_plain(&manifest, registry)?;
             commands::runs::runs(&mut reporter::stdout(), &p, json).map_err(failure)?;
             Ok(exit::OK)
         }
@@ -93,14 +93,11 @@ fn dispatch(cli: Cli) -> Result<i32, Failure> {
                 .map_err(failure)?;
             Ok(exit::OK)
         }
-        Command::Metrics(MetricsCommand::Diff {
-            manifest,
-            rev,
-            json,
-        }) => {
-            let p = pipe_engine::load(&manifest, &[], registry)?;
-            commands::metrics::diff(&mut reporter::stdout(), &p, rev.as_deref(), json)
-                .map_err(failure)?;
+        Command::Metrics(MetricsCommand::Diff { args, json }) => {
+            let (manifest, rest) = commands::manifest_first(args, 2);
+            let p = commands::load_plain(&manifest, registry)?;
+            let rev = rest.first().map(String::as_str);
+            commands::metrics::diff(&mut reporter::stdout(), &p, rev, json).map_err(failure)?;
             Ok(exit::OK)
         }
         Command::Checkout { run, workspace } => {
@@ -108,17 +105,17 @@ fn dispatch(cli: Cli) -> Result<i32, Failure> {
             commands::checkout::checkout(&root, &run).map_err(failure)?;
             Ok(exit::OK)
         }
-        Command::Plots {
-            manifest,
-            runs,
-            output,
-        } => {
-            let p = pipe_engine::load(&manifest, &[], registry)?;
+        Command::Plots { args, output } => {
+            let (manifest, runs) = commands::manifest_first(args, usize::MAX);
+            let p = commands::load_plain(&manifest, registry)?;
             commands::plots::plots(&p, &runs, &output).map_err(failure)?;
             Ok(exit::OK)
         }
-        Command::Logs { manifest, stage } => {
-            let p = pipe_engine::load(&manifest, &[], registry)?;
+        Command::Logs { mut args } => {
+            // `[MANIFEST] STAGE`: clap allows one or two.
+            let stage = args.pop().unwrap_or_default();
+            let manifest = args.pop().unwrap_or_else(|| cli::DEFAULT_MANIFEST.into());
+            let p = commands::load_plain(manifest.as_ref(), registry)?;
             commands::logs::logs(&mut reporter::stdout(), &p, &stage).map_err(failure)?;
             Ok(exit::OK)
         }

@@ -153,10 +153,7 @@ fn cola_end_to_end_cached_reproducible_and_selective() {
         with_status(&retuned, "pending"),
         ["finetune", "trace", "package", "deploy", "smoke"]
     );
-    assert!(
-        retuned.to_string().contains("seed changed"),
-        "{retuned}"
-    );
+    assert!(retuned.to_string().contains("seed changed"), "{retuned}");
 
     let down = ws.pipe(&["down", "--all"]);
     assert!(down.status.success());
