@@ -93,6 +93,10 @@ enum Command {
         /// Push the results of stages that ran to the remote cache.
         #[arg(long, env = "PIPE_REMOTE_WRITE", value_parser = clap::builder::BoolishValueParser::new())]
         push: bool,
+        /// Where stages without an `executor:` run: `local` or `slurm`
+        /// (effects such as deploy and smoke_test always run here).
+        #[arg(long, env = "PIPE_EXECUTOR", value_name = "EXECUTOR")]
+        executor: Option<pipe_engine::cluster::ExecutorKind>,
     },
     /// Show, for each stage, whether it is cached or why it will run.
     Status {
@@ -215,6 +219,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = commands::init::Template::Shell)]
         template: commands::init::Template,
     },
+    /// Run one stage inside a cluster job (used by `pipe run`).
+    #[command(name = "__exec-stage", hide = true)]
+    ExecStage { spec: PathBuf },
     /// Print a shell completion script: `pipe completions bash > ~/.local/share/bash-completion/completions/pipe`.
     Completions { shell: clap_complete::Shell },
 }
@@ -378,6 +385,7 @@ fn run(cli: Cli) -> Result<i32, Failure> {
             json,
             r,
             push,
+            executor,
         } => {
             let p = load(&m, &registry)?;
             let remote = open_remote(&r, &p, push)?;
@@ -395,6 +403,7 @@ fn run(cli: Cli) -> Result<i32, Failure> {
                 jobs: jobs.unwrap_or(RunOptions::default().jobs),
                 gpus: gpus(),
                 interrupt: Default::default(),
+                executor: executor.unwrap_or_default(),
             };
             signals::watch(opts.interrupt.clone());
             let started = Instant::now();
@@ -649,6 +658,7 @@ fn run(cli: Cli) -> Result<i32, Failure> {
             let cwd = std::env::current_dir().context("no current directory")?;
             commands::init::run(&cwd, template)
         }
+        Command::ExecStage { spec } => Ok(commands::exec_stage::run(&spec, &registry)),
         Command::Completions { shell } => Ok(commands::completions::run::<Cli>(shell)),
         Command::Gc {
             manifests,

@@ -39,6 +39,8 @@ pub struct Executor<'a> {
     pub old_lock: &'a LockFile,
     pub reporter: &'a dyn Reporter,
     pub interrupt: &'a Interrupt,
+    /// Where stages without an `executor:` run.
+    pub executor: crate::cluster::ExecutorKind,
 }
 
 /// Inputs resolved to paths and digests.
@@ -207,7 +209,7 @@ impl Executor<'_> {
             &new_pins,
             &new_stats,
         );
-        let ran = kind.run(&ctx);
+        let ran = crate::cluster::run(kind, &ctx, self.executor, staging.path());
         // Whatever an interrupted stage produced is dropped with its staging dir.
         if self.interrupt.is_set() {
             return Err("interrupted".into());

@@ -3,6 +3,7 @@
 
 pub mod checkout;
 pub mod completions;
+pub mod exec_stage;
 pub mod init;
 pub mod logs;
 pub mod metrics;
