@@ -185,4 +185,5 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 pub mod http;
 pub mod s3;
+pub mod slurm;
 pub mod tiny_bert;

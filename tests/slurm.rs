@@ -1,0 +1,213 @@
+//! Stages through a real Slurm: each test starts its own one-node cluster
+//! (`common::slurm`) and drives the real `pipe` binary against it.
+
+mod common;
+
+use std::io::{BufRead, Write};
+use std::process::{Child, Command, Stdio};
+
+use common::slurm::Cluster;
+use common::{output_hash, stages, stderr, TestWorkspace};
+
+/// A shell stage that waits for a line on the fifo `gate` (the test writes
+/// it once it has seen the job running) and writes it to its output.
+const GATED: &str = r#"version: 1
+name: s
+stages:
+  greet:
+    kind: shell
+    with:
+      cmd: |
+        echo "waiting on $(hostname)"
+        cat gate > "$PIPE_OUT/greeting.txt"
+        echo "done"
+"#;
+
+fn mkfifo(path: &std::path::Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
+fn pipe(ws: &TestWorkspace, cluster: &Cluster, args: &[&str]) -> Command {
+    let mut cmd = ws.cmd(args);
+    cluster.env(&mut cmd);
+    cmd.env_remove("PIPE_EXECUTOR");
+    cmd
+}
+
+/// Start `pipe run` in the background.
+fn spawn(ws: &TestWorkspace, cluster: &Cluster, args: &[&str]) -> Child {
+    pipe(ws, cluster, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pipe")
+}
+
+/// The id of the one job `squeue` shows RUNNING, once it does.
+fn running_job(cluster: &Cluster) -> String {
+    let mut id = String::new();
+    cluster.wait_for("running job", || {
+        let jobs = cluster.squeue();
+        match jobs.as_slice() {
+            [one] if one.split_whitespace().nth(1) == Some("RUNNING") => {
+                id = one.split_whitespace().next().unwrap_or_default().to_string();
+                true
+            }
+            _ => false,
+        }
+    });
+    id
+}
+
+#[test]
+fn a_shell_stage_runs_as_a_slurm_job_and_is_cached_after() {
+    let cluster = Cluster::start();
+    let ws = TestWorkspace::new();
+    ws.manifest(GATED);
+    mkfifo(&ws.path("gate"));
+    let mut child = spawn(&ws, &cluster, &["run", "pipe.yaml", "--executor", "slurm"]);
+
+    // The stage is a job Slurm shows while it runs, and pipe says so.
+    let id = running_job(&cluster);
+    let job = cluster.job(&id);
+    assert!(job.contains("JobName=pipe-s-greet"), "{job}");
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut err = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        err += &line;
+        err.push('\n');
+        if line.contains("RUNNING") {
+            break;
+        }
+    }
+    assert!(
+        err.contains(&format!("Job greet: slurm job {id} submitted")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("Job greet: slurm job {id} RUNNING")),
+        "{err}"
+    );
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(ws.path("gate"))
+        .unwrap()
+        .write_all(b"hello from the test\n")
+        .unwrap();
+    for line in lines {
+        err += &line.unwrap();
+        err.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{err}\n{}", cluster.logs());
+    assert!(err.contains("Ran greet"), "{err}");
+    assert_eq!(
+        ws.read(".pipe/out/s/greet/greeting.txt"),
+        "hello from the test\n"
+    );
+    // The job's output is the stage log.
+    let log = ws.read(".pipe/logs/s/greet.log");
+    assert!(log.contains("waiting on ") && log.contains("done"), "{log}");
+    cluster.wait_empty();
+
+    // Cached, without submitting anything: locally and through Slurm alike
+    // (the executor is not part of the key).
+    let submitted = cluster.jobs_submitted();
+    for executor in ["slurm", "local"] {
+        let out = pipe(&ws, &cluster, &["run", "pipe.yaml", "--json"])
+            .env("PIPE_EXECUTOR", executor)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(stages(&doc), [("greet".into(), "cached".into())]);
+    }
+    assert_eq!(cluster.jobs_submitted(), submitted);
+
+    // The same result as a local run.
+    let local = TestWorkspace::new();
+    local.manifest(GATED);
+    local.file("gate", "hello from the test\n");
+    let slurm_doc = {
+        let out = pipe(&ws, &cluster, &["run", "pipe.yaml", "--json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    assert_eq!(
+        output_hash(&local.run_json(&[]), "greet"),
+        output_hash(&slurm_doc, "greet")
+    );
+}
+
+#[test]
+fn a_failing_job_fails_its_stage_with_slurms_state() {
+    let cluster = Cluster::start();
+    let ws = TestWorkspace::new();
+    ws.manifest(
+        r#"version: 1
+name: s
+stages:
+  bad:
+    kind: shell
+    executor: slurm
+    resources: {cpus: 1, time: "5"}
+    with:
+      cmd: echo "about to fail"; exit 3
+"#,
+    );
+    let out = pipe(&ws, &cluster, &["run", "pipe.yaml"]).output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("FAILED (reason NonZeroExitCode, exit code 1:0): command exited with status 3"),
+        "{err}"
+    );
+    assert!(err.contains("about to fail"), "the log tail: {err}");
+    assert!(!ws.path(".pipe/out/s/bad").exists());
+    cluster.wait_empty();
+}
+
+#[test]
+fn ctrl_c_cancels_the_job() {
+    let cluster = Cluster::start();
+    let ws = TestWorkspace::new();
+    ws.manifest(GATED);
+    mkfifo(&ws.path("gate"));
+    let child = spawn(&ws, &cluster, &["run", "pipe.yaml", "--executor", "slurm"]);
+    let id = running_job(&cluster);
+    // SAFETY: plain syscall on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    // pipe waited for Slurm to end the job: nothing is left.
+    assert_eq!(cluster.squeue(), Vec::<String>::new());
+    assert!(cluster.job(&id).contains("JobState=CANCELLED"), "{}", cluster.job(&id));
+}
+
+#[test]
+fn a_killed_pipe_leaves_no_job_running() {
+    let cluster = Cluster::start();
+    let ws = TestWorkspace::new();
+    ws.manifest(GATED);
+    mkfifo(&ws.path("gate"));
+    let mut child = pipe(&ws, &cluster, &["run", "pipe.yaml", "--executor", "slurm"])
+        .env("PIPE_ORPHAN_TIMEOUT", "2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let id = running_job(&cluster);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The job's watchdog sees the heartbeat stop and ends the job.
+    cluster.wait_empty();
+    let job = cluster.job(&id);
+    assert!(job.contains("JobState=FAILED"), "{job}");
+    let log = ws.read(".pipe/logs/s/greet.log");
+    assert!(log.contains("the pipe that submitted this job is gone"), "{log}");
+}
