@@ -211,3 +211,56 @@ fn a_killed_pipe_leaves_no_job_running() {
     let log = ws.read(".pipe/logs/s/greet.log");
     assert!(log.contains("the pipe that submitted this job is gone"), "{log}");
 }
+
+/// The tiny-model finetune → trace → package through Slurm: the same bytes as
+/// a local run, with the worker's figures and log coming back from the job.
+#[test]
+fn finetune_trace_package_through_slurm_equal_a_local_run() {
+    let manifest = r#"version: 1
+name: m
+stages:
+  finetune:
+    kind: finetune
+    inputs: {model: model, data: data}
+    with: {epochs: 4, batch_size: 16, lr: 3e-3, warmup_ratio: 0.1, schedule: linear, threads: 1}
+  trace:
+    kind: trace
+    inputs: {model: "finetune:"}
+    with: {threads: 1}
+  package:
+    kind: package
+    inputs: {model: "trace:"}
+"#;
+    common::worker();
+    let workspace = || {
+        let ws = TestWorkspace::new();
+        common::tiny_bert::write(&ws.path("model"));
+        common::tiny_bert::data(&ws.path("data"));
+        ws.manifest(manifest);
+        ws
+    };
+    let cluster = Cluster::start();
+    let (local, remote) = (workspace(), workspace());
+    let local_doc = local.run_json(&[]);
+    let out = pipe(&remote, &cluster, &["run", "pipe.yaml", "--json"])
+        .env("PIPE_EXECUTOR", "slurm")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stderr(&out), cluster.logs());
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cluster.jobs_submitted(), 3);
+    for stage in ["finetune", "trace", "package"] {
+        assert_eq!(
+            output_hash(&local_doc, stage),
+            output_hash(&doc, stage),
+            "{stage}"
+        );
+    }
+    let finetune = &doc["stages"][0];
+    assert!(
+        finetune["stats"].as_object().is_some_and(|s| !s.is_empty()),
+        "the worker's figures reach the run record: {finetune}"
+    );
+    let log = remote.read(".pipe/logs/m/finetune.log");
+    assert!(log.contains("Train Epoch: 1 [0/96 (0%)] Loss: "), "{log}");
+}

@@ -106,7 +106,11 @@ impl Backend for Slurm {
         sbatch
             .arg("--parsable")
             .arg(format!("--job-name={name}"))
-            .arg(format!("--output={}", ctx.log.display()))
+            // `%` starts a pattern in Slurm's file names (`%j`); `%%` is `%`.
+            .arg(format!(
+                "--output={}",
+                ctx.log.display().to_string().replace('%', "%%")
+            ))
             .arg("--open-mode=append")
             .arg(format!("--chdir={}", ctx.workspace.display()))
             .args(job.resources.sbatch_args())
