@@ -264,3 +264,48 @@ stages:
     let log = remote.read(".pipe/logs/m/finetune.log");
     assert!(log.contains("Train Epoch: 1 [0/96 (0%)] Loss: "), "{log}");
 }
+
+/// `bench/slurm.sh`: what Slurm adds to a trivial stage and to the tiny
+/// fine-tune (submit → running → done → committed), against the local
+/// executor, side by side on the same machine. Prints medians; asserts
+/// nothing about time.
+#[test]
+#[ignore = "a benchmark: bench/slurm.sh"]
+fn bench_slurm_overhead() {
+    let rounds: usize = std::env::var("PIPE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(10);
+    let cluster = Cluster::start();
+    let trivial = "version: 1\nname: b\nstages:\n  s:\n    kind: shell\n    with: {cmd: 'echo hi > $PIPE_OUT/x'}\n";
+    let tiny = "version: 1\nname: b\nstages:\n  s:\n    kind: finetune\n    inputs: {model: model, data: data}\n    with: {epochs: 4, batch_size: 16, lr: 3e-3, threads: 1}\n";
+    for (what, manifest, rounds) in [("trivial shell stage", trivial, rounds), ("tiny fine-tune", tiny, 3)] {
+        let ws = TestWorkspace::new();
+        ws.manifest(manifest);
+        if manifest == tiny {
+            common::tiny_bert::write(&ws.path("model"));
+            common::tiny_bert::data(&ws.path("data"));
+        }
+        let mut times = [Vec::new(), Vec::new()];
+        for _ in 0..rounds {
+            for (i, executor) in ["local", "slurm"].into_iter().enumerate() {
+                let start = std::time::Instant::now();
+                let out = pipe(&ws, &cluster, &["run", "pipe.yaml", "--force-all", "-q"])
+                    .env("PIPE_EXECUTOR", executor)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", stderr(&out));
+                times[i].push(start.elapsed().as_secs_f64());
+            }
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (local, slurm) = (median(&mut times[0]), median(&mut times[1]));
+        println!(
+            "{what}: local {local:.3} s, slurm {slurm:.3} s, overhead {:.3} s (medians of {rounds})",
+            slurm - local
+        );
+    }
+}
