@@ -265,6 +265,32 @@ stages:
     assert!(log.contains("Train Epoch: 1 [0/96 (0%)] Loss: "), "{log}");
 }
 
+/// More than one task: one `pipe __exec-stage` per task through `srun`, each
+/// with its rank; rank 0 writes the output.
+#[test]
+fn a_stage_with_two_tasks_runs_one_rank_per_task() {
+    let cluster = Cluster::start();
+    let ws = TestWorkspace::new();
+    ws.manifest(
+        r#"version: 1
+name: s
+stages:
+  ranks:
+    kind: shell
+    executor: slurm
+    resources: {nodes: 1, tasks_per_node: 2}
+    with:
+      cmd: echo "rank $SLURM_PROCID of $SLURM_NTASKS"; echo "$SLURM_PROCID" > "$PIPE_OUT/rank"
+"#,
+    );
+    let out = pipe(&ws, &cluster, &["run", "pipe.yaml"]).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", stderr(&out), cluster.logs());
+    assert_eq!(ws.read(".pipe/out/s/ranks/rank"), "0\n");
+    let log = ws.read(".pipe/logs/s/ranks.log");
+    assert!(log.contains("rank 0 of 2") && log.contains("rank 1 of 2"), "{log}");
+    cluster.wait_empty();
+}
+
 /// `bench/slurm.sh`: what Slurm adds to a trivial stage and to the tiny
 /// fine-tune (submit → running → done → committed), against the local
 /// executor, side by side on the same machine. Prints medians; asserts
