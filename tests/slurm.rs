@@ -52,7 +52,11 @@ fn running_job(cluster: &Cluster) -> String {
         let jobs = cluster.squeue();
         match jobs.as_slice() {
             [one] if one.split_whitespace().nth(1) == Some("RUNNING") => {
-                id = one.split_whitespace().next().unwrap_or_default().to_string();
+                id = one
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
                 true
             }
             _ => false,
@@ -163,7 +167,9 @@ stages:
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("FAILED (reason NonZeroExitCode, exit code 1:0): command exited with status 3"),
+        err.contains(
+            "FAILED (reason NonZeroExitCode, exit code 1:0): command exited with status 3"
+        ),
         "{err}"
     );
     assert!(err.contains("about to fail"), "the log tail: {err}");
@@ -186,7 +192,11 @@ fn ctrl_c_cancels_the_job() {
     assert_eq!(out.status.code(), Some(130), "{err}");
     // pipe waited for Slurm to end the job: nothing is left.
     assert_eq!(cluster.squeue(), Vec::<String>::new());
-    assert!(cluster.job(&id).contains("JobState=CANCELLED"), "{}", cluster.job(&id));
+    assert!(
+        cluster.job(&id).contains("JobState=CANCELLED"),
+        "{}",
+        cluster.job(&id)
+    );
 }
 
 #[test]
@@ -209,7 +219,10 @@ fn a_killed_pipe_leaves_no_job_running() {
     let job = cluster.job(&id);
     assert!(job.contains("JobState=FAILED"), "{job}");
     let log = ws.read(".pipe/logs/s/greet.log");
-    assert!(log.contains("the pipe that submitted this job is gone"), "{log}");
+    assert!(
+        log.contains("the pipe that submitted this job is gone"),
+        "{log}"
+    );
 }
 
 /// The tiny-model finetune → trace → package through Slurm: the same bytes as
@@ -287,7 +300,10 @@ stages:
     assert!(out.status.success(), "{}\n{}", stderr(&out), cluster.logs());
     assert_eq!(ws.read(".pipe/out/s/ranks/rank"), "0\n");
     let log = ws.read(".pipe/logs/s/ranks.log");
-    assert!(log.contains("rank 0 of 2") && log.contains("rank 1 of 2"), "{log}");
+    assert!(
+        log.contains("rank 0 of 2") && log.contains("rank 1 of 2"),
+        "{log}"
+    );
     cluster.wait_empty();
 }
 
@@ -305,7 +321,10 @@ fn bench_slurm_overhead() {
     let cluster = Cluster::start();
     let trivial = "version: 1\nname: b\nstages:\n  s:\n    kind: shell\n    with: {cmd: 'echo hi > $PIPE_OUT/x'}\n";
     let tiny = "version: 1\nname: b\nstages:\n  s:\n    kind: finetune\n    inputs: {model: model, data: data}\n    with: {epochs: 4, batch_size: 16, lr: 3e-3, threads: 1}\n";
-    for (what, manifest, rounds) in [("trivial shell stage", trivial, rounds), ("tiny fine-tune", tiny, 3)] {
+    for (what, manifest, rounds) in [
+        ("trivial shell stage", trivial, rounds),
+        ("tiny fine-tune", tiny, 3),
+    ] {
         let ws = TestWorkspace::new();
         ws.manifest(manifest);
         if manifest == tiny {

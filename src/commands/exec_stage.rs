@@ -27,10 +27,7 @@ pub fn run(spec: &Path, registry: &Registry) -> i32 {
     match exec(spec, registry, load, &interrupt, rank) {
         Ok(()) => exit::OK,
         Err(e) => {
-            eprintln!(
-                "error: {}",
-                pipe_engine::executor::error_chain(e.as_ref())
-            );
+            eprintln!("error: {}", pipe_engine::executor::error_chain(e.as_ref()));
             exit::STAGE_FAILED
         }
     }

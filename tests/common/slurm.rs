@@ -202,7 +202,10 @@ PartitionName=debug Nodes=pipe0 Default=YES MaxTime=INFINITE State=UP
             .map(|f| {
                 let text = std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(15).collect();
-                format!("--- {f}\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+                format!(
+                    "--- {f}\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
             })
             .collect::<Vec<_>>()
             .join("\n")
@@ -219,7 +222,9 @@ impl Drop for Cluster {
         if self.daemons.len() == 3 {
             let _ = self.command("scancel").args(["--user", &user()]).output();
             let start = Instant::now();
-            while self.output(&["squeue", "-h"]).is_some_and(|s| !s.trim().is_empty())
+            while self
+                .output(&["squeue", "-h"])
+                .is_some_and(|s| !s.trim().is_empty())
                 && start.elapsed() < DEADLINE
             {
                 std::thread::sleep(Duration::from_millis(100));

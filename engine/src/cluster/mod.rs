@@ -129,11 +129,7 @@ fn io_err(op: &str, path: &Path, e: impl std::fmt::Display) -> StageError {
 
 /// Submit the stage to `backend` and wait for it; its pins and stats land in
 /// `ctx` as if it had run here.
-pub fn submit(
-    backend: &dyn Backend,
-    ctx: &StageContext,
-    staging: &Path,
-) -> Result<(), StageError> {
+pub fn submit(backend: &dyn Backend, ctx: &StageContext, staging: &Path) -> Result<(), StageError> {
     let p = ctx.pipeline;
     let manifest = std::path::absolute(&p.file).map_err(|e| io_err("resolve", &p.file, e))?;
     // Params the manifest does not hold as they are: `--set` values are
@@ -188,10 +184,20 @@ pub fn submit(
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     match (ran, result) {
-        (Err(e), Some(JobResult { error: Some(why), .. })) => Err(format!("{e}: {why}").into()),
+        (
+            Err(e),
+            Some(JobResult {
+                error: Some(why), ..
+            }),
+        ) => Err(format!("{e}: {why}").into()),
         (Err(e), _) => Err(e),
         (Ok(()), None) => Err("the job ended without leaving its result".into()),
-        (Ok(()), Some(JobResult { error: Some(why), .. })) => Err(why.into()),
+        (
+            Ok(()),
+            Some(JobResult {
+                error: Some(why), ..
+            }),
+        ) => Err(why.into()),
         (Ok(()), Some(r)) => {
             for (name, value) in &r.pins {
                 ctx.pin(name, value);
@@ -213,7 +219,11 @@ fn companion(ctx: &StageContext, heartbeat: &Path, events: &Path, stop: &mpsc::R
         let Ok(file) = std::fs::File::open(events) else {
             return;
         };
-        for line in std::io::BufReader::new(file).lines().map_while(Result::ok).skip(read) {
+        for line in std::io::BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .skip(read)
+        {
             read += 1;
             if let Ok(message) = serde_json::from_str::<String>(&line) {
                 ctx.progress(&message);

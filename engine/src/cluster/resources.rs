@@ -138,7 +138,9 @@ fn valid_time(t: &str) -> bool {
 }
 
 fn valid_mem(m: &str) -> bool {
-    let num = m.strip_suffix(['K', 'M', 'G', 'T', 'k', 'm', 'g', 't']).unwrap_or(m);
+    let num = m
+        .strip_suffix(['K', 'M', 'G', 'T', 'k', 'm', 'g', 't'])
+        .unwrap_or(m);
     digits(num) && num.bytes().any(|b| b != b'0')
 }
 
@@ -154,10 +156,21 @@ mod tests {
 
     #[test]
     fn slurm_time_formats() {
-        for t in ["5", "90", "5:30", "1:00:00", "2-0", "2-12:30", "2-12:30:00", "infinite"] {
+        for t in [
+            "5",
+            "90",
+            "5:30",
+            "1:00:00",
+            "2-0",
+            "2-12:30",
+            "2-12:30:00",
+            "infinite",
+        ] {
             assert!(valid_time(t), "{t}");
         }
-        for t in ["", "1h", "5:60", "1:2:3:4", "-5", "2-", "1:00:0x", "a-1", "5.5"] {
+        for t in [
+            "", "1h", "5:60", "1:2:3:4", "-5", "2-", "1:00:0x", "a-1", "5.5",
+        ] {
             assert!(!valid_time(t), "{t}");
         }
     }

@@ -59,9 +59,9 @@ fn sh_quote(s: &str) -> String {
 
 fn run_tool(cmd: &mut Command) -> Result<String, StageError> {
     let name = cmd.get_program().to_string_lossy().into_owned();
-    let out = cmd.output().map_err(|e| {
-        format!("cannot run `{name}`: {e} (is Slurm installed, and on the PATH?)")
-    })?;
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run `{name}`: {e} (is Slurm installed, and on the PATH?)"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         return Err(format!("`{name}` failed ({}): {}", out.status, err.trim()).into());

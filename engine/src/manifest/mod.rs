@@ -394,7 +394,10 @@ pub fn parse(
         }
         if rs.executor == Some(ExecutorKind::Slurm) && kind.local_only() {
             return Err(serr(
-                format!("`{}` stages run on this machine: they cannot run on Slurm", rs.kind),
+                format!(
+                    "`{}` stages run on this machine: they cannot run on Slurm",
+                    rs.kind
+                ),
                 &["executor"],
             )
             .hint(Some("remove `executor: slurm`".into())));
@@ -405,8 +408,13 @@ pub fn parse(
                 format!("`slurm`: `{option}` is not an sbatch option"),
                 &["slurm"],
             )
-            .at(src, locate_value(src, &["stages", name, "slurm"], option).or(here(&["slurm"])))
-            .hint(Some("write each option with its value: `--account=NAME`".into())));
+            .at(
+                src,
+                locate_value(src, &["stages", name, "slurm"], option).or(here(&["slurm"])),
+            )
+            .hint(Some(
+                "write each option with its value: `--account=NAME`".into(),
+            )));
         }
         let metrics = declared("metrics", &rs.metrics, kind.metrics())?;
         let plots = declared("plots", &rs.plots, kind.plots())?;
