@@ -177,6 +177,28 @@ stages:
     cluster.wait_empty();
 }
 
+/// A job cancelled behind pipe's back fails its stage with Slurm's word.
+#[test]
+fn a_job_cancelled_on_the_cluster_fails_its_stage() {
+    let cluster = Cluster::start();
+    let ws = TestWorkspace::new();
+    ws.manifest(GATED);
+    mkfifo(&ws.path("gate"));
+    let child = spawn(&ws, &cluster, &["run", "pipe.yaml", "--executor", "slurm"]);
+    let id = running_job(&cluster);
+    assert!(cluster.output(&["scancel", &id]).is_some());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "Failed greet: slurm job {id} CANCELLED (reason None"
+        )),
+        "{err}"
+    );
+    assert!(!ws.path(".pipe/out/s/greet").exists());
+}
+
 #[test]
 fn ctrl_c_cancels_the_job() {
     let cluster = Cluster::start();
