@@ -32,7 +32,6 @@ fn mkfifo(path: &std::path::Path) {
 fn pipe(ws: &TestWorkspace, cluster: &Cluster, args: &[&str]) -> Command {
     let mut cmd = ws.cmd(args);
     cluster.env(&mut cmd);
-    cmd.env_remove("PIPE_EXECUTOR");
     cmd
 }
 

@@ -66,6 +66,8 @@ impl TestWorkspace {
             "PIPE_REMOTE",
             "PIPE_REMOTE_WRITE",
             "PIPE_REMOTE_SIGNING_KEY",
+            "PIPE_EXECUTOR",
+            "PIPE_ORPHAN_TIMEOUT",
         ] {
             c.env_remove(var);
         }
