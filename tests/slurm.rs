@@ -276,13 +276,17 @@ stages:
     let cluster = Cluster::start();
     let (local, remote) = (workspace(), workspace());
     let local_doc = local.run_json(&[]);
-    let out = pipe(&remote, &cluster, &["run", "pipe.yaml", "--json"])
+    let out = pipe(&remote, &cluster, &["run", "pipe.yaml", "-v"])
         .env("PIPE_EXECUTOR", "slurm")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}\n{}", stderr(&out), cluster.logs());
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}\n{}", cluster.logs());
+    // The job's progress reaches the reporter.
+    assert!(err.contains("[finetune] epoch 1/4: evaluating"), "{err}");
     assert_eq!(cluster.jobs_submitted(), 3);
+    let doc = remote.run_json(&[]);
+    assert!(stages(&doc).iter().all(|(_, s)| s == "cached"), "{doc}");
     for stage in ["finetune", "trace", "package"] {
         assert_eq!(
             output_hash(&local_doc, stage),

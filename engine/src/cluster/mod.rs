@@ -28,7 +28,7 @@ pub mod slurm;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Mutex;
@@ -213,19 +213,23 @@ pub fn submit(backend: &dyn Backend, ctx: &StageContext, staging: &Path) -> Resu
 /// While the job runs: bump the heartbeat, and pass the job's progress
 /// lines on to the reporter.
 fn companion(ctx: &StageContext, heartbeat: &Path, events: &Path, stop: &mpsc::Receiver<()>) {
+    use std::io::{Read, Seek, SeekFrom};
     let mut beat = 0u64;
-    let mut read = 0usize;
+    // Bytes of `events` already passed on: whole lines only.
+    let mut offset = 0u64;
     let mut forward = || {
-        let Ok(file) = std::fs::File::open(events) else {
+        let mut text = Vec::new();
+        let read = std::fs::File::open(events).and_then(|mut f| {
+            f.seek(SeekFrom::Start(offset))?;
+            f.read_to_end(&mut text)
+        });
+        if read.is_err() {
             return;
-        };
-        for line in std::io::BufReader::new(file)
-            .lines()
-            .map_while(Result::ok)
-            .skip(read)
-        {
-            read += 1;
-            if let Ok(message) = serde_json::from_str::<String>(&line) {
+        }
+        let whole = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        offset += whole as u64;
+        for line in text[..whole].split(|&b| b == b'\n') {
+            if let Ok(message) = serde_json::from_slice::<String>(line) {
                 ctx.progress(&message);
             }
         }
