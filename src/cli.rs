@@ -78,6 +78,10 @@ pub struct RunArgs {
     /// Push the results of stages that ran to the remote cache.
     #[arg(long, env = "PIPE_REMOTE_WRITE", value_parser = clap::builder::BoolishValueParser::new())]
     pub push: bool,
+    /// Where stages without an `executor:` run: `local` or `slurm`
+    /// (effects such as deploy and smoke_test always run here).
+    #[arg(long, env = "PIPE_EXECUTOR", value_name = "EXECUTOR")]
+    pub executor: Option<pipe_engine::cluster::ExecutorKind>,
 }
 
 #[derive(Subcommand)]
@@ -216,6 +220,9 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = commands::init::Template::Shell)]
         template: commands::init::Template,
     },
+    /// Run one stage inside a cluster job (used by `pipe run`).
+    #[command(name = "__exec-stage", hide = true)]
+    ExecStage { spec: PathBuf },
     /// Print a shell completion script: `pipe completions bash > ~/.local/share/bash-completion/completions/pipe`.
     Completions { shell: clap_complete::Shell },
 }

@@ -127,6 +127,7 @@ fn dispatch(cli: Cli) -> Result<i32, Failure> {
             let cwd = std::env::current_dir().context("no current directory")?;
             commands::init::run(&cwd, template)
         }
+        Command::ExecStage { spec } => Ok(commands::exec_stage::run(&spec, registry)),
         Command::Completions { shell } => Ok(commands::completions::run::<Cli>(shell)),
     }
 }

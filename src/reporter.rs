@@ -166,6 +166,19 @@ impl Reporter for Human {
                     bar.set_message(message.to_string());
                 }
             }
+            Event::Job {
+                stage,
+                backend,
+                id,
+                state,
+            } => {
+                if !self.quiet {
+                    self.print(&line(
+                        "Job",
+                        &format!("{stage}: {backend} job {id} {state}"),
+                    ));
+                }
+            }
             Event::Finished(r) => {
                 self.end_bar(&r.name);
                 let short = r.output_hash.map(|h| h.short()).unwrap_or_default();

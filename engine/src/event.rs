@@ -96,6 +96,14 @@ pub enum Event<'a> {
         message: &'a str,
     },
     Finished(&'a StageResult),
+    /// A stage's job on a cluster was submitted or changed state
+    /// (`PENDING (Priority)`, `RUNNING`).
+    Job {
+        stage: &'a str,
+        backend: &'a str,
+        id: &'a str,
+        state: &'a str,
+    },
 }
 
 pub trait Reporter: Sync {

@@ -9,8 +9,8 @@
 //!                                └──▶ Dirty(reason) ──▶ run (staging ──▶ work ──▶ commit) ──▶ Outcome::Ran
 //! ```
 //!
-//! [`Executor::work`] is the one place a stage's work happens; another
-//! executor (a cluster's) replaces that call.
+//! [`crate::cluster::run`] is the one place a stage's work happens: here,
+//! or as a cluster job (`executor: slurm`); another backend is a module there.
 
 mod error;
 mod inputs;
@@ -29,7 +29,7 @@ use crate::interrupt::Interrupt;
 use crate::lockfile::LockFile;
 use crate::pipeline::{Pipeline, Stage};
 use crate::remote::RemoteCache;
-use crate::stage::{Registry, StageContext, StageError, StageKind};
+use crate::stage::{Registry, StageContext, StageKind};
 use inputs::Resolved;
 
 /// How far to go with a stage.
@@ -87,6 +87,8 @@ pub struct Executor<'a> {
     pub old_lock: &'a LockFile,
     pub reporter: &'a dyn Reporter,
     pub interrupt: &'a Interrupt,
+    /// Where stages without an `executor:` run.
+    pub executor: crate::cluster::ExecutorKind,
 }
 
 /// A stage ready to plan: its kind, resolved inputs and key.
@@ -338,7 +340,9 @@ impl Executor<'_> {
             (_, Some(entry)) => entry.pins.clone(),
         };
         let recorded = Recorded::default();
-        let ran = self.work(job.kind, &self.context(job, &out, &locked_pins, &recorded));
+        let ctx = self.context(job, &out, &locked_pins, &recorded);
+        // The one place a stage's work happens (here or on a cluster).
+        let ran = crate::cluster::run(job.kind, &ctx, self.executor, staging.path());
         // Whatever an interrupted stage produced is dropped with its staging dir.
         if self.interrupt.is_set() {
             return Err(ExecError::Interrupted);
@@ -359,13 +363,6 @@ impl Executor<'_> {
             remote.push(&run, store);
         }
         Ok(run)
-    }
-
-    /// The one place a stage's work happens: here, in this process's
-    /// threads and child processes. An executor that runs work elsewhere
-    /// (a cluster) takes over this call.
-    fn work(&self, kind: &dyn StageKind, ctx: &StageContext) -> Result<(), StageError> {
-        kind.run(ctx)
     }
 
     fn context<'b>(

@@ -11,6 +11,7 @@
 //! [`event::Event`]s for a reporter. Stages start child processes through
 //! [`interrupt::Interrupt`], which stops them on Ctrl-C and after a crash.
 
+pub mod cluster;
 pub mod dag;
 pub mod manifest;
 pub mod pipeline;

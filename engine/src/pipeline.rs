@@ -32,6 +32,12 @@ pub struct Stage {
     pub after: Vec<String>,
     pub cache: bool,
     pub gpus: u32,
+    /// `executor:`; `None` follows the run's default.
+    pub executor: Option<crate::cluster::ExecutorKind>,
+    /// `resources:` (`gpu` is also in `gpus`).
+    pub resources: crate::cluster::Resources,
+    /// `slurm:`: options passed to `sbatch` as they are.
+    pub slurm: Vec<String>,
     pub env: BTreeMap<String, String>,
     /// The params this stage reads, with their values.
     pub params_used: BTreeMap<String, Value>,

@@ -41,6 +41,8 @@ pub struct RunOptions {
     pub gpus: u32,
     /// Set by Ctrl-C / SIGTERM (see [`Interrupt::interrupt`]).
     pub interrupt: Arc<Interrupt>,
+    /// Where stages without an `executor:` run (effects always run here).
+    pub executor: crate::cluster::ExecutorKind,
 }
 
 impl Default for RunOptions {
@@ -55,6 +57,7 @@ impl Default for RunOptions {
                 .unwrap_or(1),
             gpus: 0,
             interrupt: Arc::default(),
+            executor: Default::default(),
         }
     }
 }
@@ -199,6 +202,7 @@ pub fn run_with_remote(
         old_lock: &old_lock,
         reporter,
         interrupt,
+        executor: opts.executor,
     };
     let n = p.stages.len();
     let mut states: Vec<State> = (0..n).map(|_| State::Pending).collect();

@@ -187,6 +187,12 @@ pub trait StageKind: Send + Sync {
         false
     }
 
+    /// Whether the stage must run on this machine, whatever the executor
+    /// (a local endpoint, checks against it). Effects run here by default.
+    fn local_only(&self) -> bool {
+        false
+    }
+
     /// Produce the output in `ctx.out`.
     fn run(&self, ctx: &StageContext) -> Result<(), StageError>;
 

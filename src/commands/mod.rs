@@ -7,6 +7,7 @@ pub mod completions;
 pub mod dag;
 pub mod down;
 pub mod endpoints;
+pub mod exec_stage;
 pub mod gc;
 pub mod init;
 pub mod logs;

@@ -28,6 +28,7 @@ pub fn run(a: RunArgs, registry: &Registry, quiet: bool, verbose: bool) -> Resul
         jobs: a.jobs.unwrap_or(RunOptions::default().jobs),
         gpus: gpus(),
         interrupt: Default::default(),
+        executor: a.executor.unwrap_or_default(),
     };
     signals::watch(opts.interrupt.clone());
     let started = Instant::now();

@@ -113,6 +113,10 @@ impl StageKind for Deploy {
         parse(with).map(|_| ())
     }
 
+    fn local_only(&self) -> bool {
+        true
+    }
+
     fn is_effect(&self, _: &Stage) -> bool {
         true
     }

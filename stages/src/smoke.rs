@@ -235,6 +235,10 @@ impl StageKind for SmokeTest {
         Ok(())
     }
 
+    fn local_only(&self) -> bool {
+        true
+    }
+
     fn is_effect(&self, _: &pipe_engine::Stage) -> bool {
         true
     }

@@ -66,6 +66,8 @@ impl TestWorkspace {
             "PIPE_REMOTE",
             "PIPE_REMOTE_WRITE",
             "PIPE_REMOTE_SIGNING_KEY",
+            "PIPE_EXECUTOR",
+            "PIPE_ORPHAN_TIMEOUT",
         ] {
             c.env_remove(var);
         }
@@ -185,4 +187,5 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 pub mod http;
 pub mod s3;
+pub mod slurm;
 pub mod tiny_bert;

@@ -23,6 +23,7 @@ use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
+use crate::cluster::{ExecutorKind, Resources};
 use crate::dag::Dag;
 use crate::pipeline::{Input, InputRef, Pipeline, Stage};
 use crate::stage::Registry;
@@ -56,6 +57,11 @@ struct RawStage {
     cache: bool,
     #[serde(default)]
     resources: Resources,
+    /// Where the stage runs (`local`, `slurm`); default: the run's.
+    executor: Option<ExecutorKind>,
+    /// Site options for `sbatch` (`--account=…`, `--qos=…`).
+    #[serde(default)]
+    slurm: Vec<String>,
     #[serde(default)]
     env: Ordered<serde_yaml::Value>,
     /// JSON files of the output that hold metrics (`pipe metrics`).
@@ -66,13 +72,6 @@ struct RawStage {
 
 fn yes() -> bool {
     true
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct Resources {
-    #[serde(default)]
-    gpu: u32,
 }
 
 /// A YAML mapping read in order, with duplicate keys rejected.
@@ -387,6 +386,36 @@ pub fn parse(
             }
             Ok(files.clone())
         };
+        if let Some((field, why)) = rs.resources.problem() {
+            return Err(serr(
+                format!("invalid `resources`: `{field}` {why}"),
+                &["resources", field],
+            ));
+        }
+        if rs.executor == Some(ExecutorKind::Slurm) && kind.local_only() {
+            return Err(serr(
+                format!(
+                    "`{}` stages run on this machine: they cannot run on Slurm",
+                    rs.kind
+                ),
+                &["executor"],
+            )
+            .hint(Some("remove `executor: slurm`".into())));
+        }
+        // Anything else would be read by sbatch as the script to run.
+        if let Some(option) = rs.slurm.iter().find(|o| !o.starts_with('-')) {
+            return Err(serr(
+                format!("`slurm`: `{option}` is not an sbatch option"),
+                &["slurm"],
+            )
+            .at(
+                src,
+                locate_value(src, &["stages", name, "slurm"], option).or(here(&["slurm"])),
+            )
+            .hint(Some(
+                "write each option with its value: `--account=NAME`".into(),
+            )));
+        }
         let metrics = declared("metrics", &rs.metrics, kind.metrics())?;
         let plots = declared("plots", &rs.plots, kind.plots())?;
         stages.push(Stage {
@@ -397,6 +426,9 @@ pub fn parse(
             after: rs.after.clone(),
             cache: rs.cache,
             gpus: rs.resources.gpu,
+            executor: rs.executor,
+            resources: rs.resources.clone(),
+            slurm: rs.slurm.clone(),
             env,
             params_used: used,
             metrics,

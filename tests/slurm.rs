@@ -1,0 +1,385 @@
+//! Stages through a real Slurm: each test starts its own one-node cluster
+//! (`common::slurm`) and drives the real `pipe` binary against it.
+#![allow(
+    clippy::print_stdout,
+    reason = "the ignored benchmark prints its figures"
+)]
+
+mod common;
+
+use std::io::{BufRead, Write};
+use std::process::{Child, Command, Stdio};
+
+use common::slurm::Cluster;
+use common::{output_hash, stages, stderr, TestWorkspace};
+
+/// A shell stage that waits for a line on the fifo `gate` (the test writes
+/// it once it has seen the job running) and writes it to its output.
+const GATED: &str = r#"version: 1
+name: s
+stages:
+  greet:
+    kind: shell
+    with:
+      cmd: |
+        echo "waiting on $(hostname)"
+        cat gate > "$PIPE_OUT/greeting.txt"
+        echo "done"
+"#;
+
+fn mkfifo(path: &std::path::Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
+fn pipe(ws: &TestWorkspace, cluster: &Cluster, args: &[&str]) -> Command {
+    let mut cmd = ws.cmd(args);
+    cluster.env(&mut cmd);
+    cmd
+}
+
+/// Start `pipe run` in the background.
+fn spawn(ws: &TestWorkspace, cluster: &Cluster, args: &[&str]) -> Child {
+    pipe(ws, cluster, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pipe")
+}
+
+/// The id of the one job `squeue` shows RUNNING, once it does.
+fn running_job(cluster: &Cluster) -> String {
+    let mut id = String::new();
+    cluster.wait_for("running job", || {
+        let jobs = cluster.squeue();
+        match jobs.as_slice() {
+            [one] if one.split_whitespace().nth(1) == Some("RUNNING") => {
+                id = one
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                true
+            }
+            _ => false,
+        }
+    });
+    id
+}
+
+#[test]
+fn a_shell_stage_runs_as_a_slurm_job_and_is_cached_after() {
+    let cluster = Cluster::start();
+    let ws = TestWorkspace::new();
+    ws.manifest(GATED);
+    mkfifo(&ws.path("gate"));
+    let mut child = spawn(&ws, &cluster, &["run", "pipe.yaml", "--executor", "slurm"]);
+
+    // The stage is a job Slurm shows while it runs, and pipe says so.
+    let id = running_job(&cluster);
+    let job = cluster.job(&id);
+    assert!(job.contains("JobName=pipe-s-greet"), "{job}");
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut err = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        err += &line;
+        err.push('\n');
+        if line.contains("RUNNING") {
+            break;
+        }
+    }
+    assert!(
+        err.contains(&format!("Job greet: slurm job {id} submitted")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("Job greet: slurm job {id} RUNNING")),
+        "{err}"
+    );
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(ws.path("gate"))
+        .unwrap()
+        .write_all(b"hello from the test\n")
+        .unwrap();
+    for line in lines {
+        err += &line.unwrap();
+        err.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{err}\n{}", cluster.logs());
+    assert!(err.contains("Ran greet"), "{err}");
+    assert_eq!(
+        ws.read(".pipe/out/s/greet/greeting.txt"),
+        "hello from the test\n"
+    );
+    // The job's output is the stage log.
+    let log = ws.read(".pipe/logs/s/greet.log");
+    assert!(log.contains("waiting on ") && log.contains("done"), "{log}");
+    cluster.wait_empty();
+
+    // Cached, without submitting anything: locally and through Slurm alike
+    // (the executor is not part of the key).
+    let submitted = cluster.jobs_submitted();
+    for executor in ["slurm", "local"] {
+        let out = pipe(&ws, &cluster, &["run", "pipe.yaml", "--json"])
+            .env("PIPE_EXECUTOR", executor)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(stages(&doc), [("greet".into(), "cached".into())]);
+    }
+    assert_eq!(cluster.jobs_submitted(), submitted);
+
+    // The same result as a local run.
+    let local = TestWorkspace::new();
+    local.manifest(GATED);
+    local.file("gate", "hello from the test\n");
+    let slurm_doc = {
+        let out = pipe(&ws, &cluster, &["run", "pipe.yaml", "--json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    assert_eq!(
+        output_hash(&local.run_json(&[]), "greet"),
+        output_hash(&slurm_doc, "greet")
+    );
+}
+
+#[test]
+fn a_failing_job_fails_its_stage_with_slurms_state() {
+    let cluster = Cluster::start();
+    let ws = TestWorkspace::new();
+    ws.manifest(
+        r#"version: 1
+name: s
+stages:
+  bad:
+    kind: shell
+    executor: slurm
+    resources: {cpus: 1, time: "5"}
+    with:
+      cmd: echo "about to fail"; exit 3
+"#,
+    );
+    let out = pipe(&ws, &cluster, &["run", "pipe.yaml"]).output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "FAILED (reason NonZeroExitCode, exit code 1:0): command exited with status 3"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("about to fail"), "the log tail: {err}");
+    assert!(!ws.path(".pipe/out/s/bad").exists());
+    cluster.wait_empty();
+}
+
+/// A job cancelled behind pipe's back fails its stage with Slurm's word.
+#[test]
+fn a_job_cancelled_on_the_cluster_fails_its_stage() {
+    let cluster = Cluster::start();
+    let ws = TestWorkspace::new();
+    ws.manifest(GATED);
+    mkfifo(&ws.path("gate"));
+    let child = spawn(&ws, &cluster, &["run", "pipe.yaml", "--executor", "slurm"]);
+    let id = running_job(&cluster);
+    assert!(cluster.output(&["scancel", &id]).is_some());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "Failed greet: slurm job {id} CANCELLED (reason None"
+        )),
+        "{err}"
+    );
+    assert!(!ws.path(".pipe/out/s/greet").exists());
+}
+
+#[test]
+fn ctrl_c_cancels_the_job() {
+    let cluster = Cluster::start();
+    let ws = TestWorkspace::new();
+    ws.manifest(GATED);
+    mkfifo(&ws.path("gate"));
+    let child = spawn(&ws, &cluster, &["run", "pipe.yaml", "--executor", "slurm"]);
+    let id = running_job(&cluster);
+    // SAFETY: plain syscall on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    // pipe waited for Slurm to end the job: nothing is left.
+    assert_eq!(cluster.squeue(), Vec::<String>::new());
+    assert!(
+        cluster.job(&id).contains("JobState=CANCELLED"),
+        "{}",
+        cluster.job(&id)
+    );
+}
+
+#[test]
+fn a_killed_pipe_leaves_no_job_running() {
+    let cluster = Cluster::start();
+    let ws = TestWorkspace::new();
+    ws.manifest(GATED);
+    mkfifo(&ws.path("gate"));
+    let mut child = pipe(&ws, &cluster, &["run", "pipe.yaml", "--executor", "slurm"])
+        .env("PIPE_ORPHAN_TIMEOUT", "2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let id = running_job(&cluster);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The job's watchdog sees the heartbeat stop and ends the job.
+    cluster.wait_empty();
+    let job = cluster.job(&id);
+    assert!(job.contains("JobState=FAILED"), "{job}");
+    let log = ws.read(".pipe/logs/s/greet.log");
+    assert!(
+        log.contains("the pipe that submitted this job is gone"),
+        "{log}"
+    );
+}
+
+/// The tiny-model finetune → trace → package through Slurm: the same bytes as
+/// a local run, with the worker's figures and log coming back from the job.
+#[test]
+fn finetune_trace_package_through_slurm_equal_a_local_run() {
+    let manifest = r#"version: 1
+name: m
+stages:
+  finetune:
+    kind: finetune
+    inputs: {model: model, data: data}
+    with: {epochs: 4, batch_size: 16, lr: 3e-3, warmup_ratio: 0.1, schedule: linear, threads: 1}
+  trace:
+    kind: trace
+    inputs: {model: "finetune:"}
+    with: {threads: 1}
+  package:
+    kind: package
+    inputs: {model: "trace:"}
+"#;
+    common::worker();
+    let workspace = || {
+        let ws = TestWorkspace::new();
+        common::tiny_bert::write(&ws.path("model"));
+        common::tiny_bert::data(&ws.path("data"));
+        ws.manifest(manifest);
+        ws
+    };
+    let cluster = Cluster::start();
+    let (local, remote) = (workspace(), workspace());
+    let local_doc = local.run_json(&[]);
+    let out = pipe(&remote, &cluster, &["run", "pipe.yaml", "-v"])
+        .env("PIPE_EXECUTOR", "slurm")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}\n{}", cluster.logs());
+    // The job's progress reaches the reporter.
+    assert!(err.contains("[finetune] epoch 1/4: evaluating"), "{err}");
+    assert_eq!(cluster.jobs_submitted(), 3);
+    let doc = remote.run_json(&[]);
+    assert!(stages(&doc).iter().all(|(_, s)| s == "cached"), "{doc}");
+    for stage in ["finetune", "trace", "package"] {
+        assert_eq!(
+            output_hash(&local_doc, stage),
+            output_hash(&doc, stage),
+            "{stage}"
+        );
+    }
+    let finetune = &doc["stages"][0];
+    assert!(
+        finetune["stats"].as_object().is_some_and(|s| !s.is_empty()),
+        "the worker's figures reach the run record: {finetune}"
+    );
+    let log = remote.read(".pipe/logs/m/finetune.log");
+    assert!(log.contains("Train Epoch: 1 [0/96 (0%)] Loss: "), "{log}");
+}
+
+/// More than one task: one `pipe __exec-stage` per task through `srun`, each
+/// with its rank; rank 0 writes the output.
+#[test]
+fn a_stage_with_two_tasks_runs_one_rank_per_task() {
+    let cluster = Cluster::start();
+    let ws = TestWorkspace::new();
+    ws.manifest(
+        r#"version: 1
+name: s
+stages:
+  ranks:
+    kind: shell
+    executor: slurm
+    resources: {nodes: 1, tasks_per_node: 2}
+    with:
+      cmd: echo "rank $SLURM_PROCID of $SLURM_NTASKS"; echo "$SLURM_PROCID" > "$PIPE_OUT/rank"
+"#,
+    );
+    let out = pipe(&ws, &cluster, &["run", "pipe.yaml"]).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", stderr(&out), cluster.logs());
+    assert_eq!(ws.read(".pipe/out/s/ranks/rank"), "0\n");
+    let log = ws.read(".pipe/logs/s/ranks.log");
+    assert!(
+        log.contains("rank 0 of 2") && log.contains("rank 1 of 2"),
+        "{log}"
+    );
+    cluster.wait_empty();
+}
+
+/// `bench/slurm.sh`: what Slurm adds to a trivial stage and to the tiny
+/// fine-tune (submit → running → done → committed), against the local
+/// executor, side by side on the same machine. Prints medians; asserts
+/// nothing about time.
+#[test]
+#[ignore = "a benchmark: bench/slurm.sh"]
+fn bench_slurm_overhead() {
+    let rounds: usize = std::env::var("PIPE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(10);
+    let cluster = Cluster::start();
+    let trivial = "version: 1\nname: b\nstages:\n  s:\n    kind: shell\n    with: {cmd: 'echo hi > $PIPE_OUT/x'}\n";
+    let tiny = "version: 1\nname: b\nstages:\n  s:\n    kind: finetune\n    inputs: {model: model, data: data}\n    with: {epochs: 4, batch_size: 16, lr: 3e-3, threads: 1}\n";
+    for (what, manifest, rounds) in [
+        ("trivial shell stage", trivial, rounds),
+        ("tiny fine-tune", tiny, 3),
+    ] {
+        let ws = TestWorkspace::new();
+        ws.manifest(manifest);
+        if manifest == tiny {
+            common::tiny_bert::write(&ws.path("model"));
+            common::tiny_bert::data(&ws.path("data"));
+        }
+        let mut times = [Vec::new(), Vec::new()];
+        for _ in 0..rounds {
+            for (i, executor) in ["local", "slurm"].into_iter().enumerate() {
+                let start = std::time::Instant::now();
+                let out = pipe(&ws, &cluster, &["run", "pipe.yaml", "--force-all", "-q"])
+                    .env("PIPE_EXECUTOR", executor)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", stderr(&out));
+                times[i].push(start.elapsed().as_secs_f64());
+            }
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (local, slurm) = (median(&mut times[0]), median(&mut times[1]));
+        println!(
+            "{what}: local {local:.3} s, slurm {slurm:.3} s, overhead {:.3} s (medians of {rounds})",
+            slurm - local
+        );
+    }
+}
