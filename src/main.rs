@@ -15,7 +15,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use cli::{Cli, Command, MetricsCommand};
-use commands::failure;
+use commands::{failure, with_pipeline};
 use exit::Failure;
 
 fn main() -> ExitCode {
@@ -60,16 +60,8 @@ fn dispatch(cli: Cli) -> Result<i32, Failure> {
     match cli.command {
         Command::Run(args) => commands::run::run(args, registry, quiet, cli.verbose),
         Command::Status { m, json, r } => commands::status::status(&m, &r, json, registry),
-        Command::Push { m, r } => {
-            let p = commands::load(&m, registry)?;
-            let remote = commands::remote::open(&r, &p, true)?;
-            commands::push::push(&p, &remote.ok_or_else(commands::remote::no_remote)?, quiet)
-        }
-        Command::Pull { m, r } => {
-            let p = commands::load(&m, registry)?;
-            let remote = commands::remote::open(&r, &p, false)?;
-            commands::pull::pull(&p, &remote.ok_or_else(commands::remote::no_remote)?, quiet)
-        }
+        Command::Push { m, r } => commands::push::command(&m, &r, registry, quiet),
+        Command::Pull { m, r } => commands::pull::command(&m, &r, registry, quiet),
         Command::Dag { m, format, json } => commands::dag::dag(&m, format, json, registry),
         Command::Validate { manifests, sets } => {
             commands::validate::validate(&manifests, &sets, quiet, registry)
@@ -82,11 +74,9 @@ fn dispatch(cli: Cli) -> Result<i32, Failure> {
             all,
             workspace,
         } => commands::down::down(&names, all, workspace),
-        Command::Runs { manifest, json } => {
-            let p = pipe_engine::load(&manifest, &[], registry)?;
-            commands::runs::runs(&mut reporter::stdout(), &p, json).map_err(failure)?;
-            Ok(exit::OK)
-        }
+        Command::Runs { manifest, json } => with_pipeline(&manifest, registry, |p| {
+            commands::runs::runs(&mut reporter::stdout(), p, json)
+        }),
         Command::Metrics(MetricsCommand::Show { m, json }) => {
             let p = commands::load(&m, registry)?;
             commands::metrics::show(&mut reporter::stdout(), &p, registry, json)
@@ -97,12 +87,9 @@ fn dispatch(cli: Cli) -> Result<i32, Failure> {
             manifest,
             rev,
             json,
-        }) => {
-            let p = pipe_engine::load(&manifest, &[], registry)?;
-            commands::metrics::diff(&mut reporter::stdout(), &p, rev.as_deref(), json)
-                .map_err(failure)?;
-            Ok(exit::OK)
-        }
+        }) => with_pipeline(&manifest, registry, |p| {
+            commands::metrics::diff(&mut reporter::stdout(), p, rev.as_deref(), json)
+        }),
         Command::Checkout { run, workspace } => {
             let root = commands::find_workspace(workspace)?;
             commands::checkout::checkout(&root, &run).map_err(failure)?;
@@ -112,16 +99,12 @@ fn dispatch(cli: Cli) -> Result<i32, Failure> {
             manifest,
             runs,
             output,
-        } => {
-            let p = pipe_engine::load(&manifest, &[], registry)?;
-            commands::plots::plots(&p, &runs, &output).map_err(failure)?;
-            Ok(exit::OK)
-        }
-        Command::Logs { manifest, stage } => {
-            let p = pipe_engine::load(&manifest, &[], registry)?;
-            commands::logs::logs(&mut reporter::stdout(), &p, &stage).map_err(failure)?;
-            Ok(exit::OK)
-        }
+        } => with_pipeline(&manifest, registry, |p| {
+            commands::plots::plots(p, &runs, &output)
+        }),
+        Command::Logs { manifest, stage } => with_pipeline(&manifest, registry, |p| {
+            commands::logs::logs(&mut reporter::stdout(), p, &stage)
+        }),
         Command::Gc {
             manifests,
             workspace,
