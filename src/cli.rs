@@ -167,10 +167,14 @@ pub enum Command {
     },
     /// List the runs of a pipeline: params that differ and metrics.
     Runs {
+        #[arg(default_value = DEFAULT_MANIFEST)]
         manifest: PathBuf,
         #[arg(long)]
         json: bool,
     },
+    /// `pipe exp show`: the runs of a pipeline, as `pipe runs` (DVC's name).
+    #[command(subcommand)]
+    Exp(ExpCommand),
     /// Show or compare the metrics stages declare (`metrics: [FILE]`).
     #[command(subcommand)]
     Metrics(MetricsCommand),
@@ -182,15 +186,22 @@ pub enum Command {
         workspace: Option<PathBuf>,
     },
     /// Draw the stages' plot files of several runs into one HTML file.
+    #[command(override_usage = "pipe plots [OPTIONS] [MANIFEST] [RUN]...")]
     Plots {
-        manifest: PathBuf,
-        /// Run ids (default: each distinct result of the history).
-        runs: Vec<String>,
+        /// The manifest (default: pipe.yaml), then run ids (default: each
+        /// distinct result of the history).
+        #[arg(value_name = "[MANIFEST] [RUN]")]
+        args: Vec<String>,
         #[arg(short, long, default_value = "plots.html")]
         output: PathBuf,
     },
     /// Print a stage's log from the last run, also when it was cached.
-    Logs { manifest: PathBuf, stage: String },
+    #[command(override_usage = "pipe logs [MANIFEST] <STAGE>")]
+    Logs {
+        /// The manifest (default: pipe.yaml) and the stage.
+        #[arg(value_name = "[MANIFEST] STAGE", num_args = 1..=2, required = true)]
+        args: Vec<String>,
+    },
     /// Delete store objects that no run record references. With manifests,
     /// also delete run records their lock files do not reference.
     Gc {
@@ -219,10 +230,23 @@ pub enum MetricsCommand {
         json: bool,
     },
     /// The current lock's metrics against a git revision's lock or a run.
+    #[command(override_usage = "pipe metrics diff [OPTIONS] [MANIFEST] [REV]")]
     Diff {
+        /// The manifest (default: pipe.yaml), then a git revision (default
+        /// HEAD) or a run id.
+        #[arg(value_name = "[MANIFEST] [REV]", num_args = 0..=2)]
+        args: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ExpCommand {
+    /// One row per run: the params that differ and the metrics (`pipe runs`).
+    Show {
+        #[arg(default_value = DEFAULT_MANIFEST)]
         manifest: PathBuf,
-        /// A git revision (default HEAD) or a run id.
-        rev: Option<String>,
         #[arg(long)]
         json: bool,
     },

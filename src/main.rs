@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use cli::{Cli, Command, MetricsCommand};
+use cli::{Cli, Command, ExpCommand, MetricsCommand};
 use commands::{failure, with_pipeline};
 use exit::Failure;
 
@@ -74,37 +74,43 @@ fn dispatch(cli: Cli) -> Result<i32, Failure> {
             all,
             workspace,
         } => commands::down::down(&names, all, workspace),
-        Command::Runs { manifest, json } => with_pipeline(&manifest, registry, |p| {
-            commands::runs::runs(&mut reporter::stdout(), p, json)
-        }),
+        Command::Runs { manifest, json } | Command::Exp(ExpCommand::Show { manifest, json }) => {
+            with_pipeline(&manifest, registry, |p| {
+                commands::runs::runs(&mut reporter::stdout(), p, json)
+            })
+        }
         Command::Metrics(MetricsCommand::Show { m, json }) => {
             let p = commands::load(&m, registry)?;
             commands::metrics::show(&mut reporter::stdout(), &p, registry, json)
                 .map_err(failure)?;
             Ok(exit::OK)
         }
-        Command::Metrics(MetricsCommand::Diff {
-            manifest,
-            rev,
-            json,
-        }) => with_pipeline(&manifest, registry, |p| {
-            commands::metrics::diff(&mut reporter::stdout(), p, rev.as_deref(), json)
-        }),
+        Command::Metrics(MetricsCommand::Diff { args, json }) => {
+            let (manifest, rest) = commands::manifest_first(args, 2);
+            let rev = rest.first().map(String::as_str);
+            with_pipeline(&manifest, registry, |p| {
+                commands::metrics::diff(&mut reporter::stdout(), p, rev, json)
+            })
+        }
         Command::Checkout { run, workspace } => {
             let root = commands::find_workspace(workspace)?;
             commands::checkout::checkout(&root, &run).map_err(failure)?;
             Ok(exit::OK)
         }
-        Command::Plots {
-            manifest,
-            runs,
-            output,
-        } => with_pipeline(&manifest, registry, |p| {
-            commands::plots::plots(p, &runs, &output)
-        }),
-        Command::Logs { manifest, stage } => with_pipeline(&manifest, registry, |p| {
-            commands::logs::logs(&mut reporter::stdout(), p, &stage)
-        }),
+        Command::Plots { args, output } => {
+            let (manifest, runs) = commands::manifest_first(args, usize::MAX);
+            with_pipeline(&manifest, registry, |p| {
+                commands::plots::plots(p, &runs, &output)
+            })
+        }
+        Command::Logs { mut args } => {
+            // `[MANIFEST] STAGE`: clap allows one or two.
+            let stage = args.pop().unwrap_or_default();
+            let manifest = args.pop().unwrap_or_else(|| cli::DEFAULT_MANIFEST.into());
+            with_pipeline(manifest.as_ref(), registry, |p| {
+                commands::logs::logs(&mut reporter::stdout(), p, &stage)
+            })
+        }
         Command::Gc {
             manifests,
             workspace,

@@ -250,3 +250,53 @@ fn a_declared_metrics_file_that_is_missing_is_named() {
         stderr(&out)
     );
 }
+
+#[test]
+fn the_history_commands_default_to_pipe_yaml() {
+    let ws = workspace();
+    ws.run(&[]);
+    git(&ws, &["init", "-q"]);
+    git(&ws, &["add", "pipe.yaml", "pipe.lock"]);
+    git(&ws, &["commit", "-q", "-m", "lr 0.1"]);
+    ws.run(&["--set", "lr=0.25"]);
+    let first = runs(&ws)[0]["id"].as_str().unwrap().to_string();
+
+    // `pipe runs` and DVC's `pipe exp show` print the same table.
+    let table = ok(&ws, &["runs"]);
+    assert!(table.contains("0.25"), "{table}");
+    assert_eq!(ok(&ws, &["exp", "show"]), table);
+    assert_eq!(
+        ok(&ws, &["exp", "show", "pipe.yaml", "--json"]),
+        ok(&ws, &["runs", "--json"])
+    );
+
+    // `metrics diff [MANIFEST] [REV]`: a lone argument that is no manifest is the revision.
+    let head = ok(&ws, &["metrics", "diff"]);
+    assert!(head.contains("train.mcc       0.1  →  0.25"), "{head}");
+    assert_eq!(ok(&ws, &["metrics", "diff", "HEAD"]), head);
+    assert_eq!(ok(&ws, &["metrics", "diff", &first]), head);
+
+    let log = ok(&ws, &["logs", "train"]);
+    assert!(log.contains("training with lr 0.25"), "{log}");
+
+    ok(&ws, &["plots", &first, "-o", "one.html"]);
+    assert_eq!(ws.read("one.html").matches("class=\"series\"").count(), 3);
+    ok(&ws, &["plots", "-o", "all.html"]);
+    assert_eq!(ws.read("all.html").matches("class=\"series\"").count(), 6);
+
+    // Elsewhere, each says what it missed.
+    std::fs::rename(ws.path("pipe.yaml"), ws.path("other.yaml")).unwrap();
+    for args in [
+        &["runs"][..],
+        &["exp", "show"],
+        &["metrics", "diff"],
+        &["logs", "train"],
+    ] {
+        let out = ws.pipe(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&out).contains("no pipe.yaml in the current folder"),
+            "{args:?}"
+        );
+    }
+}

@@ -36,14 +36,14 @@ pub fn load(m: &ManifestArgs, registry: &Registry) -> Result<Pipeline, Failure> 
     Ok(pipe_engine::load(&m.manifest, &m.sets, registry)?)
 }
 
-/// Run `f` on the pipeline of `manifest` (no `--set`): exit code 0, or the
+/// Run `f` on the pipeline of `manifest` (see [`load_plain`]): exit code 0, or the
 /// code of its error (see [`failure`]).
 pub fn with_pipeline(
     manifest: &Path,
     registry: &Registry,
     f: impl FnOnce(&Pipeline) -> anyhow::Result<()>,
 ) -> Result<i32, Failure> {
-    let p = pipe_engine::load(manifest, &[], registry)?;
+    let p = load_plain(manifest, registry)?;
     f(&p).map_err(failure)?;
     Ok(crate::exit::OK)
 }
@@ -56,6 +56,32 @@ pub fn check_default(manifest: &Path) -> Result<(), Failure> {
         )));
     }
     Ok(())
+}
+
+/// The pipeline of a manifest, without `--set` (the commands that read the
+/// lock and the history).
+pub fn load_plain(manifest: &Path, registry: &Registry) -> Result<Pipeline, Failure> {
+    check_default(manifest)?;
+    Ok(pipe_engine::load(manifest, &[], registry)?)
+}
+
+/// `[MANIFEST] REST…` of a command that takes at most `max_rest` more
+/// arguments: the first argument is the manifest when there are more than
+/// `max_rest`, or when it names a YAML file or an existing file; otherwise
+/// the manifest is `pipe.yaml`.
+pub fn manifest_first(mut args: Vec<String>, max_rest: usize) -> (PathBuf, Vec<String>) {
+    let named = args.first().is_some_and(|first| {
+        args.len() > max_rest
+            || first.ends_with(".yaml")
+            || first.ends_with(".yml")
+            || Path::new(first).is_file()
+    });
+    if named {
+        let manifest = args.remove(0);
+        (PathBuf::from(manifest), args)
+    } else {
+        (PathBuf::from(DEFAULT_MANIFEST), args)
+    }
 }
 
 /// The workspace root, found from `dir` or the current directory by the one
