@@ -15,7 +15,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use cli::{Cli, Command, ExpCommand, MetricsCommand};
-use commands::failure;
+use commands::{failure, with_pipeline};
 use exit::Failure;
 
 fn main() -> ExitCode {
@@ -60,16 +60,8 @@ fn dispatch(cli: Cli) -> Result<i32, Failure> {
     match cli.command {
         Command::Run(args) => commands::run::run(args, registry, quiet, cli.verbose),
         Command::Status { m, json, r } => commands::status::status(&m, &r, json, registry),
-        Command::Push { m, r } => {
-            let p = commands::load(&m, registry)?;
-            let remote = commands::remote::open(&r, &p, true)?;
-            commands::push::push(&p, &remote.ok_or_else(commands::remote::no_remote)?, quiet)
-        }
-        Command::Pull { m, r } => {
-            let p = commands::load(&m, registry)?;
-            let remote = commands::remote::open(&r, &p, false)?;
-            commands::pull::pull(&p, &remote.ok_or_else(commands::remote::no_remote)?, quiet)
-        }
+        Command::Push { m, r } => commands::push::command(&m, &r, registry, quiet),
+        Command::Pull { m, r } => commands::pull::command(&m, &r, registry, quiet),
         Command::Dag { m, format, json } => commands::dag::dag(&m, format, json, registry),
         Command::Validate { manifests, sets } => {
             commands::validate::validate(&manifests, &sets, quiet, registry)
@@ -83,9 +75,9 @@ fn dispatch(cli: Cli) -> Result<i32, Failure> {
             workspace,
         } => commands::down::down(&names, all, workspace),
         Command::Runs { manifest, json } | Command::Exp(ExpCommand::Show { manifest, json }) => {
-            let p = commands::load_plain(&manifest, registry)?;
-            commands::runs::runs(&mut reporter::stdout(), &p, json).map_err(failure)?;
-            Ok(exit::OK)
+            with_pipeline(&manifest, registry, |p| {
+                commands::runs::runs(&mut reporter::stdout(), p, json)
+            })
         }
         Command::Metrics(MetricsCommand::Show { m, json }) => {
             let p = commands::load(&m, registry)?;
@@ -95,10 +87,10 @@ fn dispatch(cli: Cli) -> Result<i32, Failure> {
         }
         Command::Metrics(MetricsCommand::Diff { args, json }) => {
             let (manifest, rest) = commands::manifest_first(args, 2);
-            let p = commands::load_plain(&manifest, registry)?;
             let rev = rest.first().map(String::as_str);
-            commands::metrics::diff(&mut reporter::stdout(), &p, rev, json).map_err(failure)?;
-            Ok(exit::OK)
+            with_pipeline(&manifest, registry, |p| {
+                commands::metrics::diff(&mut reporter::stdout(), p, rev, json)
+            })
         }
         Command::Checkout { run, workspace } => {
             let root = commands::find_workspace(workspace)?;
@@ -107,17 +99,17 @@ fn dispatch(cli: Cli) -> Result<i32, Failure> {
         }
         Command::Plots { args, output } => {
             let (manifest, runs) = commands::manifest_first(args, usize::MAX);
-            let p = commands::load_plain(&manifest, registry)?;
-            commands::plots::plots(&p, &runs, &output).map_err(failure)?;
-            Ok(exit::OK)
+            with_pipeline(&manifest, registry, |p| {
+                commands::plots::plots(p, &runs, &output)
+            })
         }
         Command::Logs { mut args } => {
             // `[MANIFEST] STAGE`: clap allows one or two.
             let stage = args.pop().unwrap_or_default();
             let manifest = args.pop().unwrap_or_else(|| cli::DEFAULT_MANIFEST.into());
-            let p = commands::load_plain(manifest.as_ref(), registry)?;
-            commands::logs::logs(&mut reporter::stdout(), &p, &stage).map_err(failure)?;
-            Ok(exit::OK)
+            with_pipeline(manifest.as_ref(), registry, |p| {
+                commands::logs::logs(&mut reporter::stdout(), p, &stage)
+            })
         }
         Command::Gc {
             manifests,

@@ -224,6 +224,27 @@ fn gc_keeps_referenced_objects_and_drops_the_rest() {
     assert_eq!(ws.ran(&[]), ["make", "upper"]);
 }
 
+#[test]
+fn gc_says_what_it_removed_and_refuses_a_workspace_without_a_store() {
+    let ws = TestWorkspace::new();
+    ws.manifest(DEMO);
+    let out = ws.pipe(&["gc", "pipe.yaml"]);
+    let root = ws.root().canonicalize().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!("error: no pipe store in {}\n", root.display())
+    );
+    ws.run(&[]);
+    let out = ws.pipe(&["gc", "pipe.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("     Removed 0 objects (0.0 MB) and 0 run records; kept "),
+        "{err}"
+    );
+}
+
 fn mkfifo(path: &std::path::Path) {
     let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
     // SAFETY: `c` is a NUL-terminated path that outlives the call.

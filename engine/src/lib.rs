@@ -6,7 +6,9 @@
 //!                                                      └──── pipe_cache::Store ◀┘ (commit, materialise)
 //! ```
 //!
-//! Start reading at [`manifest`], then [`scheduler::run`]. The engine knows
+//! Start reading at [`manifest`], then [`scheduler::run`], then
+//! [`executor`] (which decides a stage's [`executor::Freshness`], then runs it
+//! to an [`executor::Outcome`]); [`gc`] collects the store. The engine knows
 //! stage kinds only through [`stage::StageKind`]; it never prints, it emits
 //! [`event::Event`]s for a reporter. Stages start child processes through
 //! [`interrupt::Interrupt`], which stops them on Ctrl-C and after a crash.

@@ -37,6 +37,18 @@ pub fn load(m: &ManifestArgs, registry: &Registry) -> Result<Pipeline, Failure> 
     Ok(pipe_engine::load(&m.manifest, &m.sets, registry)?)
 }
 
+/// Run `f` on the pipeline of `manifest` (see [`load_plain`]): exit code 0, or the
+/// code of its error (see [`failure`]).
+pub fn with_pipeline(
+    manifest: &Path,
+    registry: &Registry,
+    f: impl FnOnce(&Pipeline) -> anyhow::Result<()>,
+) -> Result<i32, Failure> {
+    let p = load_plain(manifest, registry)?;
+    f(&p).map_err(failure)?;
+    Ok(crate::exit::OK)
+}
+
 /// A clear word when the manifest a command falls back to is not there.
 pub fn check_default(manifest: &Path) -> Result<(), Failure> {
     if manifest == Path::new(DEFAULT_MANIFEST) && !manifest.exists() {

@@ -81,19 +81,52 @@ impl std::error::Error for KindError {
 /// `a: b: c` from an error and its sources, URL user info masked.
 ///
 /// pipe's own errors keep each cause as a source and never repeat it in
-/// their message. Some library errors do both (object_store's print their
-/// source after a colon): a source whose message already ends the line is
-/// not printed twice.
+/// their message. Some library errors do both (object_store's end their
+/// message with `: SOURCE`): such a source, or one that only repeats the
+/// error before it, is not printed twice. Nothing else is left out, even
+/// when its text happens to appear earlier in the line.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
+    let mut prev = e.to_string();
+    let mut s = prev.clone();
     let mut cur = e.source();
     while let Some(src) = cur {
         let msg = src.to_string();
-        if !s.ends_with(&msg) {
+        let repeated = prev == msg
+            || prev
+                .strip_suffix(msg.as_str())
+                .is_some_and(|head| head.ends_with(": "));
+        if !repeated {
             s.push_str(": ");
             s.push_str(&msg);
         }
+        prev = msg;
         cur = src.source();
     }
     crate::cache::redact_userinfo(&s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A library error that prints its source and also returns it.
+    #[derive(Debug, thiserror::Error)]
+    #[error("upload failed: {0}")]
+    struct Flattens(#[source] std::io::Error);
+
+    #[test]
+    fn every_cause_is_shown_once() {
+        let e = ExecError::Create {
+            path: "/ws/interrupted".into(),
+            source: std::io::Error::other("interrupted"),
+        };
+        assert_eq!(
+            error_chain(&e),
+            "cannot create /ws/interrupted: interrupted"
+        );
+        let e = ExecError::Run(KindError(Box::new(Flattens(std::io::Error::other(
+            "connection reset",
+        )))));
+        assert_eq!(error_chain(&e), "upload failed: connection reset");
+    }
 }
