@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use pipe_engine::StageError;
+use pipe_protocol::serve::{Ready, PING};
 use serde::{Deserialize, Serialize};
 
 use crate::worker;
@@ -124,10 +125,10 @@ impl Record {
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(5))
             .build();
-        match client.and_then(|c| c.get(format!("{}/ping", self.url)).send()) {
+        match client.and_then(|c| c.get(format!("{}{PING}", self.url)).send()) {
             Ok(r) if r.status().is_success() => Health::Healthy,
-            Ok(r) => Health::Down(format!("/ping answered {}", r.status())),
-            Err(e) => Health::Down(format!("/ping failed: {e}")),
+            Ok(r) => Health::Down(format!("{PING} answered {}", r.status())),
+            Err(e) => Health::Down(format!("{PING} failed: {e}")),
         }
     }
 
@@ -252,11 +253,6 @@ pub fn start(workspace: &Path, l: &Launch) -> Result<Record, StageError> {
             .into());
         }
     };
-    #[derive(Deserialize)]
-    struct Ready {
-        ready: String,
-        pid: u32,
-    }
     let ready: Ready = serde_json::from_str(&line)
         .map_err(|e| format!("the model server said something unexpected ({e}): {line}"))?;
     // The server lives on in its own session; reaping it is init's job now.

@@ -7,7 +7,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod fast;
 pub mod finetune;
-pub mod metrics;
+pub mod scores;
 pub mod serve;
 pub mod tokenize;
 pub mod trace;
