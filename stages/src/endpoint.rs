@@ -118,6 +118,13 @@ impl Record {
         }
     }
 
+    /// Whether the record's process (same pid, same start time) has not
+    /// exited yet.
+    fn running(&self) -> bool {
+        matches!(stat(self.pid), Some((state, started))
+            if !matches!(state, 'Z' | 'X') && Some(started) == self.started)
+    }
+
     pub fn health(&self) -> Health {
         if let Some(why) = self.not_ours() {
             return Health::Down(why);
@@ -145,13 +152,20 @@ impl Record {
                 };
                 // SAFETY: kill(2) on the process we checked is our server.
                 unsafe { libc::kill(pid, libc::SIGTERM) };
+                // Until it has exited, not merely until it stops looking like
+                // our server: an exiting process has an empty cmdline for a
+                // while before it is a zombie.
                 let deadline = Instant::now() + grace;
-                while self.not_ours().is_none() && Instant::now() < deadline {
+                while self.running() && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                if self.not_ours().is_none() {
-                    // SAFETY: as above.
+                if self.running() {
+                    // SAFETY: as above (same pid and start time).
                     unsafe { libc::kill(pid, libc::SIGKILL) };
+                    let deadline = Instant::now() + grace;
+                    while self.running() && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
                 }
                 Stopped::Server
             }
