@@ -38,9 +38,12 @@ fn main() {
     cc::Build::new()
         .cpp(true)
         .pic(true)
-        .warnings(false)
-        .include(&include)
-        .include(include.join("torch/csrc/api/include"))
+        // libtorch's headers as system headers: their warnings are not
+        // ours, while the shim's own show (cc's -Wall -Wextra).
+        .flag("-isystem")
+        .flag(&include)
+        .flag("-isystem")
+        .flag(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-DGLOG_USE_GLOG_EXPORT")

@@ -7,6 +7,8 @@
 //! The worker writes its human log to stderr (the engine appends it to the
 //! stage log) and one JSON [`Message`] per line to stdout.
 
+pub mod serve;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

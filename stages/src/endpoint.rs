@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use pipe_engine::StageError;
+use pipe_protocol::serve::{Ready, PING};
 use serde::{Deserialize, Serialize};
 
 use crate::worker;
@@ -117,6 +118,13 @@ impl Record {
         }
     }
 
+    /// Whether the record's process (same pid, same start time) has not
+    /// exited yet.
+    fn running(&self) -> bool {
+        matches!(stat(self.pid), Some((state, started))
+            if !matches!(state, 'Z' | 'X') && Some(started) == self.started)
+    }
+
     pub fn health(&self) -> Health {
         if let Some(why) = self.not_ours() {
             return Health::Down(why);
@@ -124,10 +132,10 @@ impl Record {
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(5))
             .build();
-        match client.and_then(|c| c.get(format!("{}/ping", self.url)).send()) {
+        match client.and_then(|c| c.get(format!("{}{PING}", self.url)).send()) {
             Ok(r) if r.status().is_success() => Health::Healthy,
-            Ok(r) => Health::Down(format!("/ping answered {}", r.status())),
-            Err(e) => Health::Down(format!("/ping failed: {e}")),
+            Ok(r) => Health::Down(format!("{PING} answered {}", r.status())),
+            Err(e) => Health::Down(format!("{PING} failed: {e}")),
         }
     }
 
@@ -144,13 +152,20 @@ impl Record {
                 };
                 // SAFETY: kill(2) on the process we checked is our server.
                 unsafe { libc::kill(pid, libc::SIGTERM) };
+                // Until it has exited, not merely until it stops looking like
+                // our server: an exiting process has an empty cmdline for a
+                // while before it is a zombie.
                 let deadline = Instant::now() + grace;
-                while self.not_ours().is_none() && Instant::now() < deadline {
+                while self.running() && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                if self.not_ours().is_none() {
-                    // SAFETY: as above.
+                if self.running() {
+                    // SAFETY: as above (same pid and start time).
                     unsafe { libc::kill(pid, libc::SIGKILL) };
+                    let deadline = Instant::now() + grace;
+                    while self.running() && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
                 }
                 Stopped::Server
             }
@@ -252,11 +267,6 @@ pub fn start(workspace: &Path, l: &Launch) -> Result<Record, StageError> {
             .into());
         }
     };
-    #[derive(Deserialize)]
-    struct Ready {
-        ready: String,
-        pid: u32,
-    }
     let ready: Ready = serde_json::from_str(&line)
         .map_err(|e| format!("the model server said something unexpected ({e}): {line}"))?;
     // The server lives on in its own session; reaping it is init's job now.

@@ -21,6 +21,7 @@
 use std::time::Instant;
 
 use pipe_engine::{StageContext, StageError, StageKind, WithError};
+use pipe_protocol::serve::{Prediction, ACCEPT_VERBOSE, INVOCATIONS};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -53,35 +54,28 @@ fn parse(v: &Value) -> Result<With, WithError> {
     Ok(w)
 }
 
-#[derive(Deserialize)]
-struct Verbose {
-    label: String,
-    class: usize,
-    probabilities: Vec<f64>,
-}
-
 fn predict(
     client: &reqwest::blocking::Client,
     url: &str,
     texts: &[&str],
-) -> Result<Vec<Verbose>, StageError> {
+) -> Result<Vec<Prediction>, StageError> {
     let r = client
-        .post(format!("{url}/invocations"))
+        .post(format!("{url}{INVOCATIONS}"))
         .header("content-type", "application/json")
-        .header("accept", "application/json;verbose=true")
+        .header("accept", ACCEPT_VERBOSE)
         .body(serde_json::to_vec(&texts)?)
         .send()
-        .map_err(|e| format!("{url}/invocations: {e}"))?;
+        .map_err(|e| format!("{url}{INVOCATIONS}: {e}"))?;
     let status = r.status();
     let body = r.text()?;
     if !status.is_success() {
-        return Err(format!("{url}/invocations answered {status}: {body}").into());
+        return Err(format!("{url}{INVOCATIONS} answered {status}: {body}").into());
     }
-    let out: Vec<Verbose> = serde_json::from_str(&body)
-        .map_err(|e| format!("{url}/invocations: unexpected answer ({e}): {body}"))?;
+    let out: Vec<Prediction> = serde_json::from_str(&body)
+        .map_err(|e| format!("{url}{INVOCATIONS}: unexpected answer ({e}): {body}"))?;
     if out.len() != texts.len() {
         return Err(format!(
-            "{url}/invocations answered {} predictions for {} sentences",
+            "{url}{INVOCATIONS} answered {} predictions for {} sentences",
             out.len(),
             texts.len()
         )
@@ -90,7 +84,7 @@ fn predict(
     Ok(out)
 }
 
-fn matches(expect: &Value, p: &Verbose) -> bool {
+fn matches(expect: &Value, p: &Prediction) -> bool {
     match expect {
         Value::Number(n) => n.as_u64() == Some(p.class as u64),
         Value::String(s) => *s == p.label,

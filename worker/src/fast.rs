@@ -34,6 +34,8 @@ fn check(message: *mut c_char) -> Result<()> {
     let text = unsafe { CStr::from_ptr(message) }
         .to_string_lossy()
         .into_owned();
+    // SAFETY: `message` came from the shim, is freed once, and `text` is
+    // an owned copy.
     unsafe { pipe_fast_free_error(message) };
     Err(anyhow!(text))
 }

@@ -16,7 +16,7 @@ use serde_json::json;
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
 use crate::checkpoint::{copy_tokenizer, Checkpoint};
-use crate::metrics::{loss_svg, score, Scores};
+use crate::scores::{loss_svg, score, Scores};
 use crate::tokenize::{pad, Encoder};
 use crate::{data, Report};
 
@@ -34,15 +34,14 @@ pub fn lr_factor(schedule: Schedule, step: usize, total: usize, warmup: usize) -
 /// Batches of example indices for one epoch, drawn from torch's seeded
 /// generator. With `group`, indices are sorted by length inside pools of 50
 /// batches and the batches are shuffled, so little padding is needed.
-pub fn batches(lengths: &[usize], batch: usize, group: bool) -> Vec<Vec<usize>> {
+pub fn batches(lengths: &[usize], batch: usize, group: bool) -> Result<Vec<Vec<usize>>> {
     let perm = Vec::<i64>::try_from(Tensor::randperm(
         lengths.len() as i64,
         (Kind::Int64, Device::Cpu),
-    ))
-    .unwrap_or_default();
+    ))?;
     let mut order: Vec<usize> = perm.into_iter().map(|i| i as usize).collect();
     if !group {
-        return order.chunks(batch).map(<[usize]>::to_vec).collect();
+        return Ok(order.chunks(batch).map(<[usize]>::to_vec).collect());
     }
     for pool in order.chunks_mut(batch * 50) {
         pool.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
@@ -51,12 +50,11 @@ pub fn batches(lengths: &[usize], batch: usize, group: bool) -> Vec<Vec<usize>> 
     let shuffle = Vec::<i64>::try_from(Tensor::randperm(
         chunks.len() as i64,
         (Kind::Int64, Device::Cpu),
-    ))
-    .unwrap_or_default();
-    shuffle
+    ))?;
+    Ok(shuffle
         .into_iter()
         .map(|i| chunks[i as usize].clone())
-        .collect()
+        .collect())
 }
 
 /// Clips the global L2 norm of the gradients to `max` without reading it back.
@@ -83,11 +81,11 @@ fn clip_grad_norm(vars: &[Tensor], max: f64) {
 }
 
 /// Predicted class of each example, in batches of similar length.
-pub fn predict(model: &crate::bert::Bert, ids: &[Vec<i64>], device: Device) -> Vec<i64> {
+pub fn predict(model: &crate::bert::Bert, ids: &[Vec<i64>], device: Device) -> Result<Vec<i64>> {
     let mut order: Vec<usize> = (0..ids.len()).collect();
     order.sort_by_key(|&i| ids[i].len());
     let mut pred = vec![0i64; ids.len()];
-    tch::no_grad(|| {
+    tch::no_grad(|| -> Result<()> {
         for chunk in order.chunks(256) {
             let seqs: Vec<&[i64]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
             let (x, m) = pad(&seqs, None);
@@ -95,13 +93,14 @@ pub fn predict(model: &crate::bert::Bert, ids: &[Vec<i64>], device: Device) -> V
                 .forward(&x.to_device(device), &m.to_device(device), false)
                 .argmax(-1, false)
                 .to_device(Device::Cpu);
-            let p = Vec::<i64>::try_from(p).unwrap_or_default();
+            let p = Vec::<i64>::try_from(p)?;
             for (&i, c) in chunk.iter().zip(p) {
                 pred[i] = c;
             }
         }
-    });
-    pred
+        Ok(())
+    })?;
+    Ok(pred)
 }
 
 /// Fine-tune and write the model, `metrics.json`, `steps.csv` and `loss.svg` into `out`.
@@ -181,7 +180,7 @@ pub fn run(
         let started = Instant::now();
         let mut epoch_losses: Vec<Tensor> = Vec::with_capacity(per_epoch);
         let mut seen = 0;
-        for (b, idx) in batches(&lengths, w.batch_size, w.group_by_length)
+        for (b, idx) in batches(&lengths, w.batch_size, w.group_by_length)?
             .iter()
             .enumerate()
         {
@@ -222,8 +221,7 @@ pub fn run(
             seen += idx.len();
         }
         let epoch_loss =
-            Vec::<f64>::try_from(Tensor::stack(&epoch_losses, 0).to_device(Device::Cpu))
-                .unwrap_or_default();
+            Vec::<f64>::try_from(Tensor::stack(&epoch_losses, 0).to_device(Device::Cpu))?;
         let seconds = started.elapsed().as_secs_f64();
         train_seconds += seconds;
         let avg = epoch_loss.iter().sum::<f64>() / epoch_loss.len().max(1) as f64;
@@ -235,7 +233,7 @@ pub fn run(
         losses.extend(epoch_loss);
         report.log(&format!("Average training loss: {avg:.6}"));
         report.progress(&format!("epoch {epoch}/{}: evaluating", w.epochs));
-        let pred = predict(&ck.model, &test_ids, device);
+        let pred = predict(&ck.model, &test_ids, device)?;
         let s = score(&test.labels, &pred, w.num_labels as usize);
         report.log(&format!(
             "Test set: Accuracy: {:.4}, MCC: {:.4}, F1: {:.4}",

@@ -7,11 +7,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod fast;
 pub mod finetune;
-pub mod metrics;
-#[allow(
-    clippy::print_stdout,
-    reason = "the server announces its address on stdout: pipe reads that line"
-)]
+pub mod scores;
 pub mod serve;
 pub mod tokenize;
 pub mod trace;

@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use pipe_protocol::serve::DEFAULT_MAX_LEN;
 use pipe_protocol::TraceWith;
 use serde_json::json;
 use tch::{CModule, Device, Kind, Tensor};
@@ -28,7 +29,10 @@ const PROBES: [&str; 6] = [
 /// `max_len` and the number of labels of a fine-tuned model dir.
 pub fn model_facts(dir: &Path) -> Result<(usize, i64)> {
     let (_, raw) = read_config(dir)?;
-    let max_len = raw.get("max_len").and_then(|v| v.as_u64()).unwrap_or(128) as usize;
+    let max_len = raw
+        .get("max_len")
+        .and_then(|v| v.as_u64())
+        .map_or(DEFAULT_MAX_LEN, |n| n as usize);
     let labels = raw
         .get("id2label")
         .and_then(|v| v.as_object())

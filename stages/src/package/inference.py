@@ -16,7 +16,10 @@ def model_fn(model_dir):
         config = json.load(f)
     model = torch.jit.load(os.path.join(model_dir, "model.pt"), map_location="cpu").eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return {"model": model, "tokenizer": tokenizer, "max_len": int(config.get("max_len", 64))}
+    # Without a max_len, the same default as pipe's own server
+    # (pipe_protocol::serve::DEFAULT_MAX_LEN).
+    max_len = int(config.get("max_len", 128))
+    return {"model": model, "tokenizer": tokenizer, "max_len": max_len}
 
 
 def input_fn(request_body, content_type="application/json"):

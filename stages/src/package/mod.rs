@@ -135,3 +135,16 @@ impl StageKind for Package {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use pipe_protocol::serve::DEFAULT_MAX_LEN;
+
+    /// SageMaker's server and `pipe serve` cut sentences alike when a
+    /// model's `config.json` names no `max_len`.
+    #[test]
+    fn inference_py_defaults_to_the_servers_max_len() {
+        let default = format!(r#"config.get("max_len", {DEFAULT_MAX_LEN})"#);
+        assert!(super::INFERENCE_PY.contains(&default), "{default}");
+    }
+}
