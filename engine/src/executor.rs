@@ -94,12 +94,12 @@ impl Executor<'_> {
         let resolved = self.resolve_inputs(stage, upstream)?;
         let record = KeyRecord {
             kind: stage.kind.clone(),
-            kind_version: kind.version(),
+            kind_version: kind.version,
             params: stage.params_used.clone(),
             with: stage.with.clone(),
             inputs: resolved.digests.clone(),
             env: stage.env.clone(),
-            fingerprints: kind.fingerprints(stage)?,
+            fingerprints: stage.prepared.fingerprints()?,
         };
         let key = record.key();
         result.key = Some(key);
@@ -129,13 +129,13 @@ impl Executor<'_> {
                 }
                 Some(run) => match self.restore(&run, &out_dir) {
                     Ok(()) => {
-                        let drift = if kind.is_effect(stage) {
+                        let drift = if stage.prepared.is_effect() {
                             let pins = Mutex::new(BTreeMap::new());
                             let stats = Mutex::new(BTreeMap::new());
                             let ctx = self.context(
                                 stage, &resolved, &out_dir, &log, &run.pins, &pins, &stats,
                             );
-                            kind.verify(&ctx)?
+                            stage.prepared.verify(&ctx)?
                         } else {
                             None
                         };
@@ -207,7 +207,7 @@ impl Executor<'_> {
             &new_pins,
             &new_stats,
         );
-        let ran = kind.run(&ctx);
+        let ran = stage.prepared.run(&ctx);
         // Whatever an interrupted stage produced is dropped with its staging dir.
         if self.interrupt.is_set() {
             return Err("interrupted".into());

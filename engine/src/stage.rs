@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -140,50 +140,47 @@ impl StageContext<'_> {
     }
 }
 
-pub trait StageKind: Send + Sync {
+/// A stage kind, written as its typed `with:`: the struct `with:` deserialises
+/// into *is* the stage. The engine parses `with:` into it once, when the
+/// manifest is validated ([`StageKind::validate`] adds the checks serde cannot
+/// make), and carries it on the [`Stage`] as a [`PreparedStage`]; nothing
+/// downstream reads `with:` again. Register it with [`Registry::register`].
+pub trait StageKind: serde::de::DeserializeOwned + Send + Sync + 'static {
     /// The name used as `kind:` in manifests.
-    fn name(&self) -> &'static str;
+    const NAME: &'static str;
 
     /// Bump whenever the kind's output for the same inputs changes.
-    fn version(&self) -> u32;
-
-    /// Check `with:` before anything runs.
-    fn check(&self, with: &Value) -> Result<(), WithError>;
-
-    /// Check `with:` against the names of the stage's inputs, for a kind where
-    /// an input can stand in for a field. Runs after [`StageKind::check`].
-    fn check_inputs(&self, _with: &Value, _inputs: &[&str]) -> Result<(), WithError> {
-        Ok(())
-    }
+    const VERSION: u32;
 
     /// Top-level `with:` fields that hold shell scripts. A `${params.X}` in one
     /// is replaced by the value quoted for the shell (always data, never code),
     /// and a `PIPE_PARAM_<X>` named in one makes the stage read param `X`.
-    fn script_fields(&self) -> &'static [&'static str] {
-        &[]
-    }
+    const SCRIPT_FIELDS: &'static [&'static str] = &[];
 
     /// JSON files of the output that hold metrics, when the manifest does not
     /// say (`metrics:`).
-    fn metrics(&self) -> &'static [&'static str] {
-        &[]
-    }
+    const METRICS: &'static [&'static str] = &[];
 
     /// Files of the output that hold plot data, when the manifest does not
     /// say (`plots:`).
-    fn plots(&self) -> &'static [&'static str] {
-        &[]
+    const PLOTS: &'static [&'static str] = &[];
+
+    /// Checks serde cannot make (ranges, fields that exclude each other,
+    /// an input standing in for a field), before anything runs. `inputs`
+    /// are the names of the stage's inputs.
+    fn validate(&mut self, _inputs: &[&str]) -> Result<(), WithError> {
+        Ok(())
     }
 
     /// Facts about this machine that change the result (go into the key).
-    fn fingerprints(&self, _stage: &Stage) -> Result<BTreeMap<String, String>, StageError> {
+    fn fingerprints(&self) -> Result<BTreeMap<String, String>, StageError> {
         Ok(BTreeMap::new())
     }
 
     /// Whether the stage acts on the outside world. An effect's output is a
     /// receipt; on a cache hit the engine calls [`StageKind::verify`] instead of
     /// trusting it.
-    fn is_effect(&self, _stage: &Stage) -> bool {
+    fn is_effect(&self) -> bool {
         false
     }
 
@@ -197,10 +194,78 @@ pub trait StageKind: Send + Sync {
     }
 }
 
+/// A stage's parsed `with:`, as the engine calls it (see [`StageKind`], whose
+/// methods these are; every kind implements this trait through it).
+pub trait PreparedStage: Send + Sync {
+    fn fingerprints(&self) -> Result<BTreeMap<String, String>, StageError>;
+    fn is_effect(&self) -> bool;
+    fn run(&self, ctx: &StageContext) -> Result<(), StageError>;
+    fn verify(&self, ctx: &StageContext) -> Result<Option<String>, StageError>;
+}
+
+impl<K: StageKind> PreparedStage for K {
+    fn fingerprints(&self) -> Result<BTreeMap<String, String>, StageError> {
+        StageKind::fingerprints(self)
+    }
+    fn is_effect(&self) -> bool {
+        StageKind::is_effect(self)
+    }
+    fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
+        StageKind::run(self, ctx)
+    }
+    fn verify(&self, ctx: &StageContext) -> Result<Option<String>, StageError> {
+        StageKind::verify(self, ctx)
+    }
+}
+
+impl std::fmt::Debug for dyn PreparedStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PreparedStage")
+    }
+}
+
+/// A registered kind: its constants, and how to prepare a stage of it.
+#[derive(Clone, Copy)]
+pub struct Kind {
+    pub name: &'static str,
+    pub version: u32,
+    pub script_fields: &'static [&'static str],
+    pub metrics: &'static [&'static str],
+    pub plots: &'static [&'static str],
+    prepare: fn(&Value, &[&str]) -> Result<Arc<dyn PreparedStage>, WithError>,
+}
+
+impl Kind {
+    fn of<K: StageKind>() -> Kind {
+        Kind {
+            name: K::NAME,
+            version: K::VERSION,
+            script_fields: K::SCRIPT_FIELDS,
+            metrics: K::METRICS,
+            plots: K::PLOTS,
+            prepare: |with, inputs| {
+                let mut stage: K = WithError::parse(with)?;
+                stage.validate(inputs)?;
+                Ok(Arc::new(stage))
+            },
+        }
+    }
+
+    /// Parse and check a stage's `with:` (after interpolation) once, given
+    /// the names of its inputs.
+    pub fn prepare(
+        &self,
+        with: &Value,
+        inputs: &[&str],
+    ) -> Result<Arc<dyn PreparedStage>, WithError> {
+        (self.prepare)(with, inputs)
+    }
+}
+
 /// The stage kinds a binary knows.
 #[derive(Default)]
 pub struct Registry {
-    kinds: BTreeMap<&'static str, Box<dyn StageKind>>,
+    kinds: BTreeMap<&'static str, Kind>,
 }
 
 impl Registry {
@@ -208,12 +273,12 @@ impl Registry {
         Registry::default()
     }
 
-    pub fn register(&mut self, kind: Box<dyn StageKind>) {
-        self.kinds.insert(kind.name(), kind);
+    pub fn register<K: StageKind>(&mut self) {
+        self.kinds.insert(K::NAME, Kind::of::<K>());
     }
 
-    pub fn get(&self, name: &str) -> Option<&dyn StageKind> {
-        self.kinds.get(name).map(|k| k.as_ref())
+    pub fn get(&self, name: &str) -> Option<&Kind> {
+        self.kinds.get(name)
     }
 
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {

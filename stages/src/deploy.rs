@@ -21,13 +21,12 @@ use std::time::Duration;
 use pipe_engine::cache::Digest;
 use pipe_engine::{Stage, StageContext, StageError, StageKind, WithError};
 use serde::Deserialize;
-use serde_json::Value;
 
 use crate::endpoint::{self, Health, Launch, Record};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct With {
+pub struct Deploy {
     /// Endpoint name (default: PIPELINE-STAGE).
     name: Option<String>,
     #[serde(default = "localhost")]
@@ -37,6 +36,9 @@ struct With {
     /// Seconds to wait for the server to load and answer `/ping`.
     #[serde(default = "default_timeout")]
     timeout: f64,
+    /// `timeout` once checked.
+    #[serde(skip)]
+    timeout_after: Duration,
     max_batch: Option<usize>,
     max_delay_ms: Option<u64>,
     workers: Option<usize>,
@@ -50,8 +52,7 @@ fn default_timeout() -> f64 {
     120.0
 }
 
-fn parse(v: &Value) -> Result<With, WithError> {
-    let w: With = WithError::parse(v)?;
+fn check(w: &mut Deploy) -> Result<(), WithError> {
     if let Some(n) = &w.name {
         if n.is_empty()
             || !n
@@ -65,17 +66,15 @@ fn parse(v: &Value) -> Result<With, WithError> {
             ));
         }
     }
-    WithError::seconds("timeout", w.timeout)?;
-    Ok(w)
+    w.timeout_after = WithError::seconds("timeout", w.timeout)?;
+    Ok(())
 }
 
-fn name(w: &With, stage: &Stage, ctx: &StageContext) -> String {
+fn name(w: &Deploy, stage: &Stage, ctx: &StageContext) -> String {
     w.name
         .clone()
         .unwrap_or_else(|| format!("{}-{}", ctx.pipeline.name, stage.name))
 }
-
-pub struct Deploy;
 
 impl Deploy {
     fn package(ctx: &StageContext) -> Result<std::path::PathBuf, StageError> {
@@ -101,25 +100,20 @@ impl Deploy {
 }
 
 impl StageKind for Deploy {
-    fn name(&self) -> &'static str {
-        "deploy"
+    const NAME: &'static str = "deploy";
+    const VERSION: u32 = 1;
+
+    fn validate(&mut self, _inputs: &[&str]) -> Result<(), WithError> {
+        check(self)
     }
 
-    fn version(&self) -> u32 {
-        1
-    }
-
-    fn check(&self, with: &Value) -> Result<(), WithError> {
-        parse(with).map(|_| ())
-    }
-
-    fn is_effect(&self, _: &Stage) -> bool {
+    fn is_effect(&self) -> bool {
         true
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
-        let w = parse(&ctx.stage.with)?;
-        let name = name(&w, ctx.stage, ctx);
+        let w = self;
+        let name = name(w, ctx.stage, ctx);
         let package = Self::package(ctx)?;
         let sha = Digest::of_file(&package)?.to_hex();
         if let Some(old) = endpoint::get(ctx.workspace, &name) {
@@ -161,7 +155,7 @@ impl StageKind for Deploy {
                 host: &w.host,
                 port: w.port,
                 extra_args: extra,
-                timeout: WithError::seconds("timeout", w.timeout)?,
+                timeout: w.timeout_after,
             },
         )?;
         ctx.progress(&format!("{name} is up at {}", record.url));

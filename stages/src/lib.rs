@@ -29,20 +29,20 @@ pub use package::Package;
 pub use shell::Shell;
 pub use smoke::SmokeTest;
 pub use split::Split;
-pub use torch::Torch;
+pub use torch::{Finetune, Trace};
 pub use upload::Upload;
 
 /// Every built-in kind.
 pub fn registry() -> pipe_engine::Registry {
     let mut r = pipe_engine::Registry::new();
-    r.register(Box::new(Shell));
-    r.register(Box::new(Download));
-    r.register(Box::new(Split));
-    r.register(Box::new(Upload));
-    r.register(Box::new(Torch::Finetune));
-    r.register(Box::new(Torch::Trace));
-    r.register(Box::new(Package));
-    r.register(Box::new(Deploy));
-    r.register(Box::new(SmokeTest));
+    r.register::<Shell>();
+    r.register::<Download>();
+    r.register::<Split>();
+    r.register::<Upload>();
+    r.register::<Finetune>();
+    r.register::<Trace>();
+    r.register::<Package>();
+    r.register::<Deploy>();
+    r.register::<SmokeTest>();
     r
 }

@@ -12,9 +12,9 @@ use std::path::Path;
 
 use flate2::{Compression, GzBuilder};
 use pipe_engine::cache::Digest;
-use pipe_engine::{StageContext, StageError, StageKind, WithError};
+use pipe_engine::{StageContext, StageError, StageKind};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const INFERENCE_PY: &str = include_str!("inference.py");
 const REQUIREMENTS: &str = "transformers\n";
@@ -29,10 +29,6 @@ const ROOT_FILES: [&str; 7] = [
     "vocab.txt",
     "added_tokens.json",
 ];
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct With {}
 
 fn header(path: &str, size: u64, dir: bool) -> Result<tar::Header, StageError> {
     let mut h = tar::Header::new_ustar();
@@ -73,20 +69,14 @@ pub fn write_tar_gz(out: &Path, entries: &[(String, Option<Vec<u8>>)]) -> Result
     Ok(())
 }
 
-pub struct Package;
+/// `kind: package` takes no `with:`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Package {}
 
 impl StageKind for Package {
-    fn name(&self) -> &'static str {
-        "package"
-    }
-
-    fn version(&self) -> u32 {
-        1
-    }
-
-    fn check(&self, with: &Value) -> Result<(), WithError> {
-        WithError::parse::<With>(with).map(|_| ())
-    }
+    const NAME: &'static str = "package";
+    const VERSION: u32 = 1;
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let Some(model) = ctx.inputs.get("model") else {
