@@ -78,16 +78,8 @@ fn name(w: &Deploy, stage: &Stage, ctx: &StageContext) -> String {
 
 impl Deploy {
     fn package(ctx: &StageContext) -> Result<std::path::PathBuf, StageError> {
-        let Some(p) = ctx.inputs.get("package") else {
-            return Err(
-                "`deploy` needs an input named `package` (a package stage's output)".into(),
-            );
-        };
-        let p = if p.is_dir() {
-            p.join("model.tar.gz")
-        } else {
-            p.clone()
-        };
+        let from = "a package stage's output";
+        let p = crate::input_file(ctx, Deploy::NAME, "package", "model.tar.gz", from)?;
         if !p.is_file() {
             return Err(format!(
                 "{} is missing: is `package` a package stage's output?",

@@ -32,6 +32,21 @@ pub use split::Split;
 pub use torch::{Finetune, Trace};
 pub use upload::Upload;
 
+/// The input `name` of a `kind` stage, made by a `from`: a file, or that
+/// stage's output folder, where `file` is taken.
+pub(crate) fn input_file(
+    ctx: &pipe_engine::StageContext,
+    kind: &str,
+    name: &str,
+    file: &str,
+    from: &str,
+) -> Result<std::path::PathBuf, pipe_engine::StageError> {
+    let Some(p) = ctx.inputs.get(name) else {
+        return Err(format!("`{kind}` needs an input named `{name}` ({from})").into());
+    };
+    Ok(if p.is_dir() { p.join(file) } else { p.clone() })
+}
+
 /// Every built-in kind.
 pub fn registry() -> pipe_engine::Registry {
     let mut r = pipe_engine::Registry::new();

@@ -116,16 +116,8 @@ fn matches(expect: &Value, p: &Verbose) -> bool {
 
 /// Runs every check; `Err` with a readable table when one fails.
 fn check(ctx: &StageContext, w: &SmokeTest) -> Result<Value, StageError> {
-    let Some(ep) = ctx.inputs.get("endpoint") else {
-        return Err(
-            "`smoke_test` needs an input named `endpoint` (a deploy stage's output)".into(),
-        );
-    };
-    let ep = if ep.is_dir() {
-        ep.join("endpoint.json")
-    } else {
-        ep.clone()
-    };
+    let from = "a deploy stage's output";
+    let ep = crate::input_file(ctx, SmokeTest::NAME, "endpoint", "endpoint.json", from)?;
     let record: Record = serde_json::from_slice(&std::fs::read(&ep)?)
         .map_err(|e| format!("{}: not an endpoint record: {e}", ep.display()))?;
     let client = reqwest::blocking::Client::builder()

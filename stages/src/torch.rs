@@ -16,9 +16,10 @@
 //! the same device and thread count give byte-identical weights.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use pipe_engine::{StageContext, StageError, StageKind, WithError};
-use pipe_protocol::{Device, FinetuneWith, Request, TraceWith};
+use pipe_protocol::{Device, FinetuneWith, Job, Request, ResolvedDevice, TraceWith};
 use serde::Deserialize;
 
 use crate::worker;
@@ -35,7 +36,7 @@ pub struct Trace(TraceWith);
 
 /// The device and thread count a stage runs with on this machine.
 struct Placement {
-    device: &'static str,
+    device: ResolvedDevice,
     threads: usize,
 }
 
@@ -44,14 +45,8 @@ impl Placement {
     /// defaults to libtorch's.
     fn resolve(device: Device, threads: Option<usize>) -> Result<Placement, StageError> {
         let info = worker::info()?;
-        let device = match device {
-            Device::Cpu => "cpu",
-            Device::Cuda => "cuda",
-            Device::Auto if info.cuda => "cuda",
-            Device::Auto => "cpu",
-        };
         Ok(Placement {
-            device,
+            device: device.resolve(info.cuda),
             threads: threads.unwrap_or(info.threads.max(1) as usize),
         })
     }
@@ -60,51 +55,33 @@ impl Placement {
     fn fingerprints(&self) -> Result<BTreeMap<String, String>, StageError> {
         Ok(BTreeMap::from([
             ("libtorch".into(), worker::info()?.libtorch),
-            ("device".into(), self.device.into()),
+            ("device".into(), self.device.name().into()),
             ("threads".into(), self.threads.to_string()),
         ]))
     }
+
+    /// Runs `job` in the worker.
+    fn run(self, ctx: &StageContext, job: Job) -> Result<(), StageError> {
+        let request = Request {
+            job,
+            out: ctx.out.to_path_buf(),
+            device: self.device,
+            threads: self.threads,
+        };
+        worker::run_stage(ctx, &request)
+    }
 }
 
-/// Runs a torch stage of kind `kind` in the worker, once its inputs are there.
-fn run(
-    ctx: &StageContext,
-    kind: &str,
-    needed: &[&str],
-    with: serde_json::Value,
-    p: Placement,
-) -> Result<(), StageError> {
-    for name in needed {
-        if !ctx.inputs.contains_key(*name) {
-            return Err(format!(
-                "`{kind}` needs an input named `{name}` (inputs: {})",
-                needed.join(", ")
-            )
-            .into());
-        }
+/// The input `name` of a torch stage of kind `kind` (which needs `all`).
+fn input(ctx: &StageContext, kind: &str, name: &str, all: &[&str]) -> Result<PathBuf, StageError> {
+    match ctx.inputs.get(name) {
+        Some(p) => Ok(p.clone()),
+        None => Err(format!(
+            "`{kind}` needs an input named `{name}` (inputs: {})",
+            all.join(", ")
+        )
+        .into()),
     }
-    let mut inputs = ctx.inputs.clone();
-    // Data published by an `upload` stage is fetched back from the store
-    // (checked against the receipt's sha256) into a scratch dir.
-    let _scratch;
-    if let Some(data) = inputs.get_mut("data") {
-        if data.join("uploaded.json").is_file() && !data.join("train.csv").exists() {
-            let dir = tempfile::Builder::new().prefix("pipe-data-").tempdir()?;
-            ctx.progress("fetching the uploaded data");
-            crate::upload::fetch(&data.join("uploaded.json"), dir.path(), ctx.workspace)?;
-            *data = dir.path().to_path_buf();
-            _scratch = dir;
-        }
-    }
-    let request = Request {
-        kind: kind.into(),
-        with,
-        inputs,
-        out: ctx.out.to_path_buf(),
-        device: p.device.into(),
-        threads: p.threads,
-    };
-    worker::run_stage(ctx, &request)
 }
 
 impl StageKind for Finetune {
@@ -127,10 +104,22 @@ impl StageKind for Finetune {
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
-        let p = Placement::resolve(self.0.device, self.0.threads)?;
-        // Normalised: defaults filled in, so the worker sees what was keyed.
-        let with = serde_json::to_value(&self.0)?;
-        run(ctx, Self::NAME, &["model", "data"], with, p)
+        let all = ["model", "data"];
+        let model = input(ctx, Self::NAME, "model", &all)?;
+        let mut data = input(ctx, Self::NAME, "data", &all)?;
+        // Data published by an `upload` stage is fetched back from the store
+        // (checked against the receipt's sha256) into a scratch dir.
+        let _scratch;
+        if data.join("uploaded.json").is_file() && !data.join("train.csv").exists() {
+            let dir = tempfile::Builder::new().prefix("pipe-data-").tempdir()?;
+            ctx.progress("fetching the uploaded data");
+            crate::upload::fetch(&data.join("uploaded.json"), dir.path(), ctx.workspace)?;
+            data = dir.path().to_path_buf();
+            _scratch = dir;
+        }
+        let with = self.0.clone();
+        let job = Job::Finetune { with, model, data };
+        Placement::resolve(self.0.device, self.0.threads)?.run(ctx, job)
     }
 }
 
@@ -144,8 +133,11 @@ impl StageKind for Trace {
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
-        let p = Placement::resolve(Device::Cpu, self.0.threads)?;
-        let with = serde_json::to_value(&self.0)?;
-        run(ctx, Self::NAME, &["model"], with, p)
+        let model = input(ctx, Self::NAME, "model", &["model"])?;
+        let job = Job::Trace {
+            with: self.0.clone(),
+            model,
+        };
+        Placement::resolve(Device::Cpu, self.0.threads)?.run(ctx, job)
     }
 }

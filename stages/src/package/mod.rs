@@ -20,15 +20,6 @@ const INFERENCE_PY: &str = include_str!("inference.py");
 const REQUIREMENTS: &str = "transformers\n";
 /// 2000-01-01T00:00:00Z: fixed, and not so old that `tar` warns about it.
 const MTIME: u64 = 946_684_800;
-const ROOT_FILES: [&str; 7] = [
-    "model.pt",
-    "config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-    "added_tokens.json",
-];
 
 fn header(path: &str, size: u64, dir: bool) -> Result<tar::Header, StageError> {
     let mut h = tar::Header::new_ustar();
@@ -83,7 +74,8 @@ impl StageKind for Package {
             return Err("`package` needs an input named `model` (a trace stage's output)".into());
         };
         let mut entries = Vec::new();
-        for name in ROOT_FILES {
+        let root = ["model.pt", "config.json"].into_iter();
+        for name in root.chain(pipe_protocol::TOKENIZER_FILES) {
             let p = model.join(name);
             if p.is_file() {
                 entries.push((name.to_string(), Some(std::fs::read(&p)?)));
