@@ -115,7 +115,7 @@ impl StageKind for Deploy {
                     if same && (w.port == 0 || old.url.ends_with(&format!(":{}", w.port))) =>
                 {
                     ctx.progress(&format!("reusing {} ({})", old.name, old.url));
-                    return write(ctx, &old);
+                    return crate::write_json(ctx, "endpoint.json", &old);
                 }
                 Health::Healthy => ctx.progress(&format!("replacing {} (another model)", old.name)),
                 Health::Down(why) => ctx.progress(&format!("{} was down: {why}", old.name)),
@@ -151,7 +151,7 @@ impl StageKind for Deploy {
             },
         )?;
         ctx.progress(&format!("{name} is up at {}", record.url));
-        write(ctx, &record)
+        crate::write_json(ctx, "endpoint.json", &record)
     }
 
     fn verify(&self, ctx: &StageContext) -> Result<Option<String>, StageError> {
@@ -168,11 +168,4 @@ impl StageKind for Deploy {
             Health::Down(why) => Some(format!("endpoint {} is down: {why}", receipt.name)),
         })
     }
-}
-
-fn write(ctx: &StageContext, r: &Record) -> Result<(), StageError> {
-    let mut bytes = serde_json::to_vec_pretty(r)?;
-    bytes.push(b'\n');
-    std::fs::write(ctx.out.join("endpoint.json"), bytes)?;
-    Ok(())
 }

@@ -47,6 +47,20 @@ pub(crate) fn input_file(
     Ok(if p.is_dir() { p.join(file) } else { p.clone() })
 }
 
+/// Writes `value` as pretty JSON with a final newline to `file` of the
+/// stage's output.
+pub(crate) fn write_json(
+    ctx: &pipe_engine::StageContext,
+    file: &str,
+    value: &impl serde::Serialize,
+) -> Result<(), pipe_engine::StageError> {
+    std::fs::write(
+        ctx.out.join(file),
+        serde_json::to_string_pretty(value)? + "\n",
+    )?;
+    Ok(())
+}
+
 /// Every built-in kind.
 pub fn registry() -> pipe_engine::Registry {
     let mut r = pipe_engine::Registry::new();

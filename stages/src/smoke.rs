@@ -228,10 +228,7 @@ impl StageKind for SmokeTest {
                 c["probability"].as_f64().unwrap_or_default()
             ));
         }
-        std::fs::write(
-            ctx.out.join("report.json"),
-            serde_json::to_string_pretty(&report)? + "\n",
-        )?;
+        crate::write_json(ctx, "report.json", &report)?;
         Ok(())
     }
 

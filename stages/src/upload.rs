@@ -341,10 +341,7 @@ impl StageKind for Upload {
             region: w.region.clone(),
             objects,
         };
-        std::fs::write(
-            ctx.out.join("uploaded.json"),
-            serde_json::to_string_pretty(&receipt)? + "\n",
-        )?;
+        crate::write_json(ctx, "uploaded.json", &receipt)?;
         Ok(())
     }
 

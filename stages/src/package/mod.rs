@@ -106,10 +106,7 @@ impl StageKind for Package {
             "size": std::fs::metadata(&archive)?.len(),
             "entries": names,
         });
-        std::fs::write(
-            ctx.out.join("package.json"),
-            serde_json::to_string_pretty(&summary)? + "\n",
-        )?;
+        crate::write_json(ctx, "package.json", &summary)?;
         ctx.progress(&format!(
             "model.tar.gz sha256 {}",
             &summary["sha256"].as_str().unwrap_or_default()[..12]

@@ -381,10 +381,7 @@ impl StageKind for Split {
             "train": write(&ctx.out.join("train.csv"), &rows, &train)?,
             "test": write(&ctx.out.join("test.csv"), &rows, &test)?,
         });
-        std::fs::write(
-            ctx.out.join("stats.json"),
-            serde_json::to_string_pretty(&stats)? + "\n",
-        )?;
+        crate::write_json(ctx, "stats.json", &stats)?;
         ctx.progress(&format!("{} train / {} test rows", train.len(), test.len()));
         Ok(())
     }
