@@ -1,8 +1,12 @@
 //! The stage interface: what a stage kind implements, and the context it runs in.
 //!
-//! Kinds live in the `pipe-stages` crate; the engine only sees this trait. A
-//! kind never prints: it writes its log to `ctx.log` and reports progress
-//! through `ctx.progress()`, and the reporter decides what reaches the terminal.
+//! Kinds live in the `pipe-stages` crate. A kind is a typed `with:` struct
+//! implementing [`StageKind`]; the [`Registry`] keeps its constants as a
+//! [`Kind`], manifest validation turns each stage's `with:` into the kind's
+//! struct once ([`Kind::prepare`]), and the executor calls that
+//! [`PreparedStage`] (keys, run, verify). A kind never prints: it writes its
+//! log to `ctx.log` and reports progress through `ctx.progress()`, and the
+//! reporter decides what reaches the terminal.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
