@@ -228,6 +228,9 @@ impl std::fmt::Debug for dyn PreparedStage {
     }
 }
 
+/// A stage's `with:` parsed and checked, or why not.
+pub type Prepared = Result<Arc<dyn PreparedStage>, WithError>;
+
 /// A registered kind: its constants, and how to prepare a stage of it.
 #[derive(Clone, Copy)]
 pub struct Kind {
@@ -236,7 +239,7 @@ pub struct Kind {
     pub script_fields: &'static [&'static str],
     pub metrics: &'static [&'static str],
     pub plots: &'static [&'static str],
-    prepare: fn(&Value, &[&str]) -> Result<Arc<dyn PreparedStage>, WithError>,
+    prepare: fn(&Value, &[&str]) -> Prepared,
 }
 
 impl Kind {
@@ -257,11 +260,7 @@ impl Kind {
 
     /// Parse and check a stage's `with:` (after interpolation) once, given
     /// the names of its inputs.
-    pub fn prepare(
-        &self,
-        with: &Value,
-        inputs: &[&str],
-    ) -> Result<Arc<dyn PreparedStage>, WithError> {
+    pub fn prepare(&self, with: &Value, inputs: &[&str]) -> Prepared {
         (self.prepare)(with, inputs)
     }
 }
