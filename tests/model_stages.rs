@@ -227,8 +227,12 @@ fn bad_parameters_and_checkpoints_are_named() {
     let without = safetensors::serialize(kept, None).unwrap();
     std::fs::write(ws.path("model/model.safetensors"), without).unwrap();
     let err = ws.fails(&["run", "pipe.yaml"]);
+    // The worker's own `Failed` message, not just the log tail, says why.
+    let failed = err
+        .lines()
+        .find(|l| l.trim_start().starts_with("Failed finetune:"));
     assert!(
-        err.contains("`bert.encoder.layer.1.output.dense.weight` is missing"),
+        failed.is_some_and(|l| l.contains("`bert.encoder.layer.1.output.dense.weight` is missing")),
         "{err}"
     );
     assert!(!Path::new(&ws.path(".pipe/out/m/finetune")).exists());

@@ -29,7 +29,7 @@ use crate::interrupt::Interrupt;
 use crate::lockfile::LockFile;
 use crate::pipeline::{Pipeline, Stage};
 use crate::remote::RemoteCache;
-use crate::stage::{Registry, StageContext, StageKind};
+use crate::stage::{Registry, StageContext};
 use inputs::Resolved;
 
 /// How far to go with a stage.
@@ -91,10 +91,9 @@ pub struct Executor<'a> {
     pub executor: crate::cluster::ExecutorKind,
 }
 
-/// A stage ready to plan: its kind, resolved inputs and key.
+/// A stage ready to plan: the stage (its kind prepared), resolved inputs and key.
 pub struct Job<'a> {
     stage: &'a Stage,
-    kind: &'a dyn StageKind,
     inputs: Resolved,
     record: KeyRecord,
     key: Key,
@@ -233,18 +232,18 @@ impl Executor<'_> {
         let inputs = inputs::resolve(self.pipeline, self.store, stage, upstream)?;
         let record = KeyRecord {
             kind: stage.kind.clone(),
-            kind_version: kind.version(),
+            kind_version: kind.version,
             params: stage.params_used.clone(),
             with: stage.with.clone(),
             inputs: inputs.digests.clone(),
             env: stage.env.clone(),
-            fingerprints: kind
-                .fingerprints(stage)
+            fingerprints: stage
+                .prepared
+                .fingerprints()
                 .map_err(|e| ExecError::Kind(KindError(e)))?,
         };
         Ok(Job {
             stage,
-            kind,
             inputs,
             key: record.key(),
             record,
@@ -305,12 +304,13 @@ impl Executor<'_> {
 
     /// For an effect: whether the world still matches the restored receipt.
     fn verify(&self, job: &Job, run: &RunRecord) -> Result<Option<String>, ExecError> {
-        if !job.kind.is_effect(job.stage) {
+        if !job.stage.prepared.is_effect() {
             return Ok(None);
         }
         let recorded = Recorded::default();
         let ctx = self.context(job, &job.out_dir, &run.pins, &recorded);
-        job.kind
+        job.stage
+            .prepared
             .verify(&ctx)
             .map_err(|e| ExecError::Kind(KindError(e)))
     }
@@ -342,7 +342,7 @@ impl Executor<'_> {
         let recorded = Recorded::default();
         let ctx = self.context(job, &out, &locked_pins, &recorded);
         // The one place a stage's work happens (here or on a cluster).
-        let ran = crate::cluster::run(job.kind, &ctx, self.executor, staging.path());
+        let ran = crate::cluster::run(&ctx, self.executor, staging.path());
         // Whatever an interrupted stage produced is dropped with its staging dir.
         if self.interrupt.is_set() {
             return Err(ExecError::Interrupted);

@@ -35,4 +35,4 @@ pub use manifest::{load, ManifestError};
 pub use pipeline::{Input, InputRef, Pipeline, Stage};
 pub use remote::RemoteCache;
 pub use scheduler::{run, run_with_remote, EngineError, Force, RunOptions, RunSummary};
-pub use stage::{Registry, StageContext, StageError, StageKind, WithError};
+pub use stage::{Kind, PreparedStage, Registry, StageContext, StageError, StageKind, WithError};

@@ -3,10 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde_json::Value;
 
 use crate::dag::Dag;
+use crate::stage::PreparedStage;
 
 #[derive(Debug, Clone)]
 pub struct Pipeline {
@@ -26,8 +28,10 @@ pub struct Pipeline {
 pub struct Stage {
     pub name: String,
     pub kind: String,
-    /// `with:` after `${params.*}` interpolation.
+    /// `with:` after `${params.*}` interpolation (as keyed).
     pub with: Value,
+    /// `with:` parsed by the kind, once, at validation: what runs.
+    pub prepared: Arc<dyn PreparedStage>,
     pub inputs: Vec<Input>,
     pub after: Vec<String>,
     pub cache: bool,

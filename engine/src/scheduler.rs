@@ -345,38 +345,26 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stage::{StageContext, StageError, StageKind, WithError};
+    use crate::stage::{StageContext, StageError, StageKind};
 
     /// A kind whose `run` panics, standing in for any bug in a stage.
-    struct Panics;
+    #[derive(serde::Deserialize)]
+    struct Panics {}
 
     impl StageKind for Panics {
-        fn name(&self) -> &'static str {
-            "panics"
-        }
-        fn version(&self) -> u32 {
-            1
-        }
-        fn check(&self, _: &serde_json::Value) -> Result<(), WithError> {
-            Ok(())
-        }
+        const NAME: &'static str = "panics";
+        const VERSION: u32 = 1;
         fn run(&self, _: &StageContext) -> Result<(), StageError> {
             panic!("boom in the stage")
         }
     }
 
-    struct Writes;
+    #[derive(serde::Deserialize)]
+    struct Writes {}
 
     impl StageKind for Writes {
-        fn name(&self) -> &'static str {
-            "writes"
-        }
-        fn version(&self) -> u32 {
-            1
-        }
-        fn check(&self, _: &serde_json::Value) -> Result<(), WithError> {
-            Ok(())
-        }
+        const NAME: &'static str = "writes";
+        const VERSION: u32 = 1;
         fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
             Ok(std::fs::write(ctx.out.join("ok"), "ok")?)
         }
@@ -393,8 +381,8 @@ mod tests {
         )
         .unwrap();
         let mut registry = Registry::new();
-        registry.register(Box::new(Panics));
-        registry.register(Box::new(Writes));
+        registry.register::<Panics>();
+        registry.register::<Writes>();
         let p = crate::load(&file, &[], &registry).unwrap();
         let summary = run(&p, &registry, &RunOptions::default(), &crate::event::Silent).unwrap();
         let status: Vec<_> = summary

@@ -1,13 +1,17 @@
 //! The stage interface: what a stage kind implements, and the context it runs in.
 //!
-//! Kinds live in the `pipe-stages` crate; the engine only sees this trait. A
-//! kind never prints: it writes its log to `ctx.log` and reports progress
-//! through `ctx.progress()`, and the reporter decides what reaches the terminal.
+//! Kinds live in the `pipe-stages` crate. A kind is a typed `with:` struct
+//! implementing [`StageKind`]; the [`Registry`] keeps its constants as a
+//! [`Kind`], manifest validation turns each stage's `with:` into the kind's
+//! struct once ([`Kind::prepare`]), and the executor calls that
+//! [`PreparedStage`] (keys, run, verify). A kind never prints: it writes its
+//! log to `ctx.log` and reports progress through `ctx.progress()`, and the
+//! reporter decides what reaches the terminal.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -140,56 +144,51 @@ impl StageContext<'_> {
     }
 }
 
-pub trait StageKind: Send + Sync {
+/// A stage kind, written as its typed `with:`: the struct `with:` deserialises
+/// into *is* the stage. The engine parses `with:` into it once, when the
+/// manifest is validated ([`StageKind::validate`] adds the checks serde cannot
+/// make), and carries it on the [`Stage`] as a [`PreparedStage`]; nothing
+/// downstream reads `with:` again. Register it with [`Registry::register`].
+pub trait StageKind: serde::de::DeserializeOwned + Send + Sync + 'static {
     /// The name used as `kind:` in manifests.
-    fn name(&self) -> &'static str;
+    const NAME: &'static str;
 
     /// Bump whenever the kind's output for the same inputs changes.
-    fn version(&self) -> u32;
-
-    /// Check `with:` before anything runs.
-    fn check(&self, with: &Value) -> Result<(), WithError>;
-
-    /// Check `with:` against the names of the stage's inputs, for a kind where
-    /// an input can stand in for a field. Runs after [`StageKind::check`].
-    fn check_inputs(&self, _with: &Value, _inputs: &[&str]) -> Result<(), WithError> {
-        Ok(())
-    }
+    const VERSION: u32;
 
     /// Top-level `with:` fields that hold shell scripts. A `${params.X}` in one
     /// is replaced by the value quoted for the shell (always data, never code),
     /// and a `PIPE_PARAM_<X>` named in one makes the stage read param `X`.
-    fn script_fields(&self) -> &'static [&'static str] {
-        &[]
-    }
+    const SCRIPT_FIELDS: &'static [&'static str] = &[];
 
     /// JSON files of the output that hold metrics, when the manifest does not
     /// say (`metrics:`).
-    fn metrics(&self) -> &'static [&'static str] {
-        &[]
-    }
+    const METRICS: &'static [&'static str] = &[];
 
     /// Files of the output that hold plot data, when the manifest does not
     /// say (`plots:`).
-    fn plots(&self) -> &'static [&'static str] {
-        &[]
+    const PLOTS: &'static [&'static str] = &[];
+
+    /// Whether the stage must run on this machine, whatever the executor
+    /// (a local endpoint, checks against it). Effects run here by default.
+    const LOCAL_ONLY: bool = false;
+
+    /// Checks serde cannot make (ranges, fields that exclude each other,
+    /// an input standing in for a field), before anything runs. `inputs`
+    /// are the names of the stage's inputs.
+    fn validate(&mut self, _inputs: &[&str]) -> Result<(), WithError> {
+        Ok(())
     }
 
     /// Facts about this machine that change the result (go into the key).
-    fn fingerprints(&self, _stage: &Stage) -> Result<BTreeMap<String, String>, StageError> {
+    fn fingerprints(&self) -> Result<BTreeMap<String, String>, StageError> {
         Ok(BTreeMap::new())
     }
 
     /// Whether the stage acts on the outside world. An effect's output is a
     /// receipt; on a cache hit the engine calls [`StageKind::verify`] instead of
     /// trusting it.
-    fn is_effect(&self, _stage: &Stage) -> bool {
-        false
-    }
-
-    /// Whether the stage must run on this machine, whatever the executor
-    /// (a local endpoint, checks against it). Effects run here by default.
-    fn local_only(&self) -> bool {
+    fn is_effect(&self) -> bool {
         false
     }
 
@@ -203,10 +202,92 @@ pub trait StageKind: Send + Sync {
     }
 }
 
+/// A stage's parsed `with:`, as the engine calls it (see [`StageKind`], whose
+/// methods these are; every kind implements this trait through it).
+pub trait PreparedStage: Send + Sync {
+    fn fingerprints(&self) -> Result<BTreeMap<String, String>, StageError>;
+    fn is_effect(&self) -> bool;
+    fn local_only(&self) -> bool;
+    fn run(&self, ctx: &StageContext) -> Result<(), StageError>;
+    fn verify(&self, ctx: &StageContext) -> Result<Option<String>, StageError>;
+}
+
+impl<K: StageKind> PreparedStage for K {
+    fn fingerprints(&self) -> Result<BTreeMap<String, String>, StageError> {
+        StageKind::fingerprints(self)
+    }
+    fn is_effect(&self) -> bool {
+        StageKind::is_effect(self)
+    }
+    fn local_only(&self) -> bool {
+        K::LOCAL_ONLY
+    }
+    fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
+        StageKind::run(self, ctx)
+    }
+    fn verify(&self, ctx: &StageContext) -> Result<Option<String>, StageError> {
+        StageKind::verify(self, ctx)
+    }
+}
+
+impl std::fmt::Debug for dyn PreparedStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PreparedStage")
+    }
+}
+
+/// A stage's `with:` parsed and checked, or why not.
+pub type Prepared = Result<Arc<dyn PreparedStage>, WithError>;
+
+/// What a binary sets on every stage of a kind after parsing (settings from
+/// its command line, such as a download mirror).
+type Configure = Arc<dyn Fn(&mut dyn std::any::Any) + Send + Sync>;
+
+/// A registered kind: its constants, and how to prepare a stage of it.
+#[derive(Clone)]
+pub struct Kind {
+    pub name: &'static str,
+    pub version: u32,
+    pub script_fields: &'static [&'static str],
+    pub metrics: &'static [&'static str],
+    pub plots: &'static [&'static str],
+    pub local_only: bool,
+    prepare: fn(&Value, &[&str], Option<&Configure>) -> Prepared,
+    configure: Option<Configure>,
+}
+
+impl Kind {
+    fn of<K: StageKind>() -> Kind {
+        Kind {
+            name: K::NAME,
+            version: K::VERSION,
+            script_fields: K::SCRIPT_FIELDS,
+            metrics: K::METRICS,
+            plots: K::PLOTS,
+            local_only: K::LOCAL_ONLY,
+            prepare: |with, inputs, configure| {
+                let mut stage: K = WithError::parse(with)?;
+                if let Some(configure) = configure {
+                    configure(&mut stage);
+                }
+                stage.validate(inputs)?;
+                Ok(Arc::new(stage))
+            },
+            configure: None,
+        }
+    }
+
+    /// Parse and check a stage's `with:` (after interpolation) once, given
+    /// the names of its inputs.
+    pub fn prepare(&self, with: &Value, inputs: &[&str]) -> Prepared {
+        (self.prepare)(with, inputs, self.configure.as_ref())
+    }
+}
+
 /// The stage kinds a binary knows.
 #[derive(Default)]
 pub struct Registry {
-    kinds: BTreeMap<&'static str, Box<dyn StageKind>>,
+    kinds: BTreeMap<&'static str, Kind>,
 }
 
 impl Registry {
@@ -214,12 +295,27 @@ impl Registry {
         Registry::default()
     }
 
-    pub fn register(&mut self, kind: Box<dyn StageKind>) {
-        self.kinds.insert(kind.name(), kind);
+    pub fn register<K: StageKind>(&mut self) {
+        self.kinds.insert(K::NAME, Kind::of::<K>());
     }
 
-    pub fn get(&self, name: &str) -> Option<&dyn StageKind> {
-        self.kinds.get(name).map(|k| k.as_ref())
+    /// [`Registry::register`], with `configure` applied to every stage of the
+    /// kind once it is parsed, before [`StageKind::validate`].
+    pub fn register_with<K: StageKind>(
+        &mut self,
+        configure: impl Fn(&mut K) + Send + Sync + 'static,
+    ) {
+        let mut kind = Kind::of::<K>();
+        kind.configure = Some(Arc::new(move |stage: &mut dyn std::any::Any| {
+            if let Some(stage) = stage.downcast_mut::<K>() {
+                configure(stage);
+            }
+        }));
+        self.kinds.insert(K::NAME, kind);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Kind> {
+        self.kinds.get(name)
     }
 
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {

@@ -1,11 +1,15 @@
 //! The contract between `pipe` (which never links libtorch) and `pipe-worker`
-//! (which does): the typed `with:` of each torch stage kind, the request the
-//! engine sends on the worker's stdin, and the messages the worker prints on
-//! stdout. Both sides parse `with:` with the same structs, so a manifest is
-//! checked before any worker starts and the worker sees exactly what was keyed.
+//! (which does): the typed `with:` of each torch stage kind, the [`Request`]
+//! the engine sends on the worker's stdin, the [`Message`]s the worker prints
+//! on stdout, and the files both sides name ([`TOKENIZER_FILES`]). Both sides
+//! parse `with:` with the same structs, so a manifest is checked before any
+//! worker starts and the worker sees exactly what was keyed.
 //!
-//! The worker writes its human log to stderr (the engine appends it to the
-//! stage log) and one JSON [`Message`] per line to stdout.
+//! ```text
+//! pipe (stages::torch) ──Request (stdin, JSON)──▶ pipe-worker stage
+//!                      ◀─Message per line (stdout)─ Progress | Stats | Failed
+//!       stage log      ◀─human log (stderr)──────
+//! ```
 
 pub mod serve;
 
@@ -23,6 +27,37 @@ pub enum Device {
     Auto,
     Cpu,
     Cuda,
+}
+
+/// The device a stage runs on, resolved on this machine (`auto` is gone):
+/// what its key was computed for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResolvedDevice {
+    Cpu,
+    Cuda,
+}
+
+impl Device {
+    /// `auto` becomes CUDA where `cuda` (the worker sees a CUDA device).
+    pub fn resolve(self, cuda: bool) -> ResolvedDevice {
+        match self {
+            Device::Cpu => ResolvedDevice::Cpu,
+            Device::Cuda => ResolvedDevice::Cuda,
+            Device::Auto if cuda => ResolvedDevice::Cuda,
+            Device::Auto => ResolvedDevice::Cpu,
+        }
+    }
+}
+
+impl ResolvedDevice {
+    /// `cpu` or `cuda`, as it goes into the key.
+    pub fn name(self) -> &'static str {
+        match self {
+            ResolvedDevice::Cpu => "cpu",
+            ResolvedDevice::Cuda => "cuda",
+        }
+    }
 }
 
 /// Learning-rate schedule.
@@ -152,22 +187,36 @@ impl Default for TraceWith {
 /// What the engine asks of `pipe-worker stage` (JSON on its stdin).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Request {
-    /// `finetune` or `trace`.
-    pub kind: String,
-    /// The stage's `with:` (already checked).
-    pub with: serde_json::Value,
-    /// Input name → path.
-    pub inputs: BTreeMap<String, PathBuf>,
+    pub job: Job,
     /// The empty output directory.
     pub out: PathBuf,
-    /// The device the key was computed for (`cpu` or `cuda`).
-    pub device: String,
+    /// The device the key was computed for.
+    pub device: ResolvedDevice,
     /// The intra-op thread count the key was computed for.
     pub threads: usize,
 }
 
-/// One line of the worker's stdout.
+/// The torch stage to run, with its checked `with:` (defaults filled in) and
+/// its inputs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Job {
+    Finetune {
+        with: FinetuneWith,
+        /// A Hugging Face checkpoint directory.
+        model: PathBuf,
+        /// A directory with `train.csv` and `test.csv`.
+        data: PathBuf,
+    },
+    Trace {
+        with: TraceWith,
+        /// A `finetune` output.
+        model: PathBuf,
+    },
+}
+
+/// One line of the worker's stdout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Message {
     /// A one-line progress message for the terminal.
@@ -175,7 +224,19 @@ pub enum Message {
     /// Figures about this run that must not enter the output (wall-clock
     /// times, throughput): they go to the stage's run record.
     Stats(BTreeMap<String, f64>),
+    /// Why the stage failed; the worker exits non-zero after it.
+    Failed { error: String },
 }
+
+/// Tokenizer files of a model directory: copied along with the weights by
+/// `finetune` and `trace`, and packed at the root of `model.tar.gz`.
+pub const TOKENIZER_FILES: [&str; 5] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "added_tokens.json",
+];
 
 /// `pipe-worker info`: facts about this machine's libtorch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,6 +264,39 @@ pub fn eta(done: f64, total: f64, elapsed: std::time::Duration) -> Option<String
         60..=3599 => format!("ETA {}m{:02}s", s / 60, s % 60),
         _ => format!("ETA {}h{:02}m", s / 3600, s % 3600 / 60),
     })
+}
+
+#[cfg(test)]
+mod request_tests {
+    use super::*;
+
+    #[test]
+    fn a_request_says_its_kind_and_round_trips() {
+        let r = Request {
+            job: Job::Trace {
+                with: TraceWith::default(),
+                model: "m".into(),
+            },
+            out: "o".into(),
+            device: Device::Auto.resolve(false),
+            threads: 2,
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(text.contains(r#""kind":"trace""#), "{text}");
+        assert!(text.contains(r#""device":"cpu""#), "{text}");
+        let back: Request = serde_json::from_str(&text).unwrap();
+        assert!(matches!(back.job, Job::Trace { with, .. } if with == TraceWith::default()));
+    }
+
+    #[test]
+    fn failed_is_one_json_line() {
+        let m = Message::Failed {
+            error: "a\nb".into(),
+        };
+        let text = serde_json::to_string(&m).unwrap();
+        assert_eq!(text, r#"{"failed":{"error":"a\nb"}}"#);
+        assert_eq!(serde_json::from_str::<Message>(&text).unwrap(), m);
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ pub fn run(spec: &Path, registry: &Registry) -> i32 {
     let load = |spec: &JobSpec| {
         pipe_engine::load(&spec.manifest, &spec.sets, registry).map_err(|e| e.to_string().into())
     };
-    match exec(spec, registry, load, &interrupt, rank) {
+    match exec(spec, load, &interrupt, rank) {
         Ok(()) => exit::OK,
         Err(e) => {
             crate::reporter::error(&pipe_engine::executor::error_chain(e.as_ref()));

@@ -21,13 +21,12 @@ use std::time::Duration;
 use pipe_engine::cache::Digest;
 use pipe_engine::{Stage, StageContext, StageError, StageKind, WithError};
 use serde::Deserialize;
-use serde_json::Value;
 
 use crate::endpoint::{self, Health, Launch, Record};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct With {
+pub struct Deploy {
     /// Endpoint name (default: PIPELINE-STAGE).
     name: Option<String>,
     #[serde(default = "localhost")]
@@ -37,6 +36,9 @@ struct With {
     /// Seconds to wait for the server to load and answer `/ping`.
     #[serde(default = "default_timeout")]
     timeout: f64,
+    /// `timeout` once checked.
+    #[serde(skip)]
+    timeout_after: Duration,
     max_batch: Option<usize>,
     max_delay_ms: Option<u64>,
     workers: Option<usize>,
@@ -50,8 +52,7 @@ fn default_timeout() -> f64 {
     120.0
 }
 
-fn parse(v: &Value) -> Result<With, WithError> {
-    let w: With = WithError::parse(v)?;
+fn check(w: &mut Deploy) -> Result<(), WithError> {
     if let Some(n) = &w.name {
         if n.is_empty()
             || !n
@@ -65,30 +66,20 @@ fn parse(v: &Value) -> Result<With, WithError> {
             ));
         }
     }
-    WithError::seconds("timeout", w.timeout)?;
-    Ok(w)
+    w.timeout_after = WithError::seconds("timeout", w.timeout)?;
+    Ok(())
 }
 
-fn name(w: &With, stage: &Stage, ctx: &StageContext) -> String {
+fn name(w: &Deploy, stage: &Stage, ctx: &StageContext) -> String {
     w.name
         .clone()
         .unwrap_or_else(|| format!("{}-{}", ctx.pipeline.name, stage.name))
 }
 
-pub struct Deploy;
-
 impl Deploy {
     fn package(ctx: &StageContext) -> Result<std::path::PathBuf, StageError> {
-        let Some(p) = ctx.inputs.get("package") else {
-            return Err(
-                "`deploy` needs an input named `package` (a package stage's output)".into(),
-            );
-        };
-        let p = if p.is_dir() {
-            p.join("model.tar.gz")
-        } else {
-            p.clone()
-        };
+        let from = "a package stage's output";
+        let p = crate::input_file(ctx, Deploy::NAME, "package", "model.tar.gz", from)?;
         if !p.is_file() {
             return Err(format!(
                 "{} is missing: is `package` a package stage's output?",
@@ -101,29 +92,21 @@ impl Deploy {
 }
 
 impl StageKind for Deploy {
-    fn name(&self) -> &'static str {
-        "deploy"
+    const NAME: &'static str = "deploy";
+    const VERSION: u32 = 1;
+    const LOCAL_ONLY: bool = true;
+
+    fn validate(&mut self, _inputs: &[&str]) -> Result<(), WithError> {
+        check(self)
     }
 
-    fn version(&self) -> u32 {
-        1
-    }
-
-    fn check(&self, with: &Value) -> Result<(), WithError> {
-        parse(with).map(|_| ())
-    }
-
-    fn local_only(&self) -> bool {
-        true
-    }
-
-    fn is_effect(&self, _: &Stage) -> bool {
+    fn is_effect(&self) -> bool {
         true
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
-        let w = parse(&ctx.stage.with)?;
-        let name = name(&w, ctx.stage, ctx);
+        let w = self;
+        let name = name(w, ctx.stage, ctx);
         let package = Self::package(ctx)?;
         let sha = Digest::of_file(&package)?.to_hex();
         if let Some(old) = endpoint::get(ctx.workspace, &name) {
@@ -133,7 +116,7 @@ impl StageKind for Deploy {
                     if same && (w.port == 0 || old.url.ends_with(&format!(":{}", w.port))) =>
                 {
                     ctx.progress(&format!("reusing {} ({})", old.name, old.url));
-                    return write(ctx, &old);
+                    return crate::write_json(ctx, "endpoint.json", &old);
                 }
                 Health::Healthy => ctx.progress(&format!("replacing {} (another model)", old.name)),
                 Health::Down(why) => ctx.progress(&format!("{} was down: {why}", old.name)),
@@ -165,11 +148,11 @@ impl StageKind for Deploy {
                 host: &w.host,
                 port: w.port,
                 extra_args: extra,
-                timeout: WithError::seconds("timeout", w.timeout)?,
+                timeout: w.timeout_after,
             },
         )?;
         ctx.progress(&format!("{name} is up at {}", record.url));
-        write(ctx, &record)
+        crate::write_json(ctx, "endpoint.json", &record)
     }
 
     fn verify(&self, ctx: &StageContext) -> Result<Option<String>, StageError> {
@@ -186,11 +169,4 @@ impl StageKind for Deploy {
             Health::Down(why) => Some(format!("endpoint {} is down: {why}", receipt.name)),
         })
     }
-}
-
-fn write(ctx: &StageContext, r: &Record) -> Result<(), StageError> {
-    let mut bytes = serde_json::to_vec_pretty(r)?;
-    bytes.push(b'\n');
-    std::fs::write(ctx.out.join("endpoint.json"), bytes)?;
-    Ok(())
 }

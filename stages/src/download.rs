@@ -18,14 +18,13 @@ use std::path::{Path, PathBuf};
 use pipe_engine::{StageContext, StageError, StageKind, WithError};
 use pipe_protocol::eta;
 use serde::Deserialize;
-use serde_json::Value;
 
 use crate::archive::{self, Format};
 use crate::fetch::{redact, Fetcher};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct With {
+pub struct Download {
     url: Option<String>,
     sha256: Option<String>,
     extract: Option<Format>,
@@ -38,6 +37,13 @@ struct With {
     /// Seconds without progress before a request counts as timed out.
     #[serde(default = "default_timeout")]
     timeout: f64,
+    /// `timeout` once checked.
+    #[serde(skip)]
+    timeout_after: std::time::Duration,
+    /// Look up `https://HOST/PATH` as `MIRROR/HOST/PATH` first (`--mirror`;
+    /// set by the binary, see [`crate::Settings`]).
+    #[serde(skip)]
+    pub mirror: Option<PathBuf>,
     /// Size limit in bytes: of each file downloaded, and of what an archive
     /// expands to (hard-link copies included).
     #[serde(default = "default_max_bytes")]
@@ -55,9 +61,7 @@ fn default_max_bytes() -> u64 {
     20 << 30
 }
 
-fn parse(v: &Value) -> Result<With, WithError> {
-    let w: With = WithError::parse(v)?;
-    WithError::seconds("timeout", w.timeout)?;
+fn check(w: &Download) -> Result<(), WithError> {
     match (&w.url, &w.hf) {
         (Some(_), Some(_)) => {
             return Err(WithError::field(
@@ -124,7 +128,7 @@ fn parse(v: &Value) -> Result<With, WithError> {
             ));
         }
     }
-    Ok(w)
+    Ok(())
 }
 
 fn sha256_file(path: &Path) -> Result<String, StageError> {
@@ -183,32 +187,18 @@ fn check_pin(
     Ok(())
 }
 
-pub struct Download {
-    /// Look up `https://HOST/PATH` as `MIRROR/HOST/PATH` first (`--mirror`).
-    pub mirror: Option<PathBuf>,
-}
-
 impl StageKind for Download {
-    fn name(&self) -> &'static str {
-        "download"
-    }
+    const NAME: &'static str = "download";
+    const VERSION: u32 = 1;
 
-    fn version(&self) -> u32 {
-        1
-    }
-
-    fn check(&self, with: &Value) -> Result<(), WithError> {
-        parse(with).map(|_| ())
+    fn validate(&mut self, _inputs: &[&str]) -> Result<(), WithError> {
+        self.timeout_after = WithError::seconds("timeout", self.timeout)?;
+        check(self)
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
-        let w = parse(&ctx.stage.with)?;
-        let fetcher = Fetcher::new(
-            WithError::seconds("timeout", w.timeout)?,
-            w.retries,
-            w.max_bytes,
-            self.mirror.clone(),
-        )?;
+        let w = self;
+        let fetcher = Fetcher::new(w.timeout_after, w.retries, w.max_bytes, w.mirror.clone())?;
         // `model.safetensors: 120.4/440.5 MB · 35.2 MB/s · ETA 9s`
         let progress = |name: &str| {
             let name = name.to_string();

@@ -29,7 +29,7 @@ pub use package::Package;
 pub use shell::Shell;
 pub use smoke::SmokeTest;
 pub use split::Split;
-pub use torch::Torch;
+pub use torch::{Finetune, Trace};
 pub use upload::Upload;
 
 /// What the command line tells the kinds (rather than the environment).
@@ -39,19 +39,47 @@ pub struct Settings {
     pub mirror: Option<std::path::PathBuf>,
 }
 
+/// The input `name` of a `kind` stage, made by a `from`: a file, or that
+/// stage's output folder, where `file` is taken.
+pub(crate) fn input_file(
+    ctx: &pipe_engine::StageContext,
+    kind: &str,
+    name: &str,
+    file: &str,
+    from: &str,
+) -> Result<std::path::PathBuf, pipe_engine::StageError> {
+    let Some(p) = ctx.inputs.get(name) else {
+        return Err(format!("`{kind}` needs an input named `{name}` ({from})").into());
+    };
+    Ok(if p.is_dir() { p.join(file) } else { p.clone() })
+}
+
+/// Writes `value` as pretty JSON with a final newline to `file` of the
+/// stage's output.
+pub(crate) fn write_json(
+    ctx: &pipe_engine::StageContext,
+    file: &str,
+    value: &impl serde::Serialize,
+) -> Result<(), pipe_engine::StageError> {
+    std::fs::write(
+        ctx.out.join(file),
+        serde_json::to_string_pretty(value)? + "\n",
+    )?;
+    Ok(())
+}
+
 /// Every built-in kind.
 pub fn registry(settings: &Settings) -> pipe_engine::Registry {
     let mut r = pipe_engine::Registry::new();
-    r.register(Box::new(Shell));
-    r.register(Box::new(Download {
-        mirror: settings.mirror.clone(),
-    }));
-    r.register(Box::new(Split));
-    r.register(Box::new(Upload));
-    r.register(Box::new(Torch::Finetune));
-    r.register(Box::new(Torch::Trace));
-    r.register(Box::new(Package));
-    r.register(Box::new(Deploy));
-    r.register(Box::new(SmokeTest));
+    r.register::<Shell>();
+    let mirror = settings.mirror.clone();
+    r.register_with::<Download>(move |d| d.mirror = mirror.clone());
+    r.register::<Split>();
+    r.register::<Upload>();
+    r.register::<Finetune>();
+    r.register::<Trace>();
+    r.register::<Package>();
+    r.register::<Deploy>();
+    r.register::<SmokeTest>();
     r
 }

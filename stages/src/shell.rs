@@ -12,23 +12,16 @@ use std::fs::File;
 use std::process::{Command, Stdio};
 
 use pipe_engine::manifest::{param_env_var, param_text};
-use pipe_engine::{Stage, StageContext, StageError, StageKind, WithError};
+use pipe_engine::{StageContext, StageError, StageKind};
 use serde::Deserialize;
-use serde_json::Value;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct With {
+pub struct Shell {
     cmd: String,
     #[serde(default)]
     verify: Option<String>,
 }
-
-fn with(v: &Value) -> Result<With, WithError> {
-    WithError::parse(v)
-}
-
-pub struct Shell;
 
 impl Shell {
     fn command(ctx: &StageContext, script: &str) -> Result<Command, StageError> {
@@ -62,29 +55,16 @@ impl Shell {
 }
 
 impl StageKind for Shell {
-    fn name(&self) -> &'static str {
-        "shell"
-    }
+    const NAME: &'static str = "shell";
+    const VERSION: u32 = 1;
+    const SCRIPT_FIELDS: &'static [&'static str] = &["cmd", "verify"];
 
-    fn version(&self) -> u32 {
-        1
-    }
-
-    fn check(&self, v: &Value) -> Result<(), WithError> {
-        with(v).map(|_| ())
-    }
-
-    fn script_fields(&self) -> &'static [&'static str] {
-        &["cmd", "verify"]
-    }
-
-    fn is_effect(&self, stage: &Stage) -> bool {
-        with(&stage.with).is_ok_and(|w| w.verify.is_some())
+    fn is_effect(&self) -> bool {
+        self.verify.is_some()
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
-        let w = with(&ctx.stage.with)?;
-        let status = Self::status(ctx, &w.cmd)?;
+        let status = Self::status(ctx, &self.cmd)?;
         if !status.success() {
             return Err(match status.code() {
                 Some(code) => format!("command exited with status {code}").into(),
@@ -95,11 +75,10 @@ impl StageKind for Shell {
     }
 
     fn verify(&self, ctx: &StageContext) -> Result<Option<String>, StageError> {
-        let w = with(&ctx.stage.with)?;
-        let Some(verify) = w.verify else {
+        let Some(verify) = &self.verify else {
             return Ok(None);
         };
-        let status = Self::status(ctx, &verify)?;
+        let status = Self::status(ctx, verify)?;
         Ok((!status.success()).then(|| format!("verify command exited with {status}")))
     }
 }

@@ -29,7 +29,7 @@ use crate::endpoint::Record;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct With {
+pub struct SmokeTest {
     #[serde(default)]
     cases: Vec<Case>,
     min_accuracy: Option<f64>,
@@ -44,14 +44,30 @@ struct Case {
     expect: Value,
 }
 
-fn parse(v: &Value) -> Result<With, WithError> {
-    let w: With = WithError::parse(v)?;
+fn check_with(w: &SmokeTest, inputs: &[&str]) -> Result<(), WithError> {
     if let Some(a) = w.min_accuracy {
         if !(0.0..=1.0).contains(&a) {
             return Err(WithError::field("min_accuracy", "must be between 0 and 1"));
         }
     }
-    Ok(w)
+    // A smoke test must check something: a test that passes with zero checks
+    // would report a broken endpoint as healthy.
+    let data = w.data.is_some() || inputs.contains(&"data");
+    if w.cases.is_empty() && !(data && w.min_accuracy.is_some()) {
+        return Err(WithError {
+            field: None,
+            message: "nothing to check: give `cases`, or `data` (a `with` field or an \
+                      input) with `min_accuracy`"
+                .into(),
+        });
+    }
+    if w.min_accuracy.is_some() && !data {
+        return Err(WithError::field(
+            "min_accuracy",
+            "`min_accuracy` needs `data` (a `with` field or an input) to measure it on",
+        ));
+    }
+    Ok(())
 }
 
 fn predict(
@@ -93,17 +109,9 @@ fn matches(expect: &Value, p: &Prediction) -> bool {
 }
 
 /// Runs every check; `Err` with a readable table when one fails.
-fn check(ctx: &StageContext, w: &With) -> Result<Value, StageError> {
-    let Some(ep) = ctx.inputs.get("endpoint") else {
-        return Err(
-            "`smoke_test` needs an input named `endpoint` (a deploy stage's output)".into(),
-        );
-    };
-    let ep = if ep.is_dir() {
-        ep.join("endpoint.json")
-    } else {
-        ep.clone()
-    };
+fn check(ctx: &StageContext, w: &SmokeTest) -> Result<Value, StageError> {
+    let from = "a deploy stage's output";
+    let ep = crate::input_file(ctx, SmokeTest::NAME, "endpoint", "endpoint.json", from)?;
     let record: Record = serde_json::from_slice(&std::fs::read(&ep)?)
         .map_err(|e| format!("{}: not an endpoint record: {e}", ep.display()))?;
     let client = reqwest::blocking::Client::builder()
@@ -192,54 +200,21 @@ fn check(ctx: &StageContext, w: &With) -> Result<Value, StageError> {
     )
 }
 
-pub struct SmokeTest;
-
 impl StageKind for SmokeTest {
-    fn name(&self) -> &'static str {
-        "smoke_test"
+    const NAME: &'static str = "smoke_test";
+    const VERSION: u32 = 1;
+    const LOCAL_ONLY: bool = true;
+
+    fn validate(&mut self, inputs: &[&str]) -> Result<(), WithError> {
+        check_with(self, inputs)
     }
 
-    fn version(&self) -> u32 {
-        1
-    }
-
-    fn check(&self, with: &Value) -> Result<(), WithError> {
-        parse(with).map(|_| ())
-    }
-
-    /// A smoke test must check something: a test that passes with zero checks
-    /// would report a broken endpoint as healthy.
-    fn check_inputs(&self, with: &Value, inputs: &[&str]) -> Result<(), WithError> {
-        let w = parse(with)?;
-        let data = w.data.is_some() || inputs.contains(&"data");
-        if w.cases.is_empty() && !(data && w.min_accuracy.is_some()) {
-            return Err(WithError {
-                field: None,
-                message: "nothing to check: give `cases`, or `data` (a `with` field or an \
-                          input) with `min_accuracy`"
-                    .into(),
-            });
-        }
-        if w.min_accuracy.is_some() && !data {
-            return Err(WithError::field(
-                "min_accuracy",
-                "`min_accuracy` needs `data` (a `with` field or an input) to measure it on",
-            ));
-        }
-        Ok(())
-    }
-
-    fn local_only(&self) -> bool {
-        true
-    }
-
-    fn is_effect(&self, _: &pipe_engine::Stage) -> bool {
+    fn is_effect(&self) -> bool {
         true
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
-        let w = parse(&ctx.stage.with)?;
-        let report = check(ctx, &w)?;
+        let report = check(ctx, self)?;
         for c in report["cases"].as_array().into_iter().flatten() {
             ctx.progress(&format!(
                 "{:?} → {} (p={:.3})",
@@ -248,16 +223,12 @@ impl StageKind for SmokeTest {
                 c["probability"].as_f64().unwrap_or_default()
             ));
         }
-        std::fs::write(
-            ctx.out.join("report.json"),
-            serde_json::to_string_pretty(&report)? + "\n",
-        )?;
+        crate::write_json(ctx, "report.json", &report)?;
         Ok(())
     }
 
     fn verify(&self, ctx: &StageContext) -> Result<Option<String>, StageError> {
-        let w = parse(&ctx.stage.with)?;
-        Ok(match check(ctx, &w) {
+        Ok(match check(ctx, self) {
             Ok(_) => None,
             Err(e) => Some(e.to_string()),
         })

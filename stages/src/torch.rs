@@ -16,149 +16,128 @@
 //! the same device and thread count give byte-identical weights.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
-use pipe_engine::{Stage, StageContext, StageError, StageKind, WithError};
-use pipe_protocol::{Device, FinetuneWith, Request, TraceWith};
-use serde_json::Value;
+use pipe_engine::{StageContext, StageError, StageKind, WithError};
+use pipe_protocol::{Device, FinetuneWith, Job, Request, ResolvedDevice, TraceWith};
+use serde::Deserialize;
 
 use crate::worker;
 
-#[derive(Clone, Copy)]
-pub enum Torch {
-    Finetune,
-    Trace,
-}
+/// `kind: finetune`.
+#[derive(Deserialize)]
+#[serde(transparent)]
+pub struct Finetune(FinetuneWith);
+
+/// `kind: trace`.
+#[derive(Deserialize)]
+#[serde(transparent)]
+pub struct Trace(TraceWith);
 
 /// The device and thread count a stage runs with on this machine.
 struct Placement {
-    device: &'static str,
+    device: ResolvedDevice,
     threads: usize,
 }
 
-impl Torch {
-    fn parse(&self, with: &Value) -> Result<Value, WithError> {
-        // Normalised: defaults filled in, so the worker sees what was keyed.
-        match self {
-            Torch::Finetune => {
-                let w: FinetuneWith = WithError::parse(with)?;
-                if let Some((field, message)) = w.problems() {
-                    return Err(WithError::field(field, message));
-                }
-                serde_json::to_value(w).map_err(WithError::from_serde)
-            }
-            Torch::Trace => {
-                let w: TraceWith = WithError::parse(with)?;
-                serde_json::to_value(w).map_err(WithError::from_serde)
-            }
-        }
-    }
-
-    fn placement(&self, stage: &Stage) -> Result<Placement, StageError> {
+impl Placement {
+    /// `device: auto` becomes `cuda` where the worker sees CUDA; `threads`
+    /// defaults to libtorch's.
+    fn resolve(device: Device, threads: Option<usize>) -> Result<Placement, StageError> {
         let info = worker::info()?;
-        let (device, threads) = match self {
-            Torch::Finetune => {
-                let w: FinetuneWith = WithError::parse(&stage.with)?;
-                let device = match w.device {
-                    Device::Cpu => "cpu",
-                    Device::Cuda => "cuda",
-                    Device::Auto if info.cuda => "cuda",
-                    Device::Auto => "cpu",
-                };
-                (device, w.threads)
-            }
-            // Tracing runs on the CPU: the artifact is device-independent.
-            Torch::Trace => ("cpu", WithError::parse::<TraceWith>(&stage.with)?.threads),
-        };
         Ok(Placement {
-            device,
+            device: device.resolve(info.cuda),
             threads: threads.unwrap_or(info.threads.max(1) as usize),
         })
     }
-}
 
-const REQUIRED: [&str; 2] = ["model", "data"];
-
-impl StageKind for Torch {
-    fn name(&self) -> &'static str {
-        match self {
-            Torch::Finetune => "finetune",
-            Torch::Trace => "trace",
-        }
-    }
-
-    fn version(&self) -> u32 {
-        match self {
-            // 2: wall-clock figures left `metrics.json` for the run record.
-            // 3: `steps.csv`, the per-step loss and learning rate.
-            Torch::Finetune => 3,
-            Torch::Trace => 1,
-        }
-    }
-
-    fn check(&self, with: &Value) -> Result<(), WithError> {
-        self.parse(with).map(|_| ())
-    }
-
-    fn metrics(&self) -> &'static [&'static str] {
-        match self {
-            Torch::Finetune => &["metrics.json"],
-            Torch::Trace => &[],
-        }
-    }
-
-    fn plots(&self) -> &'static [&'static str] {
-        match self {
-            Torch::Finetune => &["steps.csv", "metrics.json"],
-            Torch::Trace => &[],
-        }
-    }
-
-    fn fingerprints(&self, stage: &Stage) -> Result<BTreeMap<String, String>, StageError> {
-        let p = self.placement(stage)?;
+    /// What goes into the key.
+    fn fingerprints(&self) -> Result<BTreeMap<String, String>, StageError> {
         Ok(BTreeMap::from([
             ("libtorch".into(), worker::info()?.libtorch),
-            ("device".into(), p.device.into()),
-            ("threads".into(), p.threads.to_string()),
+            ("device".into(), self.device.name().into()),
+            ("threads".into(), self.threads.to_string()),
         ]))
     }
 
-    fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
-        let needed: &[&str] = match self {
-            Torch::Finetune => &REQUIRED,
-            Torch::Trace => &REQUIRED[..1],
+    /// Runs `job` in the worker.
+    fn run(self, ctx: &StageContext, job: Job) -> Result<(), StageError> {
+        let request = Request {
+            job,
+            out: ctx.out.to_path_buf(),
+            device: self.device,
+            threads: self.threads,
         };
-        for name in needed {
-            if !ctx.inputs.contains_key(*name) {
-                return Err(format!(
-                    "`{}` needs an input named `{name}` (inputs: {})",
-                    self.name(),
-                    needed.join(", ")
-                )
-                .into());
-            }
+        worker::run_stage(ctx, &request)
+    }
+}
+
+/// The input `name` of a torch stage of kind `kind` (which needs `all`).
+fn input(ctx: &StageContext, kind: &str, name: &str, all: &[&str]) -> Result<PathBuf, StageError> {
+    match ctx.inputs.get(name) {
+        Some(p) => Ok(p.clone()),
+        None => Err(format!(
+            "`{kind}` needs an input named `{name}` (inputs: {})",
+            all.join(", ")
+        )
+        .into()),
+    }
+}
+
+impl StageKind for Finetune {
+    const NAME: &'static str = "finetune";
+    // 2: wall-clock figures left `metrics.json` for the run record.
+    // 3: `steps.csv`, the per-step loss and learning rate.
+    const VERSION: u32 = 3;
+    const METRICS: &'static [&'static str] = &["metrics.json"];
+    const PLOTS: &'static [&'static str] = &["steps.csv", "metrics.json"];
+
+    fn validate(&mut self, _inputs: &[&str]) -> Result<(), WithError> {
+        match self.0.problems() {
+            Some((field, message)) => Err(WithError::field(field, message)),
+            None => Ok(()),
         }
-        let p = self.placement(ctx.stage)?;
-        let mut inputs = ctx.inputs.clone();
+    }
+
+    fn fingerprints(&self) -> Result<BTreeMap<String, String>, StageError> {
+        Placement::resolve(self.0.device, self.0.threads)?.fingerprints()
+    }
+
+    fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
+        let all = ["model", "data"];
+        let model = input(ctx, Self::NAME, "model", &all)?;
+        let mut data = input(ctx, Self::NAME, "data", &all)?;
         // Data published by an `upload` stage is fetched back from the store
         // (checked against the receipt's sha256) into a scratch dir.
         let _scratch;
-        if let Some(data) = inputs.get_mut("data") {
-            if data.join("uploaded.json").is_file() && !data.join("train.csv").exists() {
-                let dir = tempfile::Builder::new().prefix("pipe-data-").tempdir()?;
-                ctx.progress("fetching the uploaded data");
-                crate::upload::fetch(&data.join("uploaded.json"), dir.path(), ctx.workspace)?;
-                *data = dir.path().to_path_buf();
-                _scratch = dir;
-            }
+        if data.join("uploaded.json").is_file() && !data.join("train.csv").exists() {
+            let dir = tempfile::Builder::new().prefix("pipe-data-").tempdir()?;
+            ctx.progress("fetching the uploaded data");
+            crate::upload::fetch(&data.join("uploaded.json"), dir.path(), ctx.workspace)?;
+            data = dir.path().to_path_buf();
+            _scratch = dir;
         }
-        let request = Request {
-            kind: self.name().into(),
-            with: self.parse(&ctx.stage.with)?,
-            inputs,
-            out: ctx.out.to_path_buf(),
-            device: p.device.into(),
-            threads: p.threads,
+        let with = self.0.clone();
+        let job = Job::Finetune { with, model, data };
+        Placement::resolve(self.0.device, self.0.threads)?.run(ctx, job)
+    }
+}
+
+impl StageKind for Trace {
+    const NAME: &'static str = "trace";
+    const VERSION: u32 = 1;
+
+    // Tracing runs on the CPU: the artifact is device-independent.
+    fn fingerprints(&self) -> Result<BTreeMap<String, String>, StageError> {
+        Placement::resolve(Device::Cpu, self.0.threads)?.fingerprints()
+    }
+
+    fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
+        let model = input(ctx, Self::NAME, "model", &["model"])?;
+        let job = Job::Trace {
+            with: self.0.clone(),
+            model,
         };
-        worker::run_stage(ctx, &request)
+        Placement::resolve(Device::Cpu, self.0.threads)?.run(ctx, job)
     }
 }

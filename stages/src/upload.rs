@@ -26,16 +26,18 @@ use pipe_engine::cache::Digest;
 use pipe_engine::{StageContext, StageError, StageKind, WithError};
 use pipe_remote::location::{is_loopback, s3_builder};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct With {
+pub struct Upload {
     to: String,
     endpoint: Option<String>,
     region: Option<String>,
     #[serde(default)]
     allow_http: bool,
+    /// `to`, checked by `validate`.
+    #[serde(skip)]
+    dest: Dest,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -56,6 +58,7 @@ struct Object {
     sha256: String,
 }
 
+#[derive(Default)]
 enum Dest {
     S3 {
         bucket: String,
@@ -65,10 +68,12 @@ enum Dest {
     File(PathBuf),
     /// A directory relative to the workspace root.
     Workspace(PathBuf),
+    /// Not checked yet.
+    #[default]
+    Unchecked,
 }
 
-fn parse(v: &Value) -> Result<(With, Dest), WithError> {
-    let w: With = WithError::parse(v)?;
+fn parse(w: &Upload) -> Result<Dest, WithError> {
     let dest = if let Some(rest) = w.to.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
@@ -124,15 +129,15 @@ fn parse(v: &Value) -> Result<(With, Dest), WithError> {
             "`allow_http` is only allowed for a loopback `endpoint` (127.0.0.1, localhost, ::1)",
         ));
     }
-    Ok((w, dest))
+    Ok(dest)
 }
 
 /// The store, the object-path prefix, and the URI prefix of a destination.
 fn open(
-    w: &With,
-    dest: &Dest,
+    w: &Upload,
     workspace: &Path,
 ) -> Result<(Arc<dyn ObjectStore>, String, String), StageError> {
+    let dest = &w.dest;
     Ok(match dest {
         Dest::S3 { bucket, prefix } => {
             let mut b = s3_builder(bucket);
@@ -162,6 +167,7 @@ fn open(
             };
             (Arc::new(store), String::new(), uri)
         }
+        Dest::Unchecked => return Err(format!("upload to `{}`: not checked", w.to).into()),
     })
 }
 
@@ -210,7 +216,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, StageError> {
 pub fn fetch(uploaded: &Path, dest: &Path, workspace: &Path) -> Result<(), StageError> {
     let receipt: Receipt = serde_json::from_slice(&std::fs::read(uploaded)?)
         .map_err(|e| format!("{}: not an upload receipt: {e}", uploaded.display()))?;
-    let w = With {
+    let mut w = Upload {
         to: receipt.destination.clone(),
         allow_http: receipt
             .endpoint
@@ -218,10 +224,11 @@ pub fn fetch(uploaded: &Path, dest: &Path, workspace: &Path) -> Result<(), Stage
             .is_some_and(|e| e.starts_with("http://") && is_loopback(e)),
         endpoint: receipt.endpoint.clone(),
         region: receipt.region.clone(),
+        dest: Dest::Unchecked,
     };
-    let v = serde_json::to_value(&w)?;
-    let (w, d) = parse(&v).map_err(|e| format!("{}: {e}", uploaded.display()))?;
-    let (store, prefix, _) = open(&w, &d, workspace)?;
+    w.validate(&[])
+        .map_err(|e| format!("{}: {e}", uploaded.display()))?;
+    let (store, prefix, _) = open(&w, workspace)?;
     let rt = runtime()?;
     for o in &receipt.objects {
         let rel = Path::new(&o.path);
@@ -258,32 +265,26 @@ pub fn fetch(uploaded: &Path, dest: &Path, workspace: &Path) -> Result<(), Stage
     Ok(())
 }
 
-pub struct Upload;
-
 impl StageKind for Upload {
-    fn name(&self) -> &'static str {
-        "upload"
+    const NAME: &'static str = "upload";
+    const VERSION: u32 = 2;
+
+    fn validate(&mut self, _inputs: &[&str]) -> Result<(), WithError> {
+        self.dest = parse(self)?;
+        Ok(())
     }
 
-    fn version(&self) -> u32 {
-        2
-    }
-
-    fn check(&self, with: &Value) -> Result<(), WithError> {
-        parse(with).map(|_| ())
-    }
-
-    fn is_effect(&self, _: &pipe_engine::Stage) -> bool {
+    fn is_effect(&self) -> bool {
         true
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
-        let (w, dest) = parse(&ctx.stage.with)?;
+        let w = self;
         let mut inputs = ctx.inputs.values();
         let (Some(src), None) = (inputs.next(), inputs.next()) else {
             return Err("upload takes exactly one input: the file or folder to publish".into());
         };
-        let (store, prefix, uri) = open(&w, &dest, ctx.workspace)?;
+        let (store, prefix, uri) = open(w, ctx.workspace)?;
         // One scan lists and hashes every file (a single file is a tree whose
         // root is that file, named by its file name).
         let tree = pipe_engine::cache::Tree::scan(src, &pipe_engine::cache::PlainHasher)?;
@@ -340,18 +341,14 @@ impl StageKind for Upload {
             region: w.region.clone(),
             objects,
         };
-        std::fs::write(
-            ctx.out.join("uploaded.json"),
-            serde_json::to_string_pretty(&receipt)? + "\n",
-        )?;
+        crate::write_json(ctx, "uploaded.json", &receipt)?;
         Ok(())
     }
 
     fn verify(&self, ctx: &StageContext) -> Result<Option<String>, StageError> {
-        let (w, dest) = parse(&ctx.stage.with)?;
         let receipt: Receipt =
             serde_json::from_slice(&std::fs::read(ctx.out.join("uploaded.json"))?)?;
-        let (store, prefix, _) = open(&w, &dest, ctx.workspace)?;
+        let (store, prefix, _) = open(self, ctx.workspace)?;
         let rt = runtime()?;
         for o in &receipt.objects {
             let path = object_path(&prefix, &o.path)?;

@@ -115,8 +115,8 @@ pub fn info() -> Result<Info, StageError> {
 }
 
 /// Runs one torch stage in the worker: the request on its stdin, progress
-/// lines from its stdout to the reporter (and figures to the run record), its
-/// stderr into the stage log.
+/// lines from its stdout to the reporter (figures to the run record, and its
+/// [`Message::Failed`] to the error), its stderr into the stage log.
 pub fn run_stage(ctx: &StageContext, request: &Request) -> Result<(), StageError> {
     let worker = path()?;
     let log = std::fs::File::options().append(true).open(ctx.log)?;
@@ -132,6 +132,7 @@ pub fn run_stage(ctx: &StageContext, request: &Request) -> Result<(), StageError
         )
         .map_err(|e| format!("cannot start {}: {e}", worker.display()))?;
     let child = group.child();
+    let mut failed = None;
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(&serde_json::to_vec(request)?)?;
     }
@@ -144,6 +145,7 @@ pub fn run_stage(ctx: &StageContext, request: &Request) -> Result<(), StageError
                         ctx.stat(&name, value);
                     }
                 }
+                Ok(Message::Failed { error }) => failed = Some(error),
                 Err(_) => continue,
             }
         }
@@ -152,13 +154,7 @@ pub fn run_stage(ctx: &StageContext, request: &Request) -> Result<(), StageError
     if status.success() {
         return Ok(());
     }
-    // The worker's last `error:` line says why.
-    let why = std::fs::read_to_string(ctx.log).ok().and_then(|l| {
-        l.lines()
-            .rev()
-            .find_map(|l| l.strip_prefix("error: ").map(str::to_string))
-    });
-    Err(match (why, status.code()) {
+    Err(match (failed, status.code()) {
         (Some(w), _) => w.into(),
         (None, Some(c)) => format!("pipe-worker exited with status {c}").into(),
         (None, None) => format!("pipe-worker was killed ({status})").into(),

@@ -14,15 +14,6 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::bert::{Bert, BertConfig};
 
-/// Files of a model directory copied along with the weights.
-pub const TOKENIZER_FILES: [&str; 5] = [
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-    "added_tokens.json",
-];
-
 /// A loaded model: its variables, the module, and the raw `config.json`.
 pub struct Checkpoint {
     pub vs: nn::VarStore,
@@ -219,7 +210,7 @@ pub fn save_safetensors(
 
 /// Copies the tokenizer files that exist in `from` to `to`.
 pub fn copy_tokenizer(from: &Path, to: &Path) -> Result<()> {
-    for f in TOKENIZER_FILES {
+    for f in pipe_protocol::TOKENIZER_FILES {
         let src = from.join(f);
         if src.is_file() {
             std::fs::copy(&src, to.join(f))

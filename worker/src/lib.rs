@@ -39,6 +39,13 @@ impl Report {
         self.send(&Message::Stats(stats));
     }
 
+    /// Why the stage failed (see [`Message::Failed`]).
+    pub fn failed(&self, error: &str) {
+        self.send(&Message::Failed {
+            error: error.to_string(),
+        });
+    }
+
     fn send(&self, message: &Message) {
         if let Ok(line) = serde_json::to_string(message) {
             let mut out = std::io::stdout().lock();

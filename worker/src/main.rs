@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use pipe_protocol::{FinetuneWith, Info, Request, TraceWith};
+use pipe_protocol::{Info, Job, Request, ResolvedDevice};
 use pipe_worker::{finetune, load_cuda, serve, trace, Report};
 
 /// `pipe serve`: serve a packaged model over HTTP (SageMaker inference contract).
@@ -121,42 +121,25 @@ fn info() -> Info {
     }
 }
 
-fn input<'a>(req: &'a Request, name: &str) -> Result<&'a std::path::Path> {
-    req.inputs
-        .get(name)
-        .map(|p| p.as_path())
-        .with_context(|| format!("the `{}` stage needs an input named `{name}`", req.kind))
-}
-
 fn stage() -> Result<()> {
     let req: Request =
         serde_json::from_reader(std::io::stdin().lock()).context("bad request on stdin")?;
     tch::set_num_threads(req.threads as i32);
-    let device = match req.device.as_str() {
-        "cuda" if tch::Cuda::is_available() => tch::Device::Cuda(0),
-        "cuda" => bail!("device cuda was asked for, but libtorch sees no CUDA device"),
-        _ => tch::Device::Cpu,
+    let device = match req.device {
+        ResolvedDevice::Cuda if tch::Cuda::is_available() => tch::Device::Cuda(0),
+        ResolvedDevice::Cuda => {
+            bail!("device cuda was asked for, but libtorch sees no CUDA device")
+        }
+        ResolvedDevice::Cpu => tch::Device::Cpu,
     };
     let report = Report;
-    match req.kind.as_str() {
-        "finetune" => {
-            let w: FinetuneWith = serde_json::from_value(req.with.clone())?;
-            let stats = finetune::run(
-                &w,
-                input(&req, "model")?,
-                input(&req, "data")?,
-                &req.out,
-                device,
-                &report,
-            )?;
+    match &req.job {
+        Job::Finetune { with, model, data } => {
+            let stats = finetune::run(with, model, data, &req.out, device, &report)?;
             report.stats(stats);
             Ok(())
         }
-        "trace" => {
-            let w: TraceWith = serde_json::from_value(req.with.clone())?;
-            trace::run(&w, input(&req, "model")?, &req.out, &report)
-        }
-        other => bail!("unknown torch stage kind `{other}`"),
+        Job::Trace { with, model } => trace::run(with, model, &req.out, &report),
     }
 }
 
@@ -172,7 +155,7 @@ fn main() -> ExitCode {
         Some("info") => serde_json::to_string(&info())
             .map(|s| println!("{s}"))
             .map_err(Into::into),
-        Some("stage") => stage(),
+        Some("stage") => stage().inspect_err(|e| Report.failed(&format!("{e:#}"))),
         Some("serve") => serve_command(&args[1..]),
         _ => {
             eprintln!("usage: pipe-worker info | stage < REQUEST.json | serve PACKAGE [OPTIONS]");

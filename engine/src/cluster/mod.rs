@@ -42,7 +42,7 @@ pub use resources::{ExecutorKind, Resources};
 use crate::event::{Event, Reporter};
 use crate::interrupt::Interrupt;
 use crate::pipeline::{Pipeline, Stage};
-use crate::stage::{Registry, StageContext, StageError, StageKind};
+use crate::stage::{StageContext, StageError};
 
 /// The hidden subcommand of `pipe` that runs one stage inside a job.
 pub const EXEC_COMMAND: &str = "__exec-stage";
@@ -75,23 +75,19 @@ pub struct Job<'a> {
 }
 
 /// Where `stage` runs, given the run's default.
-pub fn executor_of(kind: &dyn StageKind, stage: &Stage, default: ExecutorKind) -> ExecutorKind {
+pub fn executor_of(stage: &Stage, default: ExecutorKind) -> ExecutorKind {
+    let prepared = &stage.prepared;
     match stage.executor {
         Some(e) => e,
-        None if kind.local_only() || kind.is_effect(stage) => ExecutorKind::Local,
+        None if prepared.local_only() || prepared.is_effect() => ExecutorKind::Local,
         None => default,
     }
 }
 
 /// Run a stage's work where it is meant to run; `staging` holds `ctx.out`.
-pub fn run(
-    kind: &dyn StageKind,
-    ctx: &StageContext,
-    default: ExecutorKind,
-    staging: &Path,
-) -> Result<(), StageError> {
-    match executor_of(kind, ctx.stage, default) {
-        ExecutorKind::Local => kind.run(ctx),
+pub fn run(ctx: &StageContext, default: ExecutorKind, staging: &Path) -> Result<(), StageError> {
+    match executor_of(ctx.stage, default) {
+        ExecutorKind::Local => ctx.stage.prepared.run(ctx),
         ExecutorKind::Slurm => submit(&slurm::Slurm, ctx, staging),
     }
 }
@@ -264,7 +260,6 @@ impl Reporter for EventsFile {
 /// ranks work in a scratch dir of their own.
 pub fn exec(
     spec_path: &Path,
-    registry: &Registry,
     load: impl FnOnce(&JobSpec) -> Result<Pipeline, StageError>,
     interrupt: &Interrupt,
     rank: u32,
@@ -273,7 +268,7 @@ pub fn exec(
     let spec: JobSpec =
         serde_json::from_slice(&bytes).map_err(|e| io_err("parse", spec_path, e))?;
     let dir = spec_path.parent().unwrap_or(Path::new("."));
-    let ran = exec_spec(&spec, dir, registry, load, interrupt, rank);
+    let ran = exec_spec(&spec, dir, load, interrupt, rank);
     if rank != 0 {
         return ran.map(|_| ());
     }
@@ -298,7 +293,6 @@ type PinsStats = (BTreeMap<String, String>, BTreeMap<String, f64>);
 fn exec_spec(
     spec: &JobSpec,
     dir: &Path,
-    registry: &Registry,
     load: impl FnOnce(&JobSpec) -> Result<Pipeline, StageError>,
     interrupt: &Interrupt,
     rank: u32,
@@ -315,9 +309,6 @@ fn exec_spec(
         )
         .into());
     }
-    let kind = registry
-        .get(&stage.kind)
-        .ok_or_else(|| format!("unknown stage kind `{}`", stage.kind))?;
     let out = if rank == 0 {
         spec.out.clone()
     } else {
@@ -358,7 +349,7 @@ fn exec_spec(
                 &stopped,
             )
         });
-        let ran = kind.run(&ctx);
+        let ran = stage.prepared.run(&ctx);
         let _ = stop.send(());
         (ran, watchdog.join().unwrap_or(false))
     });

@@ -3,7 +3,7 @@
 //! inside longer strings are replaced by the param's text. Other `${…}` (shell
 //! variables) are left alone.
 //!
-//! In a shell script (a kind's [`script_fields`](crate::StageKind::script_fields))
+//! In a shell script (a kind's [`SCRIPT_FIELDS`](crate::StageKind::SCRIPT_FIELDS))
 //! params are data, never code. A value made only of plain characters (letters,
 //! digits, `@%+=:,./_-`) is spliced as it is: it means the same in any shell
 //! context. Any other value is never put in the script text at all: the

@@ -253,13 +253,10 @@ pub fn parse(
             .hint(did_you_mean(&u.0, params.keys().map(String::as_str)))
         };
         let with = to_json(&rs.with).map_err(|m| serr(m, &["with"]))?;
-        let with = interpolate::interpolate_with(&with, kind.script_fields(), &params, &mut used)
+        let with = interpolate::interpolate_with(&with, kind.script_fields, &params, &mut used)
             .map_err(|u| unknown_param(u, &["with"]))?;
         let input_names: Vec<&str> = rs.inputs.0.iter().map(|(n, _)| n.as_str()).collect();
-        let checked = kind
-            .check(&with)
-            .and_then(|()| kind.check_inputs(&with, &input_names));
-        checked.map_err(|e| {
+        let prepared = kind.prepare(&with, &input_names).map_err(|e| {
             let sub: Vec<&str> = match &e.field {
                 Some(f) => vec!["with", f.as_str()],
                 None => vec!["with"],
@@ -392,7 +389,7 @@ pub fn parse(
                 &["resources", field],
             ));
         }
-        if rs.executor == Some(ExecutorKind::Slurm) && kind.local_only() {
+        if rs.executor == Some(ExecutorKind::Slurm) && kind.local_only {
             return Err(serr(
                 format!(
                     "`{}` stages run on this machine: they cannot run on Slurm",
@@ -416,12 +413,13 @@ pub fn parse(
                 "write each option with its value: `--account=NAME`".into(),
             )));
         }
-        let metrics = declared("metrics", &rs.metrics, kind.metrics())?;
-        let plots = declared("plots", &rs.plots, kind.plots())?;
+        let metrics = declared("metrics", &rs.metrics, kind.metrics)?;
+        let plots = declared("plots", &rs.plots, kind.plots)?;
         stages.push(Stage {
             name: name.clone(),
             kind: rs.kind.clone(),
             with,
+            prepared,
             inputs,
             after: rs.after.clone(),
             cache: rs.cache,
@@ -497,25 +495,16 @@ fn unknown_field(message: &str) -> Option<(&str, Vec<&str>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stage::{StageContext, StageError, StageKind, WithError};
+    use crate::stage::{StageContext, StageError, StageKind};
 
-    struct Shellish;
+    #[derive(serde::Deserialize)]
+    struct Shellish {
+        #[allow(dead_code)]
+        cmd: String,
+    }
     impl StageKind for Shellish {
-        fn name(&self) -> &'static str {
-            "shell"
-        }
-        fn version(&self) -> u32 {
-            1
-        }
-        fn check(&self, with: &Value) -> Result<(), WithError> {
-            match with.get("cmd") {
-                Some(Value::String(_)) => Ok(()),
-                _ => Err(WithError {
-                    field: Some("cmd".into()),
-                    message: "missing field `cmd`".into(),
-                }),
-            }
-        }
+        const NAME: &'static str = "shell";
+        const VERSION: u32 = 1;
         fn run(&self, _: &StageContext) -> Result<(), StageError> {
             Ok(())
         }
@@ -523,7 +512,7 @@ mod tests {
 
     fn parse_src(src: &str) -> Result<Pipeline, ManifestError> {
         let mut reg = Registry::new();
-        reg.register(Box::new(Shellish));
+        reg.register::<Shellish>();
         parse(
             Path::new("m.yaml"),
             src,

@@ -12,27 +12,14 @@ use std::path::Path;
 
 use flate2::{Compression, GzBuilder};
 use pipe_engine::cache::Digest;
-use pipe_engine::{StageContext, StageError, StageKind, WithError};
+use pipe_engine::{StageContext, StageError, StageKind};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const INFERENCE_PY: &str = include_str!("inference.py");
 const REQUIREMENTS: &str = "transformers\n";
 /// 2000-01-01T00:00:00Z: fixed, and not so old that `tar` warns about it.
 const MTIME: u64 = 946_684_800;
-const ROOT_FILES: [&str; 7] = [
-    "model.pt",
-    "config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-    "added_tokens.json",
-];
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct With {}
 
 fn header(path: &str, size: u64, dir: bool) -> Result<tar::Header, StageError> {
     let mut h = tar::Header::new_ustar();
@@ -73,27 +60,22 @@ pub fn write_tar_gz(out: &Path, entries: &[(String, Option<Vec<u8>>)]) -> Result
     Ok(())
 }
 
-pub struct Package;
+/// `kind: package` takes no `with:`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Package {}
 
 impl StageKind for Package {
-    fn name(&self) -> &'static str {
-        "package"
-    }
-
-    fn version(&self) -> u32 {
-        1
-    }
-
-    fn check(&self, with: &Value) -> Result<(), WithError> {
-        WithError::parse::<With>(with).map(|_| ())
-    }
+    const NAME: &'static str = "package";
+    const VERSION: u32 = 1;
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let Some(model) = ctx.inputs.get("model") else {
             return Err("`package` needs an input named `model` (a trace stage's output)".into());
         };
         let mut entries = Vec::new();
-        for name in ROOT_FILES {
+        let root = ["model.pt", "config.json"].into_iter();
+        for name in root.chain(pipe_protocol::TOKENIZER_FILES) {
             let p = model.join(name);
             if p.is_file() {
                 entries.push((name.to_string(), Some(std::fs::read(&p)?)));
@@ -124,10 +106,7 @@ impl StageKind for Package {
             "size": std::fs::metadata(&archive)?.len(),
             "entries": names,
         });
-        std::fs::write(
-            ctx.out.join("package.json"),
-            serde_json::to_string_pretty(&summary)? + "\n",
-        )?;
+        crate::write_json(ctx, "package.json", &summary)?;
         ctx.progress(&format!(
             "model.tar.gz sha256 {}",
             &summary["sha256"].as_str().unwrap_or_default()[..12]

@@ -46,7 +46,7 @@ enum OnBadRow {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct With {
+pub struct Split {
     format: Option<FileFormat>,
     #[serde(default = "yes")]
     header: bool,
@@ -77,8 +77,7 @@ fn default_seed() -> u32 {
     42
 }
 
-fn parse(v: &Value) -> Result<With, WithError> {
-    let w: With = WithError::parse(v)?;
+fn check(w: &Split) -> Result<(), WithError> {
     if !(w.test_fraction > 0.0 && w.test_fraction < 1.0) {
         return Err(WithError::field(
             "test_fraction",
@@ -99,15 +98,13 @@ fn parse(v: &Value) -> Result<With, WithError> {
             ));
         }
     }
-    Ok(w)
+    Ok(())
 }
 
 struct Row {
     text: String,
     label: i64,
 }
-
-pub struct Split;
 
 impl Split {
     /// The single input: the table to split.
@@ -128,7 +125,7 @@ impl Split {
         }
     }
 
-    fn read(w: &With, source: &str, path: &Path) -> Result<(Vec<Row>, usize), StageError> {
+    fn read(w: &Split, source: &str, path: &Path) -> Result<(Vec<Row>, usize), StageError> {
         let format = w.format.unwrap_or_else(|| {
             if path
                 .extension()
@@ -239,7 +236,7 @@ impl Split {
     }
 
     /// (train, test) row indices, or why the rows cannot be split.
-    fn split(w: &With, rows: &[Row]) -> Result<(Vec<usize>, Vec<usize>), String> {
+    fn split(w: &Split, rows: &[Row]) -> Result<(Vec<usize>, Vec<usize>), String> {
         let n_test = |n: usize| ((w.test_fraction * n as f64).ceil() as usize).min(n);
         let mut by_label: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
         for (i, r) in rows.iter().enumerate() {
@@ -359,23 +356,17 @@ fn write(path: &Path, rows: &[Row], idx: &[usize]) -> Result<Value, StageError> 
 }
 
 impl StageKind for Split {
-    fn name(&self) -> &'static str {
-        "split"
-    }
+    const NAME: &'static str = "split";
+    // 2: `stratify` is scikit-learn's stratified split.
+    const VERSION: u32 = 2;
 
-    fn version(&self) -> u32 {
-        // 2: `stratify` is scikit-learn's stratified split.
-        2
-    }
-
-    fn check(&self, with: &Value) -> Result<(), WithError> {
-        parse(with).map(|_| ())
+    fn validate(&mut self, _inputs: &[&str]) -> Result<(), WithError> {
+        check(self)
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
-        let w = parse(&ctx.stage.with)?;
         let (source, path) = Self::input(ctx)?;
-        let (rows, skipped) = Self::read(&w, source, path)?;
+        let (rows, skipped) = Self::read(self, source, path)?;
         if rows.len() < 2 {
             return Err(format!(
                 "{source}: {} usable rows; need at least 2 to split",
@@ -383,17 +374,14 @@ impl StageKind for Split {
             )
             .into());
         }
-        let (train, test) = Self::split(&w, &rows).map_err(|e| format!("{source}: {e}"))?;
+        let (train, test) = Self::split(self, &rows).map_err(|e| format!("{source}: {e}"))?;
         let stats = json!({
             "source_rows": rows.len() + skipped,
             "skipped_rows": skipped,
             "train": write(&ctx.out.join("train.csv"), &rows, &train)?,
             "test": write(&ctx.out.join("test.csv"), &rows, &test)?,
         });
-        std::fs::write(
-            ctx.out.join("stats.json"),
-            serde_json::to_string_pretty(&stats)? + "\n",
-        )?;
+        crate::write_json(ctx, "stats.json", &stats)?;
         ctx.progress(&format!("{} train / {} test rows", train.len(), test.len()));
         Ok(())
     }
