@@ -8,12 +8,15 @@
 //! - `pipe-worker stage`: run the torch stage described by the JSON request on
 //!   stdin (see `pipe_protocol::Request`).
 //! - `pipe-worker serve PACKAGE [OPTIONS]`: the model server (`pipe serve`).
+//! - `pipe-worker allreduce-check N`: N local ranks (or a launcher's group)
+//!   sum `[rank + 1, 10 (rank + 1)]` with c10d; rank 0 prints the sum as JSON.
 
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use pipe_protocol::{FinetuneWith, Info, Request, TraceWith};
+use pipe_worker::dist::Dist;
 use pipe_worker::{finetune, load_cuda, serve, trace, Report};
 
 /// `pipe serve`: serve a packaged model over HTTP (SageMaker inference contract).
@@ -141,14 +144,22 @@ fn stage() -> Result<()> {
     match req.kind.as_str() {
         "finetune" => {
             let w: FinetuneWith = serde_json::from_value(req.with.clone())?;
-            let stats = finetune::run(
+            let dist = Dist::for_stage(&req, w.nproc_per_node, w.backend)?;
+            if let Some(d) = &dist {
+                tch::set_num_threads((req.threads / d.local_ranks()).max(1) as i32);
+            }
+            let stats = finetune::run_in(
                 &w,
                 input(&req, "model")?,
                 input(&req, "data")?,
                 &req.out,
                 device,
                 &report,
+                dist.as_ref(),
             )?;
+            if let Some(d) = dist {
+                d.finish()?;
+            }
             report.stats(stats);
             Ok(())
         }
@@ -160,6 +171,32 @@ fn stage() -> Result<()> {
     }
 }
 
+fn allreduce_check(args: &[String]) -> Result<()> {
+    let nproc: usize = args
+        .first()
+        .and_then(|n| n.parse().ok())
+        .context("usage: pipe-worker allreduce-check N")?;
+    let dist = Dist::start(
+        nproc,
+        pipe_protocol::DistBackend::Gloo,
+        &["allreduce-check", &nproc.to_string()],
+        &[],
+    )?
+    .context("a group needs N > 1 or a launcher's variables")?;
+    let r = (dist.group.rank + 1) as f32;
+    let t = tch::Tensor::from_slice(&[r, 10.0 * r]);
+    dist.all_reduce_sum(&t, "all-reduce")?;
+    dist.group.barrier().map_err(|e| dist.fail(e, "barrier"))?;
+    let sum = Vec::<f32>::try_from(&t)?;
+    if dist.group.rank == 0 {
+        println!(
+            "{}",
+            serde_json::json!({"world": dist.group.world, "sum": sum})
+        );
+    }
+    dist.finish()
+}
+
 fn main() -> ExitCode {
     load_cuda();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -169,6 +206,7 @@ fn main() -> ExitCode {
             .map_err(Into::into),
         Some("stage") => stage(),
         Some("serve") => serve_command(&args[1..]),
+        Some("allreduce-check") => allreduce_check(&args[1..]),
         _ => {
             eprintln!("usage: pipe-worker info | stage < REQUEST.json | serve PACKAGE [OPTIONS]");
             return ExitCode::from(2);
