@@ -29,10 +29,12 @@ pub enum Torch {
     Trace,
 }
 
-/// The device and thread count a stage runs with on this machine.
+/// The device and thread count a stage runs with on this machine, and its
+/// data-parallel ranks on it with their backend (`nproc_per_node`).
 struct Placement {
     device: &'static str,
     threads: usize,
+    ranks: Option<(usize, &'static str)>,
 }
 
 impl Torch {
@@ -55,6 +57,7 @@ impl Torch {
 
     fn placement(&self, stage: &Stage) -> Result<Placement, StageError> {
         let info = worker::info()?;
+        let mut ranks = None;
         let (device, threads) = match self {
             Torch::Finetune => {
                 let w: FinetuneWith = WithError::parse(&stage.with)?;
@@ -64,6 +67,9 @@ impl Torch {
                     Device::Auto if info.cuda => "cuda",
                     Device::Auto => "cpu",
                 };
+                if w.nproc_per_node > 1 {
+                    ranks = Some((w.nproc_per_node, w.backend.resolve(device).name()));
+                }
                 (device, w.threads)
             }
             // Tracing runs on the CPU: the artifact is device-independent.
@@ -72,6 +78,7 @@ impl Torch {
         Ok(Placement {
             device,
             threads: threads.unwrap_or(info.threads.max(1) as usize),
+            ranks,
         })
     }
 }
@@ -90,7 +97,8 @@ impl StageKind for Torch {
         match self {
             // 2: wall-clock figures left `metrics.json` for the run record.
             // 3: `steps.csv`, the per-step loss and learning rate.
-            Torch::Finetune => 3,
+            // 4: every epoch's batches drawn before training (data parallel).
+            Torch::Finetune => 4,
             Torch::Trace => 1,
         }
     }
@@ -115,11 +123,17 @@ impl StageKind for Torch {
 
     fn fingerprints(&self, stage: &Stage) -> Result<BTreeMap<String, String>, StageError> {
         let p = self.placement(stage)?;
-        Ok(BTreeMap::from([
+        let mut prints = BTreeMap::from([
             ("libtorch".into(), worker::info()?.libtorch),
             ("device".into(), p.device.into()),
             ("threads".into(), p.threads.to_string()),
-        ]))
+        ]);
+        // The world size and backend (not the rendezvous address or port).
+        if let Some((world, backend)) = p.ranks {
+            prints.insert("world_size".into(), world.to_string());
+            prints.insert("backend".into(), backend.into());
+        }
+        Ok(prints)
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
