@@ -40,12 +40,9 @@ fn workspace(manifest: &str) -> common::TestWorkspace {
         );
     assert!(!config.contains("0.1"), "{config}");
     ws.file("model/config.json", &config);
-    let train: Vec<&str> = ws
-        .read("data/train.csv")
-        .lines()
-        .take(81)
-        .collect::<Vec<_>>();
-    ws.file("data/train.csv", &(train.join("\n") + "\n"));
+    let train = ws.read("data/train.csv");
+    let head: Vec<&str> = train.lines().take(81).collect();
+    ws.file("data/train.csv", &(head.join("\n") + "\n"));
     ws.manifest(manifest);
     ws
 }
