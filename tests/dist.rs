@@ -204,9 +204,17 @@ fn a_faulty_rank_fails_the_stage(signal: i32, expect: &str) {
             break pid;
         }
         assert!(std::time::Instant::now() < deadline, "rank 1 never started");
-        std::thread::yield_now();
+        std::thread::sleep(std::time::Duration::from_millis(20));
     };
     let _r1 = Reaper(rank1);
+    // ... and trains (a step is logged after its all-reduce).
+    while !std::fs::read_to_string(ws.path(".pipe/logs/m/two.log"))
+        .unwrap_or_default()
+        .contains("Train Epoch: 2 ")
+    {
+        assert!(std::time::Instant::now() < deadline, "no step was logged");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let rank0 = parent(rank1).unwrap();
     let _r0 = Reaper(rank0);
     unsafe { libc::kill(rank1, signal) };

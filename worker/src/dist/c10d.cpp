@@ -27,13 +27,19 @@ char* error_string(const std::string& message) {
   return out;
 }
 
+// c10d's messages carry a C++ backtrace after the first line; keep the line.
+std::string first_line(const std::string& s) {
+  auto end = s.find('\n');
+  return end == std::string::npos ? s : s.substr(0, end);
+}
+
 template <typename F>
 char* guarded(F&& f) {
   try {
     f();
     return nullptr;
   } catch (const std::exception& e) {
-    return error_string(e.what());
+    return error_string(first_line(e.what()));
   } catch (...) {
     return error_string("unknown C++ exception");
   }
@@ -44,18 +50,8 @@ struct Group {
   std::chrono::milliseconds timeout;
 };
 
-// c10d's messages carry a C++ backtrace after the first line; keep the line.
-std::string first_line(const std::string& s) {
-  auto end = s.find('\n');
-  return end == std::string::npos ? s : s.substr(0, end);
-}
-
 void wait(const c10::intrusive_ptr<c10d::Work>& work, std::chrono::milliseconds timeout) {
-  try {
-    work->wait(timeout);
-  } catch (const std::exception& e) {
-    throw std::runtime_error(first_line(e.what()));
-  }
+  work->wait(timeout);
 }
 
 } // namespace
