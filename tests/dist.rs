@@ -145,7 +145,7 @@ fn find_rank(ws: &common::TestWorkspace, rank: usize) -> Option<i32> {
         let pid: i32 = e.file_name().to_str()?.parse().ok()?;
         let env = std::fs::read(e.path().join("environ")).ok()?;
         let vars: Vec<&[u8]> = env.split(|&b| b == 0).collect();
-        let has = |v: &str| vars.iter().any(|x| *x == v.as_bytes());
+        let has = |v: &str| vars.contains(&v.as_bytes());
         (has(&cache) && has(&want)).then_some(pid)
     })
 }
