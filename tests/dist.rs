@@ -58,6 +58,14 @@ stages:
     kind: finetune
     inputs: {model: model, data: data}
     with: {epochs: 2, batch_size: 16, lr: 3e-3, warmup_ratio: 0.1, schedule: linear, threads: 2, nproc_per_node: 2}
+  one_odd:
+    kind: finetune
+    inputs: {model: model, data: data}
+    with: {epochs: 1, batch_size: 13, lr: 3e-3, threads: 1}
+  two_odd:
+    kind: finetune
+    inputs: {model: model, data: data}
+    with: {epochs: 1, batch_size: 13, lr: 3e-3, threads: 2, nproc_per_node: 2}
   trace:
     kind: trace
     inputs: {model: "two:"}
@@ -86,6 +94,20 @@ fn weights(path: &std::path::Path) -> Vec<(String, Vec<f32>)> {
     out
 }
 
+fn largest_difference(a: &std::path::Path, b: &std::path::Path) -> f32 {
+    let (one, two) = (weights(a), weights(b));
+    assert_eq!(one.len(), two.len());
+    let mut worst = 0f32;
+    for ((n1, a), (n2, b)) in one.iter().zip(&two) {
+        assert_eq!(n1, n2);
+        assert_eq!(a.len(), b.len(), "{n1}");
+        for (x, y) in a.iter().zip(b) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    worst
+}
+
 /// 2 ranks at global batch 16 end with the weights of 1 process at batch 16
 /// (10 steps, dropout 0), agree byte for byte (checked by the ranks), and
 /// feed trace and package; a second run is all cached.
@@ -98,18 +120,18 @@ fn two_ranks_train_like_one_process_and_are_cached() {
         "{doc}"
     );
 
-    let one = weights(&ws.path(".pipe/out/m/one/model.safetensors"));
-    let two = weights(&ws.path(".pipe/out/m/two/model.safetensors"));
-    assert_eq!(one.len(), two.len());
-    let mut worst = 0f32;
-    for ((n1, a), (n2, b)) in one.iter().zip(&two) {
-        assert_eq!(n1, n2);
-        assert_eq!(a.len(), b.len(), "{n1}");
-        for (x, y) in a.iter().zip(b) {
-            worst = worst.max((x - y).abs());
-        }
+    // Even slices (8 + 8), and uneven ones (batches of 13 and a last of 2:
+    // 6 + 7, 1 + 1), where each slice's loss must be weighted by its share.
+    for (a, b) in [("one", "two"), ("one_odd", "two_odd")] {
+        let worst = largest_difference(
+            &ws.path(&format!(".pipe/out/m/{a}/model.safetensors")),
+            &ws.path(&format!(".pipe/out/m/{b}/model.safetensors")),
+        );
+        assert!(
+            worst <= 1e-5,
+            "{a} vs {b}: largest weight difference {worst}"
+        );
     }
-    assert!(worst <= 1e-5, "largest weight difference {worst}");
     let m = ws.json(".pipe/out/m/two/metrics.json");
     assert_eq!(m["steps"], 10, "{m}");
     assert_eq!(m["world_size"], 2, "{m}");
