@@ -3,7 +3,8 @@
 //! fills), and give the worker's binaries an rpath to it, so that nothing has
 //! to be exported to run them. Also bakes in the libtorch version for cache
 //! fingerprints, and compiles the server's C++ module shim (`src/fast_cpu.cpp`)
-//! against libtorch's headers, with the flags torch-sys uses.
+//! and the collectives shim (`src/dist/c10d.cpp`) against libtorch's headers,
+//! with the flags torch-sys uses.
 
 #![allow(
     clippy::print_stdout,
@@ -15,6 +16,8 @@ use std::path::PathBuf;
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-changed=src/fast_cpu.cpp");
+    println!("cargo:rerun-if-changed=src/dist/c10d.cpp");
+    println!("cargo:rerun-if-changed=src/dist/gloo_api");
     let Some(libtorch) = std::env::var_os("LIBTORCH").map(PathBuf::from) else {
         println!("cargo:rustc-env=PIPE_LIBTORCH_VERSION=unknown");
         return;
@@ -49,4 +52,19 @@ fn main() {
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("src/fast_cpu.cpp")
         .compile("pipe_fast_cpu");
+    // The c10d shim (`src/dist/c10d.cpp`): libtorch's gloo backend, with the
+    // few gloo declarations its header needs (`src/dist/gloo_api/README.md`).
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .include("src/dist/gloo_api")
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .define("USE_C10D_GLOO", None)
+        .file("src/dist/c10d.cpp")
+        .compile("pipe_c10d");
 }

@@ -60,6 +60,36 @@ impl ResolvedDevice {
     }
 }
 
+/// The collective backend of data-parallel fine-tuning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DistBackend {
+    /// NCCL on CUDA, gloo on the CPU.
+    #[default]
+    Auto,
+    Gloo,
+    Nccl,
+}
+
+impl DistBackend {
+    /// The backend a stage on `device` uses.
+    pub fn resolve(self, device: ResolvedDevice) -> DistBackend {
+        match self {
+            DistBackend::Auto if device == ResolvedDevice::Cuda => DistBackend::Nccl,
+            DistBackend::Auto => DistBackend::Gloo,
+            b => b,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DistBackend::Auto => "auto",
+            DistBackend::Gloo => "gloo",
+            DistBackend::Nccl => "nccl",
+        }
+    }
+}
+
 /// Learning-rate schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -98,6 +128,11 @@ pub struct FinetuneWith {
     pub log_interval: usize,
     /// Label names, index = class id (default "0", "1", …).
     pub labels: Option<Vec<String>>,
+    /// Data-parallel ranks on this machine (each with `threads / N` threads);
+    /// `batch_size` stays the global batch.
+    pub nproc_per_node: usize,
+    /// The collective backend of the ranks.
+    pub backend: DistBackend,
 }
 
 impl Default for FinetuneWith {
@@ -120,6 +155,8 @@ impl Default for FinetuneWith {
             bf16: false,
             log_interval: 20,
             labels: None,
+            nproc_per_node: 1,
+            backend: DistBackend::Auto,
         }
     }
 }
@@ -131,6 +168,7 @@ impl FinetuneWith {
             ("epochs", self.epochs),
             ("batch_size", self.batch_size),
             ("log_interval", self.log_interval),
+            ("nproc_per_node", self.nproc_per_node),
         ];
         if let Some((f, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Some((f, "must be at least 1".into()));

@@ -12,7 +12,8 @@
 //! ```
 //!
 //! The key holds the libtorch version, the resolved device (`auto` becomes
-//! `cpu` or `cuda` on this machine) and the thread count: the same inputs on
+//! `cpu` or `cuda` on this machine) and the thread count, and for
+//! data-parallel fine-tuning the world size and backend: the same inputs on
 //! the same device and thread count give byte-identical weights.
 
 use std::collections::BTreeMap;
@@ -88,7 +89,8 @@ impl StageKind for Finetune {
     const NAME: &'static str = "finetune";
     // 2: wall-clock figures left `metrics.json` for the run record.
     // 3: `steps.csv`, the per-step loss and learning rate.
-    const VERSION: u32 = 3;
+    // 4: every epoch's batches drawn before training (data parallel).
+    const VERSION: u32 = 4;
     const METRICS: &'static [&'static str] = &["metrics.json"];
     const PLOTS: &'static [&'static str] = &["steps.csv", "metrics.json"];
 
@@ -100,7 +102,15 @@ impl StageKind for Finetune {
     }
 
     fn fingerprints(&self) -> Result<BTreeMap<String, String>, StageError> {
-        Placement::resolve(self.0.device, self.0.threads)?.fingerprints()
+        let placement = Placement::resolve(self.0.device, self.0.threads)?;
+        let mut prints = placement.fingerprints()?;
+        // The world size and backend (not the rendezvous address or port).
+        if self.0.nproc_per_node > 1 {
+            let backend = self.0.backend.resolve(placement.device);
+            prints.insert("world_size".into(), self.0.nproc_per_node.to_string());
+            prints.insert("backend".into(), backend.name().into());
+        }
+        Ok(prints)
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {

@@ -68,6 +68,14 @@ impl TestWorkspace {
             "PIPE_REMOTE_SIGNING_KEY",
             "PIPE_EXECUTOR",
             "PIPE_ORPHAN_TIMEOUT",
+            // A launcher's group (pipe-worker would join it).
+            "RANK",
+            "WORLD_SIZE",
+            "MASTER_ADDR",
+            "MASTER_PORT",
+            "SLURM_PROCID",
+            "JOB_COMPLETION_INDEX",
+            "PIPE_DIST_TIMEOUT",
         ] {
             c.env_remove(var);
         }

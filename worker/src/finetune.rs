@@ -2,6 +2,13 @@
 //! `train.csv`, evaluate on `test.csv`, and write the model in Hugging Face
 //! layout with `metrics.json`, `steps.csv` (step, epoch, loss, lr) and `loss.svg`.
 //!
+//! With a process group ([`crate::dist::Dist`]) every rank draws the same
+//! global batches and trains on its slice of each; one flattened all-reduce
+//! per step sums the gradients (each slice's loss weighted by its share of
+//! the batch, so the sum is the whole batch's mean gradient) and the loss,
+//! and every rank takes the same optimizer step. Evaluation is sharded and
+//! its confusion matrix summed; only rank 0 logs and writes.
+//!
 //! CPU speed comes from padding each batch only to its longest sentence,
 //! grouping sentences of similar length into batches, and keeping host work out
 //! of the step (the loss is read back only when logged).
@@ -11,12 +18,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use pipe_protocol::{FinetuneWith, Schedule};
+use pipe_protocol::{FinetuneWith, ResolvedDevice, Schedule};
 use serde_json::json;
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
 use crate::checkpoint::{copy_tokenizer, Checkpoint};
-use crate::scores::{loss_svg, score, Scores};
+use crate::dist::Dist;
+use crate::scores::{confusion, from_confusion, loss_svg, Scores};
 use crate::tokenize::{pad, Encoder};
 use crate::{data, Report};
 
@@ -103,6 +111,31 @@ pub fn predict(model: &crate::bert::Bert, ids: &[Vec<i64>], device: Device) -> R
     Ok(pred)
 }
 
+/// The `[start, end)` of rank `rank`'s slice of a batch of `len` among `world`.
+pub fn slice(len: usize, rank: usize, world: usize) -> (usize, usize) {
+    (len * rank / world, len * (rank + 1) / world)
+}
+
+/// Sums every gradient and `loss` across the group with one flattened
+/// all-reduce, and writes the sums back.
+fn all_reduce_grads(dist: &Dist, vars: &[Tensor], loss: &mut Tensor) -> Result<()> {
+    tch::no_grad(|| {
+        let grads: Vec<Tensor> = vars.iter().map(Tensor::grad).collect();
+        let mut parts: Vec<Tensor> = grads.iter().map(|g| g.reshape(-1)).collect();
+        parts.push(loss.reshape(-1));
+        let flat = Tensor::cat(&parts, 0);
+        dist.all_reduce_sum(&flat, "the gradient all-reduce failed")?;
+        let mut offset = 0;
+        for mut g in grads {
+            let n = g.numel() as i64;
+            g.copy_(&flat.narrow(0, offset, n).view_as(&g));
+            offset += n;
+        }
+        *loss = flat.narrow(0, offset, 1).reshape(Vec::<i64>::new());
+        Ok(())
+    })
+}
+
 /// Fine-tune and write the model, `metrics.json`, `steps.csv` and `loss.svg` into `out`.
 ///
 /// The output is a function of the inputs alone (same device and thread
@@ -116,6 +149,26 @@ pub fn run(
     device: Device,
     report: &Report,
 ) -> Result<BTreeMap<String, f64>> {
+    run_in(w, model_dir, data_dir, out, device, report, None)
+}
+
+/// [`run`] as one rank of `dist`'s group (alone without one).
+pub fn run_in(
+    w: &FinetuneWith,
+    model_dir: &Path,
+    data_dir: &Path,
+    out: &Path,
+    device: Device,
+    report: &Report,
+    dist: Option<&Dist>,
+) -> Result<BTreeMap<String, f64>> {
+    let (rank, world) = dist.map_or((0, 1), |d| (d.group.rank, d.group.world));
+    let lead = rank == 0;
+    let log = |line: &str| {
+        if lead {
+            report.log(line)
+        }
+    };
     tch::manual_seed(w.seed as i64);
     let labels: Vec<String> = w
         .labels
@@ -135,7 +188,7 @@ pub fn run(
             ck.config.max_position_embeddings
         );
     }
-    report.log(&format!(
+    log(&format!(
         "model: {} layers, hidden {}, {} parameters; device {device:?}, {} threads",
         ck.config.num_hidden_layers,
         ck.config.hidden_size,
@@ -146,7 +199,19 @@ pub fn run(
             .sum::<usize>(),
         tch::get_num_threads()
     ));
-    report.log(&format!(
+    if dist.is_some() {
+        log(&format!(
+            "data parallel: {world} ranks, {} backend",
+            w.backend
+                .resolve(if device.is_cuda() {
+                    ResolvedDevice::Cuda
+                } else {
+                    ResolvedDevice::Cpu
+                })
+                .name()
+        ));
+    }
+    log(&format!(
         "train rows {}, test rows {}",
         train_ids.len(),
         test_ids.len()
@@ -167,6 +232,23 @@ pub fn run(
     let warmup = (w.warmup_ratio * total as f64) as usize;
     let autocast = w.bf16 && device.is_cuda();
     let n = train_ids.len();
+    // Every epoch's batches, drawn before training touches the generator
+    // (dropout does), so that every rank draws the same ones.
+    let orders: Vec<Vec<Vec<usize>>> = (0..w.epochs)
+        .map(|_| batches(&lengths, w.batch_size, w.group_by_length))
+        .collect::<Result<_>>()?;
+    if dist.is_some() {
+        // Every gradient defined on every rank (a rank's slice may be
+        // empty), so the flattened all-reduce has the same shape everywhere.
+        let zero = vars
+            .iter()
+            .map(|v| v.sum(Kind::Float))
+            .fold(Tensor::zeros([], (Kind::Float, device)), |a, b| a + b)
+            * 0.0;
+        zero.backward();
+        opt.zero_grad();
+    }
+    let mut allreduce_seconds = 0.0;
 
     let mut step = 0;
     let mut losses: Vec<f64> = Vec::new();
@@ -176,29 +258,45 @@ pub fn run(
     let mut stats = BTreeMap::new();
     let mut train_seconds = 0.0;
     let mut last: Option<(f64, Scores)> = None;
-    for epoch in 1..=w.epochs {
+    for (epoch, order) in (1..=w.epochs).zip(orders) {
         let started = Instant::now();
         let mut epoch_losses: Vec<Tensor> = Vec::with_capacity(per_epoch);
         let mut seen = 0;
-        for (b, idx) in batches(&lengths, w.batch_size, w.group_by_length)?
-            .iter()
-            .enumerate()
-        {
-            let seqs: Vec<&[i64]> = idx.iter().map(|&i| train_ids[i].as_slice()).collect();
-            let (x, m) = pad(&seqs, None);
-            let y: Vec<i64> = idx.iter().map(|&i| train.labels[i]).collect();
-            let y = Tensor::from_slice(&y).to_device(device);
-            let (x, m) = (x.to_device(device), m.to_device(device));
+        for (b, idx) in order.iter().enumerate() {
+            let (lo, hi) = slice(idx.len(), rank, world);
+            let part = &idx[lo..hi];
             opt.zero_grad();
-            let logits = tch::autocast(autocast, || ck.model.forward(&x, &m, true));
-            let loss = logits.to_kind(Kind::Float).cross_entropy_for_logits(&y);
-            loss.backward();
+            let mut loss = if part.is_empty() {
+                Tensor::zeros([], (Kind::Float, device))
+            } else {
+                let seqs: Vec<&[i64]> = part.iter().map(|&i| train_ids[i].as_slice()).collect();
+                let (x, m) = pad(&seqs, None);
+                let y: Vec<i64> = part.iter().map(|&i| train.labels[i]).collect();
+                let y = Tensor::from_slice(&y).to_device(device);
+                let (x, m) = (x.to_device(device), m.to_device(device));
+                let logits = tch::autocast(autocast, || ck.model.forward(&x, &m, true));
+                let loss = logits.to_kind(Kind::Float).cross_entropy_for_logits(&y);
+                if dist.is_some() {
+                    // This slice's share of the whole batch's mean loss.
+                    let loss = loss * (part.len() as f64 / idx.len() as f64);
+                    loss.backward();
+                    loss.detach()
+                } else {
+                    loss.backward();
+                    loss
+                }
+            };
+            if let Some(d) = dist {
+                let t = Instant::now();
+                all_reduce_grads(d, &vars, &mut loss)?;
+                allreduce_seconds += t.elapsed().as_secs_f64();
+            }
             clip_grad_norm(&vars, w.max_grad_norm);
             opt.set_lr(w.lr * lr_factor(w.schedule, step, total, warmup));
             opt.step();
             epoch_losses.push(loss.detach());
             step += 1;
-            if b % w.log_interval == 0 {
+            if lead && b % w.log_interval == 0 {
                 let l = loss.double_value(&[]);
                 report.log(&format!(
                     "Train Epoch: {epoch} [{seen}/{n} ({:.0}%)] Loss: {l:.6}",
@@ -231,11 +329,19 @@ pub fn run(
             steps += &format!("{},{epoch},{l},{lr}\n", s + 1);
         }
         losses.extend(epoch_loss);
-        report.log(&format!("Average training loss: {avg:.6}"));
-        report.progress(&format!("epoch {epoch}/{}: evaluating", w.epochs));
-        let pred = predict(&ck.model, &test_ids, device)?;
-        let s = score(&test.labels, &pred, w.num_labels as usize);
-        report.log(&format!(
+        log(&format!("Average training loss: {avg:.6}"));
+        if lead {
+            report.progress(&format!("epoch {epoch}/{}: evaluating", w.epochs));
+        }
+        let s = evaluate(
+            &ck.model,
+            &test_ids,
+            &test.labels,
+            w.num_labels as usize,
+            device,
+            dist,
+        )?;
+        log(&format!(
             "Test set: Accuracy: {:.4}, MCC: {:.4}, F1: {:.4}",
             s.accuracy, s.mcc, s.f1
         ));
@@ -253,12 +359,24 @@ pub fn run(
     let Some((train_loss, s)) = last else {
         bail!("no epoch ran");
     };
+    if let Some(d) = dist {
+        if !d.agree(weights_digest(&ck.vs)?)? {
+            bail!("rank {rank}: the ranks' weights differ after training");
+        }
+        log(&format!("weights identical on the {world} ranks"));
+        stats.insert("allreduce_seconds".into(), allreduce_seconds);
+        stats.insert("world_size".into(), world as f64);
+    }
+    if !lead {
+        return Ok(stats);
+    }
     ck.save(out, &labels, &[("max_len", json!(w.max_len))])?;
     copy_tokenizer(model_dir, out)?;
     let metrics = json!({
         "accuracy": s.accuracy, "mcc": s.mcc, "f1": s.f1, "confusion": s.confusion,
         "train_loss": train_loss, "train_rows": n, "test_rows": test_ids.len(), "steps": step,
         "device": format!("{device:?}").to_lowercase(), "threads": tch::get_num_threads(),
+        "world_size": world,
         "labels": labels, "epochs": epochs,
     });
     std::fs::write(
@@ -276,4 +394,54 @@ pub fn run(
         (n * w.epochs) as f64 / train_seconds,
     );
     Ok(stats)
+}
+
+/// A hash of every variable's name and bytes.
+fn weights_digest(vs: &nn::VarStore) -> Result<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (name, t) in vars {
+        name.hash(&mut h);
+        let t = t.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1);
+        for v in Vec::<f32>::try_from(&t)? {
+            v.to_bits().hash(&mut h);
+        }
+    }
+    Ok(h.finish())
+}
+
+/// Scores on the test set; with a group, each rank predicts every
+/// `world`-th example and the confusion matrices are summed.
+fn evaluate(
+    model: &crate::bert::Bert,
+    ids: &[Vec<i64>],
+    labels: &[i64],
+    classes: usize,
+    device: Device,
+    dist: Option<&Dist>,
+) -> Result<Scores> {
+    let Some(d) = dist else {
+        let pred = predict(model, ids, device)?;
+        return Ok(from_confusion(confusion(labels, &pred, classes)));
+    };
+    let (rank, world) = (d.group.rank, d.group.world);
+    let mine: Vec<usize> = (rank..ids.len()).step_by(world).collect();
+    let shard: Vec<Vec<i64>> = mine.iter().map(|&i| ids[i].clone()).collect();
+    let truth: Vec<i64> = mine.iter().map(|&i| labels[i]).collect();
+    let pred = predict(model, &shard, device)?;
+    let local: Vec<f64> = confusion(&truth, &pred, classes)
+        .into_iter()
+        .flatten()
+        .map(|c| c as f64)
+        .collect();
+    let t = Tensor::from_slice(&local);
+    d.all_reduce_sum(&t, "the confusion-matrix all-reduce failed")?;
+    let sums = Vec::<f64>::try_from(&t)?;
+    let c = sums
+        .chunks(classes.max(1))
+        .map(|row| row.iter().map(|&v| v as u64).collect())
+        .collect();
+    Ok(from_confusion(c))
 }

@@ -5,6 +5,7 @@
 pub mod bert;
 pub mod checkpoint;
 pub mod data;
+pub mod dist;
 pub mod fast;
 pub mod finetune;
 pub mod scores;

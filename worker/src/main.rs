@@ -8,12 +8,15 @@
 //! - `pipe-worker stage`: run the torch stage described by the JSON request on
 //!   stdin (see `pipe_protocol::Request`).
 //! - `pipe-worker serve PACKAGE [OPTIONS]`: the model server (`pipe serve`).
+//! - `pipe-worker allreduce-check N`: N local ranks (or a launcher's group)
+//!   sum `[rank + 1, 10 (rank + 1)]` with c10d; rank 0 prints the sum as JSON.
 
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use pipe_protocol::{Info, Job, Request, ResolvedDevice};
+use pipe_worker::dist::Dist;
 use pipe_worker::{finetune, load_cuda, serve, trace, Report};
 
 /// `pipe serve`: serve a packaged model over HTTP (SageMaker inference contract).
@@ -135,12 +138,47 @@ fn stage() -> Result<()> {
     let report = Report;
     match &req.job {
         Job::Finetune { with, model, data } => {
-            let stats = finetune::run(with, model, data, &req.out, device, &report)?;
+            let dist = Dist::for_stage(&req, with.nproc_per_node, with.backend)?;
+            if let Some(d) = &dist {
+                tch::set_num_threads((req.threads / d.local_ranks()).max(1) as i32);
+            }
+            let stats =
+                finetune::run_in(with, model, data, &req.out, device, &report, dist.as_ref())?;
+            if let Some(d) = dist {
+                d.finish()?;
+            }
             report.stats(stats);
             Ok(())
         }
         Job::Trace { with, model } => trace::run(with, model, &req.out, &report),
     }
+}
+
+#[allow(clippy::print_stdout, reason = "the check's answer is its output")]
+fn allreduce_check(args: &[String]) -> Result<()> {
+    let nproc: usize = args
+        .first()
+        .and_then(|n| n.parse().ok())
+        .context("usage: pipe-worker allreduce-check N")?;
+    let dist = Dist::start(
+        nproc,
+        pipe_protocol::DistBackend::Gloo,
+        &["allreduce-check", &nproc.to_string()],
+        &[],
+    )?
+    .context("a group needs N > 1 or a launcher's variables")?;
+    let r = (dist.group.rank + 1) as f32;
+    let t = tch::Tensor::from_slice(&[r, 10.0 * r]);
+    dist.all_reduce_sum(&t, "all-reduce")?;
+    dist.group.barrier().map_err(|e| dist.fail(e, "barrier"))?;
+    let sum = Vec::<f32>::try_from(&t)?;
+    if dist.group.rank == 0 {
+        println!(
+            "{}",
+            serde_json::json!({"world": dist.group.world, "sum": sum})
+        );
+    }
+    dist.finish()
 }
 
 #[allow(
@@ -157,6 +195,7 @@ fn main() -> ExitCode {
             .map_err(Into::into),
         Some("stage") => stage().inspect_err(|e| Report.failed(&format!("{e:#}"))),
         Some("serve") => serve_command(&args[1..]),
+        Some("allreduce-check") => allreduce_check(&args[1..]),
         _ => {
             eprintln!("usage: pipe-worker info | stage < REQUEST.json | serve PACKAGE [OPTIONS]");
             return ExitCode::from(2);

@@ -14,11 +14,22 @@ pub struct Scores {
 }
 
 pub fn score(truth: &[i64], pred: &[i64], classes: usize) -> Scores {
+    from_confusion(confusion(truth, pred, classes))
+}
+
+/// `confusion[true][predicted]` counts.
+pub fn confusion(truth: &[i64], pred: &[i64], classes: usize) -> Vec<Vec<u64>> {
     let mut c = vec![vec![0u64; classes]; classes];
     for (&t, &p) in truth.iter().zip(pred) {
         c[t as usize][p as usize] += 1;
     }
-    let n = truth.len() as f64;
+    c
+}
+
+/// The scores of a confusion matrix.
+pub fn from_confusion(c: Vec<Vec<u64>>) -> Scores {
+    let classes = c.len();
+    let n = c.iter().flatten().sum::<u64>() as f64;
     let correct: u64 = (0..classes).map(|k| c[k][k]).sum();
     let t_k: Vec<f64> = (0..classes)
         .map(|k| c[k].iter().sum::<u64>() as f64)
