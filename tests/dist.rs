@@ -21,8 +21,14 @@ fn allreduce_of_known_tensors_across_two_ranks() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(doc, serde_json::json!({"world": 2, "sum": [3.0, 30.0]}));
+    let doc: pipe_protocol::AllreduceCheck = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        doc,
+        pipe_protocol::AllreduceCheck {
+            world: 2,
+            sum: vec![3.0, 30.0]
+        }
+    );
 }
 
 /// The tiny BERT without dropout, 80 training rows: 10 steps of 16 in 2 epochs.

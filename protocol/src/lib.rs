@@ -266,6 +266,14 @@ pub enum Message {
     Failed { error: String },
 }
 
+/// `pipe-worker allreduce-check N`: the sum rank 0 saw of `[r + 1, 10 (r + 1)]`
+/// over the ranks `r` of a group of `world`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AllreduceCheck {
+    pub world: usize,
+    pub sum: Vec<f32>,
+}
+
 /// Tokenizer files of a model directory: copied along with the weights by
 /// `finetune` and `trace`, and packed at the root of `model.tar.gz`.
 pub const TOKENIZER_FILES: [&str; 5] = [

@@ -173,10 +173,11 @@ fn allreduce_check(args: &[String]) -> Result<()> {
     dist.group.barrier().map_err(|e| dist.fail(e, "barrier"))?;
     let sum = Vec::<f32>::try_from(&t)?;
     if dist.group.rank == 0 {
-        println!(
-            "{}",
-            serde_json::json!({"world": dist.group.world, "sum": sum})
-        );
+        let answer = pipe_protocol::AllreduceCheck {
+            world: dist.group.world,
+            sum,
+        };
+        println!("{}", serde_json::to_string(&answer)?);
     }
     dist.finish()
 }

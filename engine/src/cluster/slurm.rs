@@ -97,7 +97,14 @@ impl Backend for Slurm {
         } else {
             ""
         };
-        let text = format!("#!/bin/sh\nexec {launcher}{}\n", command.join(" "));
+        // Ranks of a data-parallel stage meet at the first node on a port of
+        // this job's own (pipe-worker reads MASTER_PORT, see worker/src/dist/env.rs).
+        let port = if job.resources.tasks() > 1 {
+            "MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 40000))}; export MASTER_PORT\n"
+        } else {
+            ""
+        };
+        let text = format!("#!/bin/sh\n{port}exec {launcher}{}\n", command.join(" "));
         std::fs::write(&script, text)
             .map_err(|e| format!("cannot write {}: {e}", script.display()))?;
 

@@ -78,8 +78,9 @@ pub fn membership(
             let local = number("LOCAL_RANK")?.unwrap_or(rank);
             (rank, world, local, var("MASTER_ADDR"))
         } else if let Some(rank) = number("SLURM_PROCID")? {
-            let world =
-                number("SLURM_NTASKS")?.ok_or(EnvError::Missing("SLURM_PROCID", "SLURM_NTASKS"))?;
+            // A batch script without `--ntasks` has a rank but no task count:
+            // a world of one.
+            let world = number("SLURM_NTASKS")?.unwrap_or(1);
             let local = number("SLURM_LOCALID")?.unwrap_or(0);
             let addr = var("MASTER_ADDR").or_else(|| {
                 var("SLURM_JOB_NODELIST")
@@ -209,6 +210,9 @@ mod tests {
         let v = vars(&[("RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "h")]);
         assert_eq!(membership(&v, &no_scontrol).unwrap(), None);
         let v = vars(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "1")]);
+        assert_eq!(membership(&v, &no_scontrol).unwrap(), None);
+        // sbatch without --ntasks sets no SLURM_NTASKS.
+        let v = vars(&[("SLURM_PROCID", "0"), ("SLURM_JOB_NODELIST", "n1")]);
         assert_eq!(membership(&v, &no_scontrol).unwrap(), None);
     }
 

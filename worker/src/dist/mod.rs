@@ -48,7 +48,18 @@ pub struct Dist {
 impl Dist {
     /// The group of a stage: `req`'s `threads` are split between the ranks
     /// started here, which get the request on their stdin.
+    /// Under a launcher its group must be the stage's `nproc_per_node` ranks:
+    /// the key records that world size.
     pub fn for_stage(req: &Request, nproc: usize, backend: DistBackend) -> Result<Option<Dist>> {
+        if let Some(m) = env::from_env().context("cannot tell which group to join")? {
+            if m.world != nproc {
+                bail!(
+                    "the launcher's group has {} ranks but the stage has nproc_per_node: {nproc}; \
+                     set nproc_per_node to the launcher's world size (it is part of the key)",
+                    m.world
+                );
+            }
+        }
         let mut child = req.clone();
         child.threads = (req.threads / nproc.max(1)).max(1);
         let body = serde_json::to_vec(&child)?;
