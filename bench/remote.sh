@@ -13,7 +13,7 @@
 # DIR is the offline mirror the tests use (it holds all-MiniLM-L6-v2). DVC is
 # installed into $PIPE_BENCH_VENV (default ~/.cache/pipe-bench/dvc-s3) with pip
 # if it is missing. Each pull starts from a fresh clone: the manifest and its
-# pipe.lock for pipe, the git repository with its .dvc files for DVC.
+# NAME.lock for pipe, the git repository with its .dvc files for DVC.
 set -euo pipefail
 runs=${1:-3}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -126,7 +126,7 @@ for r in $(seq 1 "$runs"); do
     dir=${set%%:*} name=${set#*:}
     c=$work/clone-$dir-$r
     mkdir -p "$c" && (cd "$c" && git init -q .)
-    cp "$work/$dir/$name.yaml" "$work/$dir/pipe.lock" "$c/"
+    cp "$work/$dir/$name.yaml" "$work/$dir/$name.lock" "$c/"
     [ "$dir" = b ] && cp "$work/b/gen.py" "$c/"
     t=$(cd "$c" && secs "$pipe" pull "$name.yaml" --remote "s3://pipe/$dir")
     t_run=$(cd "$c" && secs "$pipe" run "$name.yaml")
