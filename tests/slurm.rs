@@ -383,3 +383,73 @@ fn bench_slurm_overhead() {
         );
     }
 }
+
+/// The data-parallel fine-tune of the data-parallel issue through Slurm: two
+/// tasks through `srun`, each a `pipe-worker` rank that joins the group from
+/// `SLURM_PROCID`/`SLURM_NTASKS`; the same output as two local ranks.
+#[test]
+fn a_two_task_data_parallel_finetune_equals_two_local_ranks() {
+    let manifest = |resources: &str| {
+        format!(
+            r#"version: 1
+name: m
+stages:
+  finetune:
+    kind: finetune
+    inputs: {{model: model, data: data}}
+    with: {{epochs: 1, batch_size: 16, lr: 3e-3, threads: 1, nproc_per_node: 2}}
+{resources}"#
+        )
+    };
+    common::worker();
+    let workspace = |text: &str| {
+        let ws = TestWorkspace::new();
+        common::tiny_bert::write(&ws.path("model"));
+        common::tiny_bert::data(&ws.path("data"));
+        ws.manifest(text);
+        ws
+    };
+    let cluster = Cluster::start();
+    let local = workspace(&manifest(""));
+    let local_doc = local.run_json(&[]);
+    let remote = workspace(&manifest(
+        "    executor: slurm\n    resources: {tasks_per_node: 2}\n",
+    ));
+    // The test node's name is not in DNS: the ranks meet on loopback (the
+    // job inherits the submitter's environment).
+    let out = pipe(&remote, &cluster, &["run", "pipe.yaml"])
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("PIPE_DIST_TIMEOUT", "60")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stderr(&out), cluster.logs());
+    assert_eq!(cluster.jobs_submitted(), 1);
+    let doc = remote.run_json(&[]);
+    assert_eq!(
+        output_hash(&local_doc, "finetune"),
+        output_hash(&doc, "finetune")
+    );
+    let log = remote.read(".pipe/logs/m/finetune.log");
+    assert!(
+        log.contains("data parallel: 2 ranks, gloo backend"),
+        "{log}"
+    );
+
+    // A launcher's group that is not the stage's nproc_per_node is refused:
+    // the key records the world size.
+    let three = workspace(
+        &manifest("    executor: slurm\n    resources: {tasks_per_node: 2}\n")
+            .replace("nproc_per_node: 2", "nproc_per_node: 3"),
+    );
+    let out = pipe(&three, &cluster, &["run", "pipe.yaml"])
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("PIPE_DIST_TIMEOUT", "60")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let log = three.read(".pipe/logs/m/finetune.log");
+    assert!(
+        log.contains("the launcher's group has 2 ranks but the stage has nproc_per_node: 3"),
+        "{log}"
+    );
+}
