@@ -60,8 +60,14 @@ fn dispatch(cli: Cli) -> Result<i32, Failure> {
     match cli.command {
         Command::Run(args) => commands::run::run(args, registry, quiet, cli.verbose),
         Command::Status { m, json, r } => commands::status::status(&m, &r, json, registry),
-        Command::Push { m, r } => commands::push::command(&m, &r, registry, quiet),
-        Command::Pull { m, r } => commands::pull::command(&m, &r, registry, quiet),
+        Command::Push { m, r } => {
+            let (p, remote) = commands::remote::required(&m, &r, registry, true)?;
+            commands::push::push(&p, &remote, quiet)
+        }
+        Command::Pull { m, r } => {
+            let (p, remote) = commands::remote::required(&m, &r, registry, false)?;
+            commands::pull::pull(&p, &remote, quiet)
+        }
         Command::Dag { m, format, json } => commands::dag::dag(&m, format, json, registry),
         Command::Validate { manifests, sets } => {
             commands::validate::validate(&manifests, &sets, quiet, registry)

@@ -33,10 +33,7 @@ fn allreduce_of_known_tensors_across_two_ranks() {
 
 /// The tiny BERT without dropout, 80 training rows: 10 steps of 16 in 2 epochs.
 fn workspace(manifest: &str) -> common::TestWorkspace {
-    worker();
-    let ws = common::TestWorkspace::new();
-    common::tiny_bert::write(&ws.path("model"));
-    common::tiny_bert::data(&ws.path("data"));
+    let ws = common::tiny_bert::workspace(manifest);
     let config = ws
         .read("model/config.json")
         .replace("\"hidden_dropout_prob\":0.1", "\"hidden_dropout_prob\":0.0")
@@ -49,7 +46,6 @@ fn workspace(manifest: &str) -> common::TestWorkspace {
     let train = ws.read("data/train.csv");
     let head: Vec<&str> = train.lines().take(81).collect();
     ws.file("data/train.csv", &(head.join("\n") + "\n"));
-    ws.manifest(manifest);
     ws
 }
 

@@ -29,12 +29,7 @@ stages:
 "#;
 
 fn workspace() -> TestWorkspace {
-    worker();
-    let ws = TestWorkspace::new();
-    tiny_bert::write(&ws.path("model"));
-    tiny_bert::data(&ws.path("data"));
-    ws.manifest(MANIFEST);
-    ws
+    tiny_bert::workspace(MANIFEST)
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
-use common::{stages, tiny_bert, worker, TestWorkspace};
+use common::{stages, tiny_bert, TestWorkspace};
 use serde_json::{json, Value};
 
 const MANIFEST: &str = r#"version: 1
@@ -45,11 +45,7 @@ stages:
 fn package() -> PathBuf {
     static PKG: OnceLock<(TestWorkspace, PathBuf)> = OnceLock::new();
     PKG.get_or_init(|| {
-        worker();
-        let ws = TestWorkspace::new();
-        tiny_bert::write(&ws.path("model"));
-        tiny_bert::data(&ws.path("data"));
-        ws.manifest(MANIFEST);
+        let ws = tiny_bert::workspace(MANIFEST);
         ws.run(&["--until", "package"]);
         let p = ws.path(".pipe/out/s/package/model.tar.gz");
         (ws, p)
@@ -321,11 +317,7 @@ fn endpoints(ws: &TestWorkspace) -> Vec<Value> {
 
 #[test]
 fn deploy_reuse_replace_and_down() {
-    worker();
-    let ws = TestWorkspace::new();
-    tiny_bert::write(&ws.path("model"));
-    tiny_bert::data(&ws.path("data"));
-    ws.manifest(MANIFEST);
+    let ws = tiny_bert::workspace(MANIFEST);
     let first = ws.run(&[]);
     assert!(first.iter().all(|(_, s)| s == "ran"), "{first:?}");
     let ep: Value = ws.json(".pipe/out/s/deploy/endpoint.json");

@@ -269,14 +269,7 @@ stages:
     kind: package
     inputs: {model: "trace:"}
 "#;
-    common::worker();
-    let workspace = || {
-        let ws = TestWorkspace::new();
-        common::tiny_bert::write(&ws.path("model"));
-        common::tiny_bert::data(&ws.path("data"));
-        ws.manifest(manifest);
-        ws
-    };
+    let workspace = || common::tiny_bert::workspace(manifest);
     let cluster = Cluster::start();
     let (local, remote) = (workspace(), workspace());
     let local_doc = local.run_json(&[]);
@@ -401,14 +394,7 @@ stages:
 {resources}"#
         )
     };
-    common::worker();
-    let workspace = |text: &str| {
-        let ws = TestWorkspace::new();
-        common::tiny_bert::write(&ws.path("model"));
-        common::tiny_bert::data(&ws.path("data"));
-        ws.manifest(text);
-        ws
-    };
+    let workspace = common::tiny_bert::workspace;
     let cluster = Cluster::start();
     let local = workspace(&manifest(""));
     let local_doc = local.run_json(&[]);

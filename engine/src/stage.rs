@@ -239,9 +239,8 @@ impl std::fmt::Debug for dyn PreparedStage {
 /// A stage's `with:` parsed and checked, or why not.
 pub type Prepared = Result<Arc<dyn PreparedStage>, WithError>;
 
-/// What a binary sets on every stage of a kind after parsing (settings from
-/// its command line, such as a download mirror).
-type Configure = Arc<dyn Fn(&mut dyn std::any::Any) + Send + Sync>;
+/// Parses and checks one stage's `with:`, given its input names.
+type Prepare = Arc<dyn Fn(&Value, &[&str]) -> Prepared + Send + Sync>;
 
 /// A registered kind: its constants, and how to prepare a stage of it.
 #[derive(Clone)]
@@ -252,12 +251,13 @@ pub struct Kind {
     pub metrics: &'static [&'static str],
     pub plots: &'static [&'static str],
     pub local_only: bool,
-    prepare: fn(&Value, &[&str], Option<&Configure>) -> Prepared,
-    configure: Option<Configure>,
+    prepare: Prepare,
 }
 
 impl Kind {
-    fn of<K: StageKind>() -> Kind {
+    /// `configure` sets what the binary decides (a download mirror) on each
+    /// stage once it is parsed, before [`StageKind::validate`].
+    fn of<K: StageKind>(configure: impl Fn(&mut K) + Send + Sync + 'static) -> Kind {
         Kind {
             name: K::NAME,
             version: K::VERSION,
@@ -265,22 +265,19 @@ impl Kind {
             metrics: K::METRICS,
             plots: K::PLOTS,
             local_only: K::LOCAL_ONLY,
-            prepare: |with, inputs, configure| {
+            prepare: Arc::new(move |with, inputs| {
                 let mut stage: K = WithError::parse(with)?;
-                if let Some(configure) = configure {
-                    configure(&mut stage);
-                }
+                configure(&mut stage);
                 stage.validate(inputs)?;
                 Ok(Arc::new(stage))
-            },
-            configure: None,
+            }),
         }
     }
 
     /// Parse and check a stage's `with:` (after interpolation) once, given
     /// the names of its inputs.
     pub fn prepare(&self, with: &Value, inputs: &[&str]) -> Prepared {
-        (self.prepare)(with, inputs, self.configure.as_ref())
+        (self.prepare)(with, inputs)
     }
 }
 
@@ -296,7 +293,7 @@ impl Registry {
     }
 
     pub fn register<K: StageKind>(&mut self) {
-        self.kinds.insert(K::NAME, Kind::of::<K>());
+        self.register_with::<K>(|_| {});
     }
 
     /// [`Registry::register`], with `configure` applied to every stage of the
@@ -305,13 +302,7 @@ impl Registry {
         &mut self,
         configure: impl Fn(&mut K) + Send + Sync + 'static,
     ) {
-        let mut kind = Kind::of::<K>();
-        kind.configure = Some(Arc::new(move |stage: &mut dyn std::any::Any| {
-            if let Some(stage) = stage.downcast_mut::<K>() {
-                configure(stage);
-            }
-        }));
-        self.kinds.insert(K::NAME, kind);
+        self.kinds.insert(K::NAME, Kind::of::<K>(configure));
     }
 
     pub fn get(&self, name: &str) -> Option<&Kind> {

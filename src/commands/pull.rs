@@ -2,25 +2,12 @@
 //! the remote cache into the workspace's store, running nothing.
 
 use anyhow::Context;
-use pipe_engine::{Pipeline, Registry};
+use pipe_engine::Pipeline;
 use pipe_remote::Remote;
 
-use super::remote::{locked, no_remote, open_locked};
-use crate::cli::{ManifestArgs, RemoteArgs};
+use super::remote::{locked, open_locked};
 use crate::exit::{self, Failure};
 use crate::reporter;
-
-/// `pipe pull`: the manifest's pipeline and the remote cache it names.
-pub fn command(
-    m: &ManifestArgs,
-    r: &RemoteArgs,
-    registry: &Registry,
-    quiet: bool,
-) -> Result<i32, Failure> {
-    let p = super::load(m, registry)?;
-    let remote = super::remote::open(r, &p, false)?.ok_or_else(no_remote)?;
-    pull(&p, &remote, quiet)
-}
 
 pub fn pull(p: &Pipeline, remote: &Remote, quiet: bool) -> Result<i32, Failure> {
     let stages = locked(p)?;

@@ -5,10 +5,10 @@
 use anyhow::Context;
 use pipe_engine::cache::{Store, WorkspaceLock};
 use pipe_engine::lockfile::LockFile;
-use pipe_engine::Pipeline;
+use pipe_engine::{Pipeline, Registry};
 use pipe_remote::Remote;
 
-use crate::cli::RemoteArgs;
+use crate::cli::{ManifestArgs, RemoteArgs};
 use crate::exit::Failure;
 use crate::reporter;
 
@@ -33,6 +33,18 @@ pub fn open(r: &RemoteArgs, p: &Pipeline, write: bool) -> Result<Option<Remote>,
         Err(e @ pipe_remote::Error::Url { .. }) => Err(Failure::usage(e)),
         Err(e) => Err(anyhow::Error::new(e).into()),
     }
+}
+
+/// The pipeline of `pipe push`/`pipe pull` and the remote cache it must have.
+pub fn required(
+    m: &ManifestArgs,
+    r: &RemoteArgs,
+    registry: &Registry,
+    write: bool,
+) -> Result<(Pipeline, Remote), Failure> {
+    let p = super::load(m, registry)?;
+    let remote = open(r, &p, write)?.ok_or_else(no_remote)?;
+    Ok((p, remote))
 }
 
 /// What went wrong with the remote during a run, said once.

@@ -129,3 +129,14 @@ pub fn data(dir: &Path) {
     )
     .unwrap();
 }
+
+/// A workspace with the tiny model in `model/`, its data in `data/` and
+/// `manifest` as `pipe.yaml` (the worker binary checked first).
+pub fn workspace(manifest: &str) -> super::TestWorkspace {
+    super::worker();
+    let ws = super::TestWorkspace::new();
+    write(&ws.path("model"));
+    data(&ws.path("data"));
+    ws.manifest(manifest);
+    ws
+}
