@@ -4,8 +4,8 @@
 //! `PIPE_WORKER` overrides). Its facts (libtorch version, CUDA) go into the
 //! cache key of torch stages; asking costs a libtorch start-up (about half a
 //! second), so the answer is remembered in the user's cache directory, keyed by
-//! the worker binary, the boot and `CUDA_VISIBLE_DEVICES`: a fully cached run
-//! never loads libtorch.
+//! the worker binary, the boot, `CUDA_VISIBLE_DEVICES` and `LD_LIBRARY_PATH`:
+//! a fully cached run never loads libtorch.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
@@ -59,14 +59,13 @@ fn memo_file(worker: &Path) -> Option<PathBuf> {
         .duration_since(std::time::UNIX_EPOCH)
         .ok()?;
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let visible = std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default();
     let id = format!(
         "{}\0{}\0{}\0{}\0{}",
         worker.display(),
         meta.len(),
         mtime.as_nanos(),
         boot.trim(),
-        visible
+        environment(|name| std::env::var_os(name))
     );
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
@@ -77,7 +76,16 @@ fn memo_file(worker: &Path) -> Option<PathBuf> {
     )))
 }
 
-/// The worker's facts, asked once per binary and boot.
+/// The variables that change what the worker sees: which GPUs
+/// (`CUDA_VISIBLE_DEVICES`; set and empty means none, unlike unset) and which
+/// libtorch it loads (`LD_LIBRARY_PATH`).
+fn environment(get: impl Fn(&str) -> Option<std::ffi::OsString>) -> String {
+    ["CUDA_VISIBLE_DEVICES", "LD_LIBRARY_PATH"]
+        .map(|name| format!("{name}={:?}", get(name)))
+        .join("\0")
+}
+
+/// The worker's facts, asked once per binary, boot and [`environment`].
 pub fn info() -> Result<Info, StageError> {
     static INFO: OnceLock<Info> = OnceLock::new();
     if let Some(i) = INFO.get() {
@@ -159,4 +167,20 @@ pub fn run_stage(ctx: &StageContext, request: &Request) -> Result<(), StageError
         (None, Some(c)) => format!("pipe-worker exited with status {c}").into(),
         (None, None) => format!("pipe-worker was killed ({status})").into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::environment;
+    use std::ffi::OsString;
+
+    #[test]
+    fn no_gpus_visible_is_not_the_same_as_unset() {
+        let unset = environment(|_| None);
+        let empty = environment(|name| (name == "CUDA_VISIBLE_DEVICES").then(OsString::new));
+        let other_lib =
+            environment(|name| (name == "LD_LIBRARY_PATH").then(|| "/opt/torch/lib".into()));
+        assert_ne!(unset, empty);
+        assert_ne!(unset, other_lib);
+    }
 }
