@@ -2,7 +2,8 @@
 //! `.cargo/config.toml` to the `.libtorch/` that `scripts/setup-libtorch`
 //! fills), and give the worker's binaries an rpath to it, so that nothing has
 //! to be exported to run them. Also bakes in the libtorch version for cache
-//! fingerprints, and compiles the server's C++ module shim (`src/fast_cpu.cpp`)
+//! fingerprints, and compiles the server's C++ module shim (`src/fast_cpu.cpp`),
+//! the training ops shim (`src/train.cpp`: bf16 autocast, fused AdamW)
 //! and the collectives shim (`src/dist/c10d.cpp`) against libtorch's headers,
 //! with the flags torch-sys uses.
 
@@ -16,6 +17,7 @@ use std::path::PathBuf;
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-changed=src/fast_cpu.cpp");
+    println!("cargo:rerun-if-changed=src/train.cpp");
     println!("cargo:rerun-if-changed=src/dist/c10d.cpp");
     println!("cargo:rerun-if-changed=src/dist/gloo_api");
     let Some(libtorch) = std::env::var_os("LIBTORCH").map(PathBuf::from) else {
@@ -51,6 +53,7 @@ fn main() {
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("src/fast_cpu.cpp")
+        .file("src/train.cpp")
         .compile("pipe_fast_cpu");
     // The c10d shim (`src/dist/c10d.cpp`): libtorch's gloo backend, with the
     // few gloo declarations its header needs (`src/dist/gloo_api/README.md`).

@@ -122,7 +122,8 @@ pub struct FinetuneWith {
     pub device: Device,
     /// Intra-op CPU threads; by default libtorch's (one per core).
     pub threads: Option<usize>,
-    /// bf16 autocast on CUDA.
+    /// bf16 autocast (CUDA or CPU): matrix products in bf16, weights and
+    /// optimizer state fp32.
     pub bf16: bool,
     /// Log a line every this many batches.
     pub log_interval: usize,

@@ -90,7 +90,8 @@ impl StageKind for Finetune {
     // 2: wall-clock figures left `metrics.json` for the run record.
     // 3: `steps.csv`, the per-step loss and learning rate.
     // 4: every epoch's batches drawn before training (data parallel).
-    const VERSION: u32 = 4;
+    // 5: fused AdamW (its rounding); `bf16` autocasts on the CPU too, in bf16 on CUDA.
+    const VERSION: u32 = 5;
     const METRICS: &'static [&'static str] = &["metrics.json"];
     const PLOTS: &'static [&'static str] = &["steps.csv", "metrics.json"];
 

@@ -25,8 +25,8 @@ extern "C" {
     fn pipe_fast_free_error(message: *mut c_char);
 }
 
-/// Turns the shim's error string (or null) into a `Result`.
-fn check(message: *mut c_char) -> Result<()> {
+/// Turns a shim's malloc'd error string (or null) into a `Result`.
+pub(crate) fn check(message: *mut c_char) -> Result<()> {
     if message.is_null() {
         return Ok(());
     }

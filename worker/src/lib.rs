@@ -2,12 +2,14 @@
 //! torch stage kinds (`finetune`, `trace`) and the model server. The `pipe-worker`
 //! binary is the only thing that links libtorch; the engine spawns it.
 
+pub mod amp;
 pub mod bert;
 pub mod checkpoint;
 pub mod data;
 pub mod dist;
 pub mod fast;
 pub mod finetune;
+pub mod optim;
 pub mod scores;
 pub mod serve;
 pub mod tokenize;
