@@ -210,6 +210,13 @@ fn bad_parameters_and_checkpoints_are_named() {
     let err = common::stderr(&ws.pipe(&["run", "pipe.yaml"]));
     assert!(err.contains("unknown variant `cosine`"), "{err}");
 
+    ws.manifest(&MANIFEST.replace("linear, threads: 1}", "linear, threads: 1, bf16: maybe}"));
+    let err = common::stderr(&ws.pipe(&["run", "pipe.yaml"]));
+    assert!(
+        err.contains("bf16") && err.contains("expected true, false or auto"),
+        "{err}"
+    );
+
     // A checkpoint that lacks a tensor: the stage fails and names it.
     ws.manifest(MANIFEST);
     let bytes = std::fs::read(ws.path("model/model.safetensors")).unwrap();
@@ -346,4 +353,30 @@ fn finetune_declares_its_metrics_and_per_step_table() {
     ] {
         assert!(html.contains(chart), "missing {chart}");
     }
+}
+
+/// `bf16: true` trains under bf16 autocast (on any CPU: forced) and says so
+/// in the log and `metrics.json`; `false` is fp32, keyed apart.
+#[test]
+fn precision_is_chosen_logged_and_recorded() {
+    let ws = workspace();
+    let short = MANIFEST.replace("epochs: 20", "epochs: 2");
+    ws.manifest(&short.replace("linear, threads: 1}", "linear, threads: 1, bf16: true}"));
+    let doc = ws.run_json(&["--until", "finetune"]);
+    assert_eq!(stages(&doc)[0].1, "ran", "{doc}");
+    assert_eq!(
+        ws.json(".pipe/out/m/finetune/metrics.json")["precision"],
+        "bf16"
+    );
+    let log = ws.read(".pipe/logs/m/finetune.log");
+    assert!(log.contains("bf16 autocast"), "{log}");
+
+    ws.manifest(&short.replace("linear, threads: 1}", "linear, threads: 1, bf16: false}"));
+    let doc = ws.run_json(&["--until", "finetune"]);
+    assert_eq!(stages(&doc)[0].1, "ran", "{doc}");
+    assert_eq!(
+        ws.json(".pipe/out/m/finetune/metrics.json")["precision"],
+        "fp32"
+    );
+    assert!(ws.read(".pipe/logs/m/finetune.log").contains(", fp32"));
 }

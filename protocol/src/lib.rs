@@ -60,6 +60,71 @@ impl ResolvedDevice {
     }
 }
 
+/// `bf16:` of a fine-tune: `auto` (the default), `true` or `false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Bf16 {
+    /// bf16 where it is faster: a CPU with bf16 matrix instructions
+    /// (AMX-BF16 or AVX512-BF16). Not on CUDA, where BERT-sized steps are
+    /// bound by kernel launches and autocast's casts made them slower.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl Bf16 {
+    /// Whether a stage on `device` runs in bf16, `cpu_bf16` saying whether
+    /// this machine's CPU has bf16 matrix instructions.
+    pub fn resolve(self, device: ResolvedDevice, cpu_bf16: bool) -> bool {
+        match self {
+            Bf16::On => true,
+            Bf16::Off => false,
+            Bf16::Auto => device == ResolvedDevice::Cpu && cpu_bf16,
+        }
+    }
+
+    /// `bf16` or `fp32`, as it goes into the key and `metrics.json`.
+    pub fn precision(on: bool) -> &'static str {
+        if on {
+            "bf16"
+        } else {
+            "fp32"
+        }
+    }
+}
+
+impl Serialize for Bf16 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Bf16::Auto => s.serialize_str("auto"),
+            Bf16::On => s.serialize_bool(true),
+            Bf16::Off => s.serialize_bool(false),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Bf16 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Bf16;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false or auto")
+            }
+            fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<Bf16, E> {
+                Ok(if b { Bf16::On } else { Bf16::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Bf16, E> {
+                match s {
+                    "auto" => Ok(Bf16::Auto),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(s), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// The collective backend of data-parallel fine-tuning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -122,9 +187,9 @@ pub struct FinetuneWith {
     pub device: Device,
     /// Intra-op CPU threads; by default libtorch's (one per core).
     pub threads: Option<usize>,
-    /// bf16 autocast (CUDA or CPU): matrix products in bf16, weights and
-    /// optimizer state fp32.
-    pub bf16: bool,
+    /// bf16 autocast: matrix products in bf16, weights and optimizer state
+    /// fp32 (see [`Bf16`]); what it resolved to is part of the key.
+    pub bf16: Bf16,
     /// Log a line every this many batches.
     pub log_interval: usize,
     /// Label names, index = class id (default "0", "1", …).
@@ -153,7 +218,7 @@ impl Default for FinetuneWith {
             group_by_length: true,
             device: Device::Auto,
             threads: None,
-            bf16: false,
+            bf16: Bf16::Auto,
             log_interval: 20,
             labels: None,
             nproc_per_node: 1,
@@ -292,6 +357,9 @@ pub struct Info {
     pub cuda: bool,
     pub cuda_devices: i64,
     pub threads: i64,
+    /// The CPU has bf16 matrix instructions (AMX-BF16 or AVX512-BF16).
+    #[serde(default)]
+    pub cpu_bf16: bool,
 }
 
 /// `ETA 1m05s`: the time left when `done` of `total` took `elapsed`, for the
@@ -359,5 +427,32 @@ mod eta_tests {
         assert_eq!(super::eta(0.0, 10.0, ten), None);
         assert_eq!(super::eta(10.0, 10.0, ten), None);
         assert_eq!(super::eta(f64::MIN_POSITIVE, 1e300, ten), None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_is_true_false_or_auto() {
+        let parse = |y: &str| serde_json::from_str::<Bf16>(y);
+        assert_eq!(parse("true").unwrap(), Bf16::On);
+        assert_eq!(parse("false").unwrap(), Bf16::Off);
+        assert_eq!(parse("\"auto\"").unwrap(), Bf16::Auto);
+        let e = parse("\"yes\"").unwrap_err().to_string();
+        assert!(e.contains("true, false or auto"), "{e}");
+        assert_eq!(serde_json::to_string(&Bf16::Auto).unwrap(), "\"auto\"");
+        assert_eq!(serde_json::to_string(&Bf16::On).unwrap(), "true");
+    }
+
+    #[test]
+    fn auto_is_bf16_on_a_cpu_that_has_it_only() {
+        let cpu = ResolvedDevice::Cpu;
+        assert!(Bf16::Auto.resolve(cpu, true));
+        assert!(!Bf16::Auto.resolve(cpu, false));
+        assert!(!Bf16::Auto.resolve(ResolvedDevice::Cuda, true));
+        assert!(Bf16::On.resolve(cpu, false));
+        assert!(!Bf16::Off.resolve(cpu, true));
     }
 }

@@ -12,7 +12,8 @@
 //! ```
 //!
 //! The key holds the libtorch version, the resolved device (`auto` becomes
-//! `cpu` or `cuda` on this machine) and the thread count, and for
+//! `cpu` or `cuda` on this machine), the precision (`bf16: auto` becomes
+//! `bf16` on a CPU with bf16 matrix instructions) and the thread count, and for
 //! data-parallel fine-tuning the world size and backend: the same inputs on
 //! the same device and thread count give byte-identical weights.
 
@@ -20,7 +21,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use pipe_engine::{StageContext, StageError, StageKind, WithError};
-use pipe_protocol::{Device, FinetuneWith, Job, Request, ResolvedDevice, TraceWith};
+use pipe_protocol::{Bf16, Device, FinetuneWith, Job, Request, ResolvedDevice, TraceWith};
 use serde::Deserialize;
 
 use crate::worker;
@@ -39,6 +40,8 @@ pub struct Trace(TraceWith);
 struct Placement {
     device: ResolvedDevice,
     threads: usize,
+    /// The CPU has bf16 matrix instructions.
+    cpu_bf16: bool,
 }
 
 impl Placement {
@@ -49,6 +52,7 @@ impl Placement {
         Ok(Placement {
             device: device.resolve(info.cuda),
             threads: threads.unwrap_or(info.threads.max(1) as usize),
+            cpu_bf16: info.cpu_bf16,
         })
     }
 
@@ -105,6 +109,8 @@ impl StageKind for Finetune {
     fn fingerprints(&self) -> Result<BTreeMap<String, String>, StageError> {
         let placement = Placement::resolve(self.0.device, self.0.threads)?;
         let mut prints = placement.fingerprints()?;
+        let bf16 = self.0.bf16.resolve(placement.device, placement.cpu_bf16);
+        prints.insert("precision".into(), Bf16::precision(bf16).into());
         // The world size and backend (not the rendezvous address or port).
         if self.0.nproc_per_node > 1 {
             let backend = self.0.backend.resolve(placement.device);
@@ -128,9 +134,15 @@ impl StageKind for Finetune {
             data = dir.path().to_path_buf();
             _scratch = dir;
         }
-        let with = self.0.clone();
+        let placement = Placement::resolve(self.0.device, self.0.threads)?;
+        // The worker runs with the precision the key was computed for.
+        let mut with = self.0.clone();
+        with.bf16 = match with.bf16.resolve(placement.device, placement.cpu_bf16) {
+            true => Bf16::On,
+            false => Bf16::Off,
+        };
         let job = Job::Finetune { with, model, data };
-        Placement::resolve(self.0.device, self.0.threads)?.run(ctx, job)
+        placement.run(ctx, job)
     }
 }
 

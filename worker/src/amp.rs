@@ -32,6 +32,23 @@ impl Drop for Guard {
     }
 }
 
+/// Whether this CPU has bf16 matrix instructions (AMX-BF16 or
+/// AVX512-BF16), as Linux lists them in `/proc/cpuinfo`.
+pub fn cpu_has_bf16() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|info| cpuinfo_has_bf16(&info))
+        .unwrap_or(false)
+}
+
+fn cpuinfo_has_bf16(info: &str) -> bool {
+    info.lines()
+        .find(|l| l.starts_with("flags"))
+        .is_some_and(|l| {
+            l.split_whitespace()
+                .any(|f| f == "amx_bf16" || f == "avx512_bf16")
+        })
+}
+
 /// Runs `f` with bf16 autocast on `device` when `enabled`, else plainly.
 pub fn bf16<T>(device: Device, enabled: bool, f: impl FnOnce() -> T) -> T {
     if !enabled {
@@ -62,6 +79,17 @@ mod tests {
             bf16(Device::Cpu, false, || a.matmul(&a)).kind(),
             Kind::Float
         );
+    }
+
+    #[test]
+    fn bf16_hardware_is_read_from_the_flags_line() {
+        assert!(cpuinfo_has_bf16(
+            "processor: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n"
+        ));
+        assert!(cpuinfo_has_bf16("flags : sse avx512_bf16\n"));
+        assert!(!cpuinfo_has_bf16(
+            "flags : sse avx2 avx512f\nbugs : avx512_bf16\n"
+        ));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use pipe_protocol::{FinetuneWith, ResolvedDevice, Schedule};
+use pipe_protocol::{Bf16, FinetuneWith, ResolvedDevice, Schedule};
 use serde_json::json;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -187,8 +187,22 @@ pub fn run_in(
             ck.config.max_position_embeddings
         );
     }
+    let on = if device.is_cuda() {
+        ResolvedDevice::Cuda
+    } else {
+        ResolvedDevice::Cpu
+    };
+    let autocast = w.bf16.resolve(on, crate::amp::cpu_has_bf16());
+    let precision = match (w.bf16, autocast) {
+        (Bf16::Auto, true) => "bf16 autocast (auto: the CPU has bf16 matrix instructions)",
+        (Bf16::Auto, false) if on == ResolvedDevice::Cpu => {
+            "fp32 (auto: the CPU has no bf16 matrix instructions)"
+        }
+        (_, true) => "bf16 autocast",
+        (_, false) => "fp32",
+    };
     log(&format!(
-        "model: {} layers, hidden {}, {} parameters; device {device:?}, {} threads",
+        "model: {} layers, hidden {}, {} parameters; device {device:?}, {} threads, {precision}",
         ck.config.num_hidden_layers,
         ck.config.hidden_size,
         ck.vs
@@ -201,13 +215,7 @@ pub fn run_in(
     if dist.is_some() {
         log(&format!(
             "data parallel: {world} ranks, {} backend",
-            w.backend
-                .resolve(if device.is_cuda() {
-                    ResolvedDevice::Cuda
-                } else {
-                    ResolvedDevice::Cpu
-                })
-                .name()
+            w.backend.resolve(on).name()
         ));
     }
     log(&format!(
@@ -230,7 +238,7 @@ pub fn run_in(
     let per_epoch = train_ids.len().div_ceil(w.batch_size);
     let total = per_epoch * w.epochs;
     let warmup = (w.warmup_ratio * total as f64) as usize;
-    let autocast = w.bf16;
+
     if device.is_cuda() {
         // cuDNN's attention builds a plan for every new batch shape: on an
         // H200, MiniLM's first bf16 epoch ran at 859 samples/s with it and
@@ -263,6 +271,8 @@ pub fn run_in(
     let mut epochs = Vec::new();
     let mut stats = BTreeMap::new();
     let mut train_seconds = 0.0;
+    // Matrix-product FLOPs of the training steps, for the GFLOP/s figure.
+    let mut flops = 0.0;
     let mut last: Option<(f64, Scores)> = None;
     for (epoch, order) in (1..=w.epochs).zip(orders) {
         let started = Instant::now();
@@ -321,6 +331,8 @@ pub fn run_in(
                     b + 1
                 ));
             }
+            let batch: Vec<&[i64]> = idx.iter().map(|&i| train_ids[i].as_slice()).collect();
+            flops += train_flops(&ck.config, idx.len(), padded_len(&batch, w.max_len, device));
             seen += idx.len();
         }
         let epoch_loss =
@@ -382,6 +394,7 @@ pub fn run_in(
         "accuracy": s.accuracy, "mcc": s.mcc, "f1": s.f1, "confusion": s.confusion,
         "train_loss": train_loss, "train_rows": n, "test_rows": test_ids.len(), "steps": step,
         "device": format!("{device:?}").to_lowercase(), "threads": tch::get_num_threads(),
+        "precision": Bf16::precision(autocast),
         "world_size": world,
         "labels": labels, "epochs": epochs,
     });
@@ -395,11 +408,26 @@ pub fn run_in(
         loss_svg(&losses, "training loss per step"),
     )?;
     stats.insert("train_seconds".into(), train_seconds);
+    stats.insert("train_gflop".into(), flops / 1e9);
+    stats.insert(
+        "gflop_per_second".into(),
+        flops / 1e9 / train_seconds.max(1e-9),
+    );
     stats.insert(
         "samples_per_second".into(),
         (n * w.epochs) as f64 / train_seconds,
     );
     Ok(stats)
+}
+
+/// The matrix-product FLOPs of one training step (forward and backward,
+/// about three forwards) over `batch` sequences padded to `len`: per token
+/// and layer, the Q/K/V/output and feed-forward projections and attention's
+/// two products with every other position.
+pub fn train_flops(c: &crate::bert::BertConfig, batch: usize, len: usize) -> f64 {
+    let (h, i, l) = (c.hidden_size as f64, c.intermediate_size as f64, len as f64);
+    let per_token_layer = 2.0 * (4.0 * h * h + 2.0 * h * i) + 4.0 * l * h;
+    3.0 * batch as f64 * l * c.num_hidden_layers as f64 * per_token_layer
 }
 
 /// A hash of every variable's name and bytes.

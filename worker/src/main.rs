@@ -121,6 +121,7 @@ fn info() -> Info {
         cuda: tch::Cuda::is_available(),
         cuda_devices: tch::Cuda::device_count(),
         threads: tch::get_num_threads() as i64,
+        cpu_bf16: pipe_worker::amp::cpu_has_bf16(),
     }
 }
 
