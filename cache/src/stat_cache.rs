@@ -7,30 +7,35 @@
 //! recorded is re-hashed (git's "racily clean" rule).
 //!
 //! A no-op run looks up every input file here, so the lookup of an unchanged
-//! file takes no lock and allocates nothing: the records are read into one
-//! buffer of paths and one vector of entries, indexed by a hash of the path. What a run adds or forgets goes to a small map beside it, merged on
-//! [`StatCache::save`].
+//! file takes no lock and allocates nothing: the file is kept as read, with
+//! the offset of each record; as the records are sorted by path, a lookup is
+//! a binary search over them, and the lookups of one folder's files touch
+//! the same few pages. Loading copies nothing and hashes nothing: one pass
+//! checks that the records are whole and strictly sorted. What a run adds or
+//! forgets goes to a small map beside it, merged on [`StatCache::save`].
 //!
 //! The file (`stat-cache-v2.bin`) is [`MAGIC`] followed by records sorted by
 //! path: the path's length (u32), the path's bytes, then the fixed fields of
 //! [`StatEntry`] (little endian). A missing, foreign or damaged file reads as
 //! an empty cache: it only costs re-hashing.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::Metadata;
-use std::hash::{BuildHasher, RandomState};
-use std::ops::Range;
+use std::fs::File;
+use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use rayon::prelude::*;
+
 use crate::atomic::write_atomic;
 use crate::error::{IoContext, Result};
 use crate::tree::FileHasher;
-use crate::Digest;
+use crate::{Digest, FileStat};
 
 const RACY_NS: i128 = 2_000_000_000;
 
@@ -40,7 +45,7 @@ const MAGIC: &[u8] = b"pipe-stat-cache-v2\n";
 /// Bytes of a record after its path.
 const FIXED: usize = 8 + 16 + 16 + 8 + 8 + 16 + 32;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct StatEntry {
     size: u64,
     mtime_ns: i128,
@@ -52,12 +57,12 @@ struct StatEntry {
 }
 
 impl StatEntry {
-    fn matches(&self, meta: &Metadata) -> bool {
-        self.size == meta.len()
-            && self.mtime_ns == mtime_ns(meta)
-            && self.ctime_ns == ctime_ns(meta)
-            && self.ino == meta.ino()
-            && self.dev == meta.dev()
+    fn matches(&self, stat: &FileStat) -> bool {
+        self.size == stat.size
+            && self.mtime_ns == stat.mtime_ns
+            && self.ctime_ns == stat.ctime_ns
+            && self.ino == stat.ino
+            && self.dev == stat.dev
             && self.recorded_ns - self.mtime_ns >= RACY_NS
     }
 
@@ -97,14 +102,6 @@ impl Reader<'_> {
     }
 }
 
-fn mtime_ns(m: &Metadata) -> i128 {
-    m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128
-}
-
-fn ctime_ns(m: &Metadata) -> i128 {
-    m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128
-}
-
 fn now_ns() -> i128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -112,51 +109,97 @@ fn now_ns() -> i128 {
         .unwrap_or(0)
 }
 
-/// The records of the file as loaded: one buffer of paths, the entries, each
-/// naming its path as a range of that buffer, and an index from a hash of the
-/// path to the entry (the path is compared on lookup; of two paths with the
-/// same hash, the second is simply not cached).
+thread_local! {
+    /// The index after this thread's last record found by [`Loaded::get`]
+    /// (in whichever cache: it is only a guess, checked before use).
+    static NEXT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The file as loaded: its bytes, and the range of each record's path in
+/// them, in (strictly increasing) path order; the record's [`FIXED`] bytes
+/// follow its path.
 #[derive(Default)]
 struct Loaded {
-    paths: Vec<u8>,
-    entries: Vec<(Range<usize>, StatEntry)>,
-    index: HashMap<u64, usize>,
-    hasher: RandomState,
+    bytes: Vec<u8>,
+    paths: Vec<(usize, usize)>,
 }
 
 impl Loaded {
-    fn parse(bytes: &[u8]) -> Option<Loaded> {
-        let mut rest = bytes.strip_prefix(MAGIC)?;
-        let mut loaded = Loaded::default();
-        while !rest.is_empty() {
-            let mut r = Reader(rest);
-            let len = usize::try_from(u32::from_le_bytes(r.take()?)).ok()?;
-            let path = r.0.get(..len)?;
-            let entry = StatEntry::decode(r.0.get(len..)?)?;
-            rest = r.0.get(len + FIXED..)?;
-            let start = loaded.paths.len();
-            loaded.paths.extend_from_slice(path);
-            loaded.entries.push((start..loaded.paths.len(), entry));
+    /// Check `bytes` and find its records; `None` if it is not a whole
+    /// stat cache file with records sorted by path.
+    fn parse(bytes: Vec<u8>) -> Option<Loaded> {
+        let mut paths = Vec::new();
+        let mut at = MAGIC.len();
+        if !bytes.starts_with(MAGIC) {
+            return None;
         }
-        loaded.index.reserve(loaded.entries.len());
-        for (i, (range, _)) in loaded.entries.iter().enumerate() {
-            let hash = loaded.hasher.hash_one(&loaded.paths[range.clone()]);
-            loaded.index.entry(hash).or_insert(i);
+        let mut last: Option<&[u8]> = None;
+        while at < bytes.len() {
+            let len = u32::from_le_bytes(*bytes.get(at..)?.first_chunk::<4>()?);
+            let start = at.checked_add(4)?;
+            let end = start.checked_add(usize::try_from(len).ok()?)?;
+            at = end.checked_add(FIXED)?;
+            let path = bytes.get(start..end)?;
+            if at > bytes.len() || last.is_some_and(|last| last >= path) {
+                return None;
+            }
+            last = Some(path);
+            paths.push((start, end));
         }
-        Some(loaded)
+        Some(Loaded { bytes, paths })
     }
 
-    fn get(&self, path: &[u8]) -> Option<&StatEntry> {
-        let i = *self.index.get(&self.hasher.hash_one(path))?;
-        let (range, entry) = self.entries.get(i)?;
-        (self.paths.get(range.clone())? == path).then_some(entry)
+    fn path(&self, (start, end): (usize, usize)) -> &[u8] {
+        &self.bytes[start..end]
     }
 
-    fn iter(&self) -> impl Iterator<Item = (&[u8], &StatEntry)> {
-        self.entries
+    fn entry(&self, (_, end): (usize, usize)) -> Option<StatEntry> {
+        StatEntry::decode(self.bytes.get(end..)?)
+    }
+
+    fn get(&self, path: &[u8]) -> Option<StatEntry> {
+        // A folder's files are looked up in path order (each thread taking a
+        // run of them), so the record after this thread's last find is tried
+        // before a binary search: one comparison, on memory just read.
+        let guess = NEXT.get();
+        let i = match self.paths.get(guess) {
+            Some(&r) if self.path(r) == path => guess,
+            _ => self.paths.partition_point(|&r| self.path(r) < path),
+        };
+        let r = *self.paths.get(i)?;
+        if self.path(r) != path {
+            return None;
+        }
+        NEXT.set(i + 1);
+        self.entry(r)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&[u8], StatEntry)> {
+        self.paths
             .iter()
-            .map(|(r, e)| (&self.paths[r.clone()], e))
+            .filter_map(|&r| Some((self.path(r), self.entry(r)?)))
     }
+}
+
+/// Read `file` in [`READ_CHUNK`] pieces over the rayon threads: the file is
+/// most of a no-op run's memory traffic (and its page faults), and reading it
+/// on one thread would leave the others idle.
+fn read_in_parallel(file: &Path) -> io::Result<Vec<u8>> {
+    const READ_CHUNK: usize = 1 << 20;
+    let f = File::open(file)?;
+    let len = usize::try_from(f.metadata()?.len()).map_err(io::Error::other)?;
+    let mut bytes = vec![0; len];
+    bytes
+        .par_chunks_mut(READ_CHUNK)
+        .enumerate()
+        .try_for_each(|(i, chunk)| {
+            let offset = i.checked_mul(READ_CHUNK).map(u64::try_from);
+            let Some(Ok(offset)) = offset else {
+                return Err(io::Error::other("stat cache offset overflows"));
+            };
+            f.read_exact_at(chunk, offset)
+        })?;
+    Ok(bytes)
 }
 
 /// A persistent map from absolute path to the hash of its content at a given stat.
@@ -176,9 +219,9 @@ pub struct StatCache {
 impl StatCache {
     /// Load from `file`; a missing or unreadable cache starts empty.
     pub fn load(file: PathBuf) -> StatCache {
-        let loaded = std::fs::read(&file)
+        let loaded = read_in_parallel(&file)
             .ok()
-            .and_then(|b| Loaded::parse(&b))
+            .and_then(Loaded::parse)
             .unwrap_or_default();
         StatCache {
             file,
@@ -195,14 +238,14 @@ impl StatCache {
             return Ok(());
         }
         let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-        let mut merged: BTreeMap<&[u8], &StatEntry> = self
+        let mut merged: BTreeMap<&[u8], StatEntry> = self
             .loaded
             .iter()
             .filter(|(path, _)| !changes.contains_key(*path))
             .collect();
         for (path, entry) in changes.iter() {
             if let Some(entry) = entry {
-                merged.insert(path, entry);
+                merged.insert(path, *entry);
             }
         }
         let mut bytes = MAGIC.to_vec();
@@ -231,41 +274,42 @@ impl StatCache {
         }
     }
 
-    /// The recorded hash of `path` if `meta` still matches it.
-    fn lookup(&self, key: &[u8], meta: &Metadata) -> Option<Digest> {
+    /// The recorded hash of `path` if `stat` still matches it.
+    fn lookup(&self, key: &[u8], stat: &FileStat) -> Option<Digest> {
         if self.dirty.load(Ordering::Acquire) {
             let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(change) = changes.get(key) {
                 return change
                     .as_ref()
-                    .filter(|e| e.matches(meta))
+                    .filter(|e| e.matches(stat))
                     .map(|e| e.sha256);
             }
         }
         self.loaded
             .get(key)
-            .filter(|e| e.matches(meta))
+            .filter(|e| e.matches(stat))
             .map(|e| e.sha256)
     }
 }
 
 impl FileHasher for StatCache {
-    fn hash(&self, path: &Path, meta: &Metadata) -> Result<Digest> {
+    fn hash(&self, path: &Path, stat: &FileStat) -> Result<Digest> {
         let key = path.as_os_str().as_bytes();
-        if let Some(sha256) = self.lookup(key, meta) {
+        if let Some(sha256) = self.lookup(key, stat) {
             return Ok(sha256);
         }
         let recorded_ns = now_ns();
         let sha256 = Digest::of_file(path).ctx("read", path)?;
         // Stat again: if the file changed while we read it, do not remember it.
         let after = std::fs::metadata(path).ctx("read metadata of", path)?;
-        if mtime_ns(&after) == mtime_ns(meta) && after.len() == meta.len() {
+        let after = FileStat::from(&after);
+        if after.mtime_ns == stat.mtime_ns && after.size == stat.size {
             let entry = StatEntry {
-                size: meta.len(),
-                mtime_ns: mtime_ns(meta),
-                ctime_ns: ctime_ns(meta),
-                ino: meta.ino(),
-                dev: meta.dev(),
+                size: stat.size,
+                mtime_ns: stat.mtime_ns,
+                ctime_ns: stat.ctime_ns,
+                ino: stat.ino,
+                dev: stat.dev,
                 recorded_ns,
                 sha256,
             };
@@ -303,14 +347,14 @@ mod tests {
         let file = d.path().join("cache.bin");
         let cache = StatCache::load(file.clone());
         for p in [&a, &b] {
-            let meta = fs::metadata(p).unwrap();
+            let meta = FileStat::from(&fs::metadata(p).unwrap());
             assert_eq!(cache.hash(p, &meta).unwrap(), Digest::of_file(p).unwrap());
         }
         cache.save().unwrap();
 
         let cache = StatCache::load(file.clone());
-        assert_eq!(cache.loaded.entries.len(), 2);
-        let meta = fs::metadata(&a).unwrap();
+        assert_eq!(cache.loaded.paths.len(), 2);
+        let meta = FileStat::from(&fs::metadata(&a).unwrap());
         assert_eq!(
             cache.lookup(a.as_os_str().as_bytes(), &meta),
             Some(Digest::of(b"a"))
@@ -319,12 +363,12 @@ mod tests {
         assert_eq!(cache.lookup(a.as_os_str().as_bytes(), &meta), None);
         cache.save().unwrap();
         let cache = StatCache::load(file.clone());
-        assert_eq!(cache.loaded.entries.len(), 1);
+        assert_eq!(cache.loaded.paths.len(), 1);
 
         // A damaged file reads as empty.
         let mut bytes = fs::read(&file).unwrap();
         bytes.truncate(bytes.len() - 1);
         fs::write(&file, bytes).unwrap();
-        assert_eq!(StatCache::load(file).loaded.entries.len(), 0);
+        assert_eq!(StatCache::load(file).loaded.paths.len(), 0);
     }
 }
