@@ -32,6 +32,7 @@ mod error;
 mod file_stat;
 mod key;
 mod lock;
+mod mapped;
 mod redact;
 pub mod stat_cache;
 pub mod store;

@@ -21,19 +21,15 @@
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rayon::prelude::*;
-
 use crate::atomic::write_atomic;
 use crate::error::{IoContext, Result};
+use crate::mapped::MappedFile;
 use crate::tree::FileHasher;
 use crate::{Digest, FileStat};
 
@@ -120,14 +116,15 @@ thread_local! {
 /// follow its path.
 #[derive(Default)]
 struct Loaded {
-    bytes: Vec<u8>,
+    bytes: MappedFile,
     paths: Vec<(usize, usize)>,
 }
 
 impl Loaded {
     /// Check `bytes` and find its records; `None` if it is not a whole
     /// stat cache file with records sorted by path.
-    fn parse(bytes: Vec<u8>) -> Option<Loaded> {
+    fn parse(file: MappedFile) -> Option<Loaded> {
+        let bytes = file.bytes();
         let mut paths = Vec::new();
         let mut at = MAGIC.len();
         if !bytes.starts_with(MAGIC) {
@@ -146,15 +143,15 @@ impl Loaded {
             last = Some(path);
             paths.push((start, end));
         }
-        Some(Loaded { bytes, paths })
+        Some(Loaded { bytes: file, paths })
     }
 
     fn path(&self, (start, end): (usize, usize)) -> &[u8] {
-        &self.bytes[start..end]
+        &self.bytes.bytes()[start..end]
     }
 
     fn entry(&self, (_, end): (usize, usize)) -> Option<StatEntry> {
-        StatEntry::decode(self.bytes.get(end..)?)
+        StatEntry::decode(self.bytes.bytes().get(end..)?)
     }
 
     fn get(&self, path: &[u8]) -> Option<StatEntry> {
@@ -181,27 +178,6 @@ impl Loaded {
     }
 }
 
-/// Read `file` in [`READ_CHUNK`] pieces over the rayon threads: the file is
-/// most of a no-op run's memory traffic (and its page faults), and reading it
-/// on one thread would leave the others idle.
-fn read_in_parallel(file: &Path) -> io::Result<Vec<u8>> {
-    const READ_CHUNK: usize = 1 << 20;
-    let f = File::open(file)?;
-    let len = usize::try_from(f.metadata()?.len()).map_err(io::Error::other)?;
-    let mut bytes = vec![0; len];
-    bytes
-        .par_chunks_mut(READ_CHUNK)
-        .enumerate()
-        .try_for_each(|(i, chunk)| {
-            let offset = i.checked_mul(READ_CHUNK).map(u64::try_from);
-            let Some(Ok(offset)) = offset else {
-                return Err(io::Error::other("stat cache offset overflows"));
-            };
-            f.read_exact_at(chunk, offset)
-        })?;
-    Ok(bytes)
-}
-
 /// A persistent map from absolute path to the hash of its content at a given stat.
 /// It is machine-local state: nothing from it goes into a key except the hashes.
 pub struct StatCache {
@@ -219,7 +195,7 @@ pub struct StatCache {
 impl StatCache {
     /// Load from `file`; a missing or unreadable cache starts empty.
     pub fn load(file: PathBuf) -> StatCache {
-        let loaded = read_in_parallel(&file)
+        let loaded = MappedFile::open(&file)
             .ok()
             .and_then(Loaded::parse)
             .unwrap_or_default();
