@@ -347,4 +347,58 @@ mod tests {
         fs::write(&file, bytes).unwrap();
         assert_eq!(StatCache::load(file).loaded.paths.len(), 0);
     }
+
+    /// A cache file of `paths` (in the given order), each with `size` = its index.
+    fn file_of(dir: &Path, paths: &[&str]) -> PathBuf {
+        let mut bytes = MAGIC.to_vec();
+        for (i, p) in paths.iter().enumerate() {
+            bytes.extend_from_slice(&(p.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(p.as_bytes());
+            StatEntry {
+                size: i as u64,
+                mtime_ns: 0,
+                ctime_ns: 0,
+                ino: 0,
+                dev: 0,
+                recorded_ns: 0,
+                sha256: Digest::of(p.as_bytes()),
+            }
+            .encode(&mut bytes);
+        }
+        let file = dir.join("cache.bin");
+        fs::write(&file, bytes).unwrap();
+        file
+    }
+
+    fn size_of(cache: &StatCache, path: &str) -> Option<u64> {
+        cache.loaded.get(path.as_bytes()).map(|e| e.size)
+    }
+
+    #[test]
+    fn lookups_find_each_record_in_any_order_and_nothing_else() {
+        let d = tempfile::tempdir().unwrap();
+        // `/a` < `/a.b` < `/a/x`: a folder's files need not follow it.
+        let paths = ["/a", "/a.b", "/a/x", "/a/y", "/b/x", "/b/y/z"];
+        let cache = StatCache::load(file_of(d.path(), &paths));
+        for order in [[0, 1, 2, 3, 4, 5], [5, 3, 4, 0, 2, 1], [2, 2, 3, 1, 0, 5]] {
+            for i in order {
+                assert_eq!(size_of(&cache, paths[i]), Some(i as u64), "{}", paths[i]);
+            }
+        }
+        for missing in ["", "/", "/a/", "/a/xx", "/a/w", "/c", "/b/y"] {
+            assert_eq!(size_of(&cache, missing), None, "{missing}");
+        }
+    }
+
+    #[test]
+    fn a_file_whose_records_are_not_strictly_sorted_reads_as_empty() {
+        let d = tempfile::tempdir().unwrap();
+        for paths in [&["/b", "/a"][..], &["/a", "/a"][..]] {
+            let cache = StatCache::load(file_of(d.path(), paths));
+            assert_eq!(cache.loaded.paths.len(), 0, "{paths:?}");
+            assert_eq!(size_of(&cache, "/a"), None);
+        }
+        let cache = StatCache::load(file_of(d.path(), &["/a", "/b"]));
+        assert_eq!(cache.loaded.paths.len(), 2);
+    }
 }
