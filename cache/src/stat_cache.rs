@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::atomic::write_atomic;
@@ -182,7 +182,9 @@ impl Loaded {
 /// It is machine-local state: nothing from it goes into a key except the hashes.
 pub struct StatCache {
     file: PathBuf,
-    loaded: Loaded,
+    /// The file, mapped on first use: a store that hashes nothing (`pipe
+    /// show`, the history of a run) never reads it.
+    loaded: OnceLock<Loaded>,
     /// Entries recorded (`Some`) or forgotten (`None`) since loading; they
     /// override `loaded`.
     changes: Mutex<HashMap<Box<[u8]>, Option<StatEntry>>>,
@@ -193,15 +195,21 @@ pub struct StatCache {
 }
 
 impl StatCache {
-    /// Load from `file`; a missing or unreadable cache starts empty.
+    fn loaded(&self) -> &Loaded {
+        self.loaded.get_or_init(|| {
+            MappedFile::open(&self.file)
+                .ok()
+                .and_then(Loaded::parse)
+                .unwrap_or_default()
+        })
+    }
+
+    /// The cache kept in `file` (read on first use); a missing or unreadable
+    /// cache starts empty.
     pub fn load(file: PathBuf) -> StatCache {
-        let loaded = MappedFile::open(&file)
-            .ok()
-            .and_then(Loaded::parse)
-            .unwrap_or_default();
         StatCache {
             file,
-            loaded,
+            loaded: OnceLock::new(),
             changes: Mutex::new(HashMap::new()),
             dirty: AtomicBool::new(false),
             unsaved: AtomicBool::new(false),
@@ -215,7 +223,7 @@ impl StatCache {
         }
         let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
         let mut merged: BTreeMap<&[u8], StatEntry> = self
-            .loaded
+            .loaded()
             .iter()
             .filter(|(path, _)| !changes.contains_key(*path))
             .collect();
@@ -242,7 +250,8 @@ impl StatCache {
     pub fn forget(&self, path: &Path) {
         let key = path.as_os_str().as_bytes();
         let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-        let known = self.loaded.get(key).is_some() || changes.get(key).is_some_and(Option::is_some);
+        let known =
+            self.loaded().get(key).is_some() || changes.get(key).is_some_and(Option::is_some);
         if known {
             changes.insert(key.into(), None);
             self.dirty.store(true, Ordering::Release);
@@ -261,7 +270,7 @@ impl StatCache {
                     .map(|e| e.sha256);
             }
         }
-        self.loaded
+        self.loaded()
             .get(key)
             .filter(|e| e.matches(stat))
             .map(|e| e.sha256)
@@ -329,7 +338,7 @@ mod tests {
         cache.save().unwrap();
 
         let cache = StatCache::load(file.clone());
-        assert_eq!(cache.loaded.paths.len(), 2);
+        assert_eq!(cache.loaded().paths.len(), 2);
         let meta = FileStat::from(&fs::metadata(&a).unwrap());
         assert_eq!(
             cache.lookup(a.as_os_str().as_bytes(), &meta),
@@ -339,13 +348,13 @@ mod tests {
         assert_eq!(cache.lookup(a.as_os_str().as_bytes(), &meta), None);
         cache.save().unwrap();
         let cache = StatCache::load(file.clone());
-        assert_eq!(cache.loaded.paths.len(), 1);
+        assert_eq!(cache.loaded().paths.len(), 1);
 
         // A damaged file reads as empty.
         let mut bytes = fs::read(&file).unwrap();
         bytes.truncate(bytes.len() - 1);
         fs::write(&file, bytes).unwrap();
-        assert_eq!(StatCache::load(file).loaded.paths.len(), 0);
+        assert_eq!(StatCache::load(file).loaded().paths.len(), 0);
     }
 
     /// A cache file of `paths` (in the given order), each with `size` = its index.
@@ -371,7 +380,7 @@ mod tests {
     }
 
     fn size_of(cache: &StatCache, path: &str) -> Option<u64> {
-        cache.loaded.get(path.as_bytes()).map(|e| e.size)
+        cache.loaded().get(path.as_bytes()).map(|e| e.size)
     }
 
     #[test]
@@ -395,10 +404,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         for paths in [&["/b", "/a"][..], &["/a", "/a"][..]] {
             let cache = StatCache::load(file_of(d.path(), paths));
-            assert_eq!(cache.loaded.paths.len(), 0, "{paths:?}");
+            assert_eq!(cache.loaded().paths.len(), 0, "{paths:?}");
             assert_eq!(size_of(&cache, "/a"), None);
         }
         let cache = StatCache::load(file_of(d.path(), &["/a", "/b"]));
-        assert_eq!(cache.loaded.paths.len(), 2);
+        assert_eq!(cache.loaded().paths.len(), 2);
     }
 }
