@@ -97,6 +97,52 @@ fn editing_a_file_in_a_folder_input_reruns_even_beside_a_sibling_that_sorts_betw
     assert_eq!(ws.read(".pipe/out/w/cat/x"), "two\n");
 }
 
+/// Many folders of settled files (old enough for the stat cache to trust),
+/// so that a no-op run is served by the parallel walk and the stat cache.
+fn settled_folders(ws: &TestWorkspace, folders: usize, files: usize) {
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(600);
+    for d in 0..folders {
+        for f in 0..files {
+            let rel = format!("data/d{d:02}/f{f:03}.txt");
+            ws.file(&rel, &format!("{d:02}-{f:03}\n"));
+            let file = std::fs::File::options()
+                .write(true)
+                .open(ws.path(&rel))
+                .unwrap();
+            file.set_modified(old).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_no_op_over_many_folders_still_sees_a_same_size_same_mtime_edit_of_one_file() {
+    let ws = TestWorkspace::new();
+    settled_folders(&ws, 24, 60);
+    ws.manifest(
+        "version: 1\nname: w\nstages:\n  pick:\n    kind: shell\n    inputs: {data: data}\n    with: {cmd: cat $PIPE_IN_DATA/d17/f042.txt > $PIPE_OUT/x}\n",
+    );
+    assert_eq!(ws.ran(&[]), ["pick"]);
+    // The first run recorded every file: the second is served by the stat cache.
+    assert!(ws.ran(&[]).is_empty());
+    assert!(ws.ran(&[]).is_empty());
+    // Same size, and the mtime put back: only the ctime tells.
+    let edited = ws.path("data/d17/f042.txt");
+    let mtime = std::fs::metadata(&edited).unwrap().modified().unwrap();
+    std::fs::write(&edited, "XX-XXX\n").unwrap();
+    let file = std::fs::File::options().write(true).open(&edited).unwrap();
+    file.set_modified(mtime).unwrap();
+    assert_eq!(
+        std::fs::metadata(&edited).unwrap().modified().unwrap(),
+        mtime
+    );
+    assert_eq!(ws.ran(&[]), ["pick"]);
+    assert_eq!(ws.read(".pipe/out/w/pick/x"), "XX-XXX\n");
+    assert!(ws.ran(&[]).is_empty());
+    // A file in another folder, edited plainly, among the cached ones.
+    ws.file("data/d03/f059.txt", "changed\n");
+    assert_eq!(ws.ran(&[]), ["pick"]);
+}
+
 #[test]
 fn early_cutoff_keeps_downstream_cached() {
     let ws = TestWorkspace::new();

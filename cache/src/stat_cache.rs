@@ -7,30 +7,31 @@
 //! recorded is re-hashed (git's "racily clean" rule).
 //!
 //! A no-op run looks up every input file here, so the lookup of an unchanged
-//! file takes no lock and allocates nothing: the records are read into one
-//! buffer of paths and one vector of entries, indexed by a hash of the path. What a run adds or forgets goes to a small map beside it, merged on
-//! [`StatCache::save`].
+//! file takes no lock and allocates nothing: the file is kept as read, with
+//! the offset of each record; as the records are sorted by path, a lookup is
+//! a binary search over them, and the lookups of one folder's files touch
+//! the same few pages. Loading copies nothing and hashes nothing: one pass
+//! checks that the records are whole and strictly sorted. What a run adds or
+//! forgets goes to a small map beside it, merged on [`StatCache::save`].
 //!
 //! The file (`stat-cache-v2.bin`) is [`MAGIC`] followed by records sorted by
 //! path: the path's length (u32), the path's bytes, then the fixed fields of
 //! [`StatEntry`] (little endian). A missing, foreign or damaged file reads as
 //! an empty cache: it only costs re-hashing.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::Metadata;
-use std::hash::{BuildHasher, RandomState};
-use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::atomic::write_atomic;
 use crate::error::{IoContext, Result};
+use crate::mapped::MappedFile;
 use crate::tree::FileHasher;
-use crate::Digest;
+use crate::{Digest, FileStat};
 
 const RACY_NS: i128 = 2_000_000_000;
 
@@ -40,7 +41,7 @@ const MAGIC: &[u8] = b"pipe-stat-cache-v2\n";
 /// Bytes of a record after its path.
 const FIXED: usize = 8 + 16 + 16 + 8 + 8 + 16 + 32;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct StatEntry {
     size: u64,
     mtime_ns: i128,
@@ -52,12 +53,12 @@ struct StatEntry {
 }
 
 impl StatEntry {
-    fn matches(&self, meta: &Metadata) -> bool {
-        self.size == meta.len()
-            && self.mtime_ns == mtime_ns(meta)
-            && self.ctime_ns == ctime_ns(meta)
-            && self.ino == meta.ino()
-            && self.dev == meta.dev()
+    fn matches(&self, stat: &FileStat) -> bool {
+        self.size == stat.size
+            && self.mtime_ns == stat.mtime_ns
+            && self.ctime_ns == stat.ctime_ns
+            && self.ino == stat.ino
+            && self.dev == stat.dev
             && self.recorded_ns - self.mtime_ns >= RACY_NS
     }
 
@@ -97,14 +98,6 @@ impl Reader<'_> {
     }
 }
 
-fn mtime_ns(m: &Metadata) -> i128 {
-    m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128
-}
-
-fn ctime_ns(m: &Metadata) -> i128 {
-    m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128
-}
-
 fn now_ns() -> i128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -112,50 +105,76 @@ fn now_ns() -> i128 {
         .unwrap_or(0)
 }
 
-/// The records of the file as loaded: one buffer of paths, the entries, each
-/// naming its path as a range of that buffer, and an index from a hash of the
-/// path to the entry (the path is compared on lookup; of two paths with the
-/// same hash, the second is simply not cached).
+thread_local! {
+    /// The index after this thread's last record found by [`Loaded::get`]
+    /// (in whichever cache: it is only a guess, checked before use).
+    static NEXT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The file as loaded: its bytes, and the range of each record's path in
+/// them, in (strictly increasing) path order; the record's [`FIXED`] bytes
+/// follow its path.
 #[derive(Default)]
 struct Loaded {
-    paths: Vec<u8>,
-    entries: Vec<(Range<usize>, StatEntry)>,
-    index: HashMap<u64, usize>,
-    hasher: RandomState,
+    bytes: MappedFile,
+    paths: Vec<(usize, usize)>,
 }
 
 impl Loaded {
-    fn parse(bytes: &[u8]) -> Option<Loaded> {
-        let mut rest = bytes.strip_prefix(MAGIC)?;
-        let mut loaded = Loaded::default();
-        while !rest.is_empty() {
-            let mut r = Reader(rest);
-            let len = usize::try_from(u32::from_le_bytes(r.take()?)).ok()?;
-            let path = r.0.get(..len)?;
-            let entry = StatEntry::decode(r.0.get(len..)?)?;
-            rest = r.0.get(len + FIXED..)?;
-            let start = loaded.paths.len();
-            loaded.paths.extend_from_slice(path);
-            loaded.entries.push((start..loaded.paths.len(), entry));
+    /// Check `bytes` and find its records; `None` if it is not a whole
+    /// stat cache file with records sorted by path.
+    fn parse(file: MappedFile) -> Option<Loaded> {
+        let bytes = file.bytes();
+        let mut paths = Vec::new();
+        let mut at = MAGIC.len();
+        if !bytes.starts_with(MAGIC) {
+            return None;
         }
-        loaded.index.reserve(loaded.entries.len());
-        for (i, (range, _)) in loaded.entries.iter().enumerate() {
-            let hash = loaded.hasher.hash_one(&loaded.paths[range.clone()]);
-            loaded.index.entry(hash).or_insert(i);
+        let mut last: Option<&[u8]> = None;
+        while at < bytes.len() {
+            let len = u32::from_le_bytes(*bytes.get(at..)?.first_chunk::<4>()?);
+            let start = at.checked_add(4)?;
+            let end = start.checked_add(usize::try_from(len).ok()?)?;
+            at = end.checked_add(FIXED)?;
+            let path = bytes.get(start..end)?;
+            if at > bytes.len() || last.is_some_and(|last| last >= path) {
+                return None;
+            }
+            last = Some(path);
+            paths.push((start, end));
         }
-        Some(loaded)
+        Some(Loaded { bytes: file, paths })
     }
 
-    fn get(&self, path: &[u8]) -> Option<&StatEntry> {
-        let i = *self.index.get(&self.hasher.hash_one(path))?;
-        let (range, entry) = self.entries.get(i)?;
-        (self.paths.get(range.clone())? == path).then_some(entry)
+    fn path(&self, (start, end): (usize, usize)) -> &[u8] {
+        &self.bytes.bytes()[start..end]
     }
 
-    fn iter(&self) -> impl Iterator<Item = (&[u8], &StatEntry)> {
-        self.entries
+    fn entry(&self, (_, end): (usize, usize)) -> Option<StatEntry> {
+        StatEntry::decode(self.bytes.bytes().get(end..)?)
+    }
+
+    fn get(&self, path: &[u8]) -> Option<StatEntry> {
+        // A folder's files are looked up in path order (each thread taking a
+        // run of them), so the record after this thread's last find is tried
+        // before a binary search: one comparison, on memory just read.
+        let guess = NEXT.get();
+        let i = match self.paths.get(guess) {
+            Some(&r) if self.path(r) == path => guess,
+            _ => self.paths.partition_point(|&r| self.path(r) < path),
+        };
+        let r = *self.paths.get(i)?;
+        if self.path(r) != path {
+            return None;
+        }
+        NEXT.set(i + 1);
+        self.entry(r)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&[u8], StatEntry)> {
+        self.paths
             .iter()
-            .map(|(r, e)| (&self.paths[r.clone()], e))
+            .filter_map(|&r| Some((self.path(r), self.entry(r)?)))
     }
 }
 
@@ -163,7 +182,9 @@ impl Loaded {
 /// It is machine-local state: nothing from it goes into a key except the hashes.
 pub struct StatCache {
     file: PathBuf,
-    loaded: Loaded,
+    /// The file, mapped on first use: a store that hashes nothing (`pipe
+    /// show`, the history of a run) never reads it.
+    loaded: OnceLock<Loaded>,
     /// Entries recorded (`Some`) or forgotten (`None`) since loading; they
     /// override `loaded`.
     changes: Mutex<HashMap<Box<[u8]>, Option<StatEntry>>>,
@@ -174,15 +195,21 @@ pub struct StatCache {
 }
 
 impl StatCache {
-    /// Load from `file`; a missing or unreadable cache starts empty.
+    fn loaded(&self) -> &Loaded {
+        self.loaded.get_or_init(|| {
+            MappedFile::open(&self.file)
+                .ok()
+                .and_then(Loaded::parse)
+                .unwrap_or_default()
+        })
+    }
+
+    /// The cache kept in `file` (read on first use); a missing or unreadable
+    /// cache starts empty.
     pub fn load(file: PathBuf) -> StatCache {
-        let loaded = std::fs::read(&file)
-            .ok()
-            .and_then(|b| Loaded::parse(&b))
-            .unwrap_or_default();
         StatCache {
             file,
-            loaded,
+            loaded: OnceLock::new(),
             changes: Mutex::new(HashMap::new()),
             dirty: AtomicBool::new(false),
             unsaved: AtomicBool::new(false),
@@ -195,14 +222,14 @@ impl StatCache {
             return Ok(());
         }
         let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-        let mut merged: BTreeMap<&[u8], &StatEntry> = self
-            .loaded
+        let mut merged: BTreeMap<&[u8], StatEntry> = self
+            .loaded()
             .iter()
             .filter(|(path, _)| !changes.contains_key(*path))
             .collect();
         for (path, entry) in changes.iter() {
             if let Some(entry) = entry {
-                merged.insert(path, entry);
+                merged.insert(path, *entry);
             }
         }
         let mut bytes = MAGIC.to_vec();
@@ -223,7 +250,8 @@ impl StatCache {
     pub fn forget(&self, path: &Path) {
         let key = path.as_os_str().as_bytes();
         let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-        let known = self.loaded.get(key).is_some() || changes.get(key).is_some_and(Option::is_some);
+        let known =
+            self.loaded().get(key).is_some() || changes.get(key).is_some_and(Option::is_some);
         if known {
             changes.insert(key.into(), None);
             self.dirty.store(true, Ordering::Release);
@@ -231,41 +259,42 @@ impl StatCache {
         }
     }
 
-    /// The recorded hash of `path` if `meta` still matches it.
-    fn lookup(&self, key: &[u8], meta: &Metadata) -> Option<Digest> {
+    /// The recorded hash of `path` if `stat` still matches it.
+    fn lookup(&self, key: &[u8], stat: &FileStat) -> Option<Digest> {
         if self.dirty.load(Ordering::Acquire) {
             let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(change) = changes.get(key) {
                 return change
                     .as_ref()
-                    .filter(|e| e.matches(meta))
+                    .filter(|e| e.matches(stat))
                     .map(|e| e.sha256);
             }
         }
-        self.loaded
+        self.loaded()
             .get(key)
-            .filter(|e| e.matches(meta))
+            .filter(|e| e.matches(stat))
             .map(|e| e.sha256)
     }
 }
 
 impl FileHasher for StatCache {
-    fn hash(&self, path: &Path, meta: &Metadata) -> Result<Digest> {
+    fn hash(&self, path: &Path, stat: &FileStat) -> Result<Digest> {
         let key = path.as_os_str().as_bytes();
-        if let Some(sha256) = self.lookup(key, meta) {
+        if let Some(sha256) = self.lookup(key, stat) {
             return Ok(sha256);
         }
         let recorded_ns = now_ns();
         let sha256 = Digest::of_file(path).ctx("read", path)?;
         // Stat again: if the file changed while we read it, do not remember it.
         let after = std::fs::metadata(path).ctx("read metadata of", path)?;
-        if mtime_ns(&after) == mtime_ns(meta) && after.len() == meta.len() {
+        let after = FileStat::from(&after);
+        if after.mtime_ns == stat.mtime_ns && after.size == stat.size {
             let entry = StatEntry {
-                size: meta.len(),
-                mtime_ns: mtime_ns(meta),
-                ctime_ns: ctime_ns(meta),
-                ino: meta.ino(),
-                dev: meta.dev(),
+                size: stat.size,
+                mtime_ns: stat.mtime_ns,
+                ctime_ns: stat.ctime_ns,
+                ino: stat.ino,
+                dev: stat.dev,
                 recorded_ns,
                 sha256,
             };
@@ -303,14 +332,14 @@ mod tests {
         let file = d.path().join("cache.bin");
         let cache = StatCache::load(file.clone());
         for p in [&a, &b] {
-            let meta = fs::metadata(p).unwrap();
+            let meta = FileStat::from(&fs::metadata(p).unwrap());
             assert_eq!(cache.hash(p, &meta).unwrap(), Digest::of_file(p).unwrap());
         }
         cache.save().unwrap();
 
         let cache = StatCache::load(file.clone());
-        assert_eq!(cache.loaded.entries.len(), 2);
-        let meta = fs::metadata(&a).unwrap();
+        assert_eq!(cache.loaded().paths.len(), 2);
+        let meta = FileStat::from(&fs::metadata(&a).unwrap());
         assert_eq!(
             cache.lookup(a.as_os_str().as_bytes(), &meta),
             Some(Digest::of(b"a"))
@@ -319,12 +348,66 @@ mod tests {
         assert_eq!(cache.lookup(a.as_os_str().as_bytes(), &meta), None);
         cache.save().unwrap();
         let cache = StatCache::load(file.clone());
-        assert_eq!(cache.loaded.entries.len(), 1);
+        assert_eq!(cache.loaded().paths.len(), 1);
 
         // A damaged file reads as empty.
         let mut bytes = fs::read(&file).unwrap();
         bytes.truncate(bytes.len() - 1);
         fs::write(&file, bytes).unwrap();
-        assert_eq!(StatCache::load(file).loaded.entries.len(), 0);
+        assert_eq!(StatCache::load(file).loaded().paths.len(), 0);
+    }
+
+    /// A cache file of `paths` (in the given order), each with `size` = its index.
+    fn file_of(dir: &Path, paths: &[&str]) -> PathBuf {
+        let mut bytes = MAGIC.to_vec();
+        for (i, p) in paths.iter().enumerate() {
+            bytes.extend_from_slice(&(p.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(p.as_bytes());
+            StatEntry {
+                size: i as u64,
+                mtime_ns: 0,
+                ctime_ns: 0,
+                ino: 0,
+                dev: 0,
+                recorded_ns: 0,
+                sha256: Digest::of(p.as_bytes()),
+            }
+            .encode(&mut bytes);
+        }
+        let file = dir.join("cache.bin");
+        fs::write(&file, bytes).unwrap();
+        file
+    }
+
+    fn size_of(cache: &StatCache, path: &str) -> Option<u64> {
+        cache.loaded().get(path.as_bytes()).map(|e| e.size)
+    }
+
+    #[test]
+    fn lookups_find_each_record_in_any_order_and_nothing_else() {
+        let d = tempfile::tempdir().unwrap();
+        // `/a` < `/a.b` < `/a/x`: a folder's files need not follow it.
+        let paths = ["/a", "/a.b", "/a/x", "/a/y", "/b/x", "/b/y/z"];
+        let cache = StatCache::load(file_of(d.path(), &paths));
+        for order in [[0, 1, 2, 3, 4, 5], [5, 3, 4, 0, 2, 1], [2, 2, 3, 1, 0, 5]] {
+            for i in order {
+                assert_eq!(size_of(&cache, paths[i]), Some(i as u64), "{}", paths[i]);
+            }
+        }
+        for missing in ["", "/", "/a/", "/a/xx", "/a/w", "/c", "/b/y"] {
+            assert_eq!(size_of(&cache, missing), None, "{missing}");
+        }
+    }
+
+    #[test]
+    fn a_file_whose_records_are_not_strictly_sorted_reads_as_empty() {
+        let d = tempfile::tempdir().unwrap();
+        for paths in [&["/b", "/a"][..], &["/a", "/a"][..]] {
+            let cache = StatCache::load(file_of(d.path(), paths));
+            assert_eq!(cache.loaded().paths.len(), 0, "{paths:?}");
+            assert_eq!(size_of(&cache, "/a"), None);
+        }
+        let cache = StatCache::load(file_of(d.path(), &["/a", "/b"]));
+        assert_eq!(cache.loaded().paths.len(), 2);
     }
 }

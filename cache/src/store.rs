@@ -32,7 +32,7 @@ use crate::atomic::{sync_dir, write_atomic};
 use crate::error::{Error, IoContext, Result};
 use crate::stat_cache::StatCache;
 use crate::tree::{EntryKind, FileHasher, Tree};
-use crate::{Digest, Key, KeyRecord};
+use crate::{Digest, FileStat, Key, KeyRecord};
 
 /// On-disk layout version: bump on any format change.
 pub const LAYOUT: &str = "cas-v1";
@@ -277,7 +277,7 @@ impl Store {
             }
             Err(e) => return Err(e).ctx("read store object", &path),
         };
-        let actual = self.stat.hash(&path, &meta)?;
+        let actual = self.stat.hash(&path, &FileStat::from(&meta))?;
         if actual != *digest {
             self.stat.forget(&path);
             return Err(Error::Corrupt {

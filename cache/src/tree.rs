@@ -8,17 +8,20 @@
 //! the same way.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
-use std::fs::{DirEntry, FileType, Metadata};
-use std::os::unix::fs::PermissionsExt;
+use std::ffi::{CStr, OsStr};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use rayon::prelude::*;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, IoContext, Result};
-use crate::Digest;
+use crate::{Digest, FileStat};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -50,14 +53,14 @@ pub struct Tree {
 
 /// How a tree scan hashes one file: plain hashing, or a stat cache.
 pub trait FileHasher: Sync {
-    fn hash(&self, path: &Path, meta: &Metadata) -> Result<Digest>;
+    fn hash(&self, path: &Path, stat: &FileStat) -> Result<Digest>;
 }
 
 /// Hash every file from scratch.
 pub struct PlainHasher;
 
 impl FileHasher for PlainHasher {
-    fn hash(&self, path: &Path, _meta: &Metadata) -> Result<Digest> {
+    fn hash(&self, path: &Path, _stat: &FileStat) -> Result<Digest> {
         Digest::of_file(path).ctx("read", path)
     }
 }
@@ -76,7 +79,7 @@ impl Tree {
         hasher: &dyn FileHasher,
         skip: &dyn Fn(&Path) -> bool,
     ) -> Result<Tree> {
-        let mut pending: Vec<(String, PathBuf, Metadata)> = Vec::new();
+        let mut pending: Vec<(String, PathBuf, FileStat)> = Vec::new();
         let mut entries = Vec::new();
         let mut walker = Walker {
             root,
@@ -87,13 +90,13 @@ impl Tree {
         walker.walk(root, String::new())?;
         let hashed: Vec<Entry> = pending
             .into_par_iter()
-            .map(|(rel, path, meta)| {
-                let sha256 = hasher.hash(&path, &meta)?;
+            .map(|(rel, path, stat)| {
+                let sha256 = hasher.hash(&path, &stat)?;
                 Ok(Entry {
                     path: rel,
                     kind: EntryKind::File {
-                        executable: is_executable(&meta),
-                        size: meta.len(),
+                        executable: stat.executable(),
+                        size: stat.size,
                         sha256,
                     },
                 })
@@ -105,9 +108,11 @@ impl Tree {
     }
 
     /// The hash [`Tree::scan_skipping`] followed by [`Tree::hash`] gives,
-    /// without building the listing: each directory's children are looked at
-    /// in parallel and folded into its hash, so an unchanged file costs one
-    /// `stat` (against the directory's handle) and one stat cache lookup.
+    /// without building the listing: each directory is listed into one
+    /// buffer and its children are looked at in parallel and folded into its
+    /// hash, so an unchanged file costs one `fstatat` (against the
+    /// directory's handle, by the name as listed) and one stat cache lookup,
+    /// and no allocation.
     pub fn hash_path(
         root: &Path,
         hasher: &dyn FileHasher,
@@ -115,7 +120,9 @@ impl Tree {
     ) -> Result<Digest> {
         let meta = std::fs::symlink_metadata(root).ctx("read metadata of", root)?;
         let hashing = Hashing { root, hasher, skip };
-        hashing.node(root, meta.file_type(), || Ok(meta.clone()))
+        hashing.node(root, &FileStat::from(&meta), || {
+            rustix::fs::open(root, DIR_FLAGS, Mode::empty())
+        })
     }
 
     /// The Merkle hash of the whole tree.
@@ -223,10 +230,6 @@ fn link_hash(target: &str) -> Digest {
     Digest::of_parts([b"link\0".as_slice(), target.as_bytes()])
 }
 
-fn is_executable(meta: &Metadata) -> bool {
-    meta.permissions().mode() & 0o111 != 0
-}
-
 /// The target of the link at `path`, which must stay inside `root` and be UTF-8.
 fn checked_link_target(root: &Path, path: &Path) -> Result<String> {
     let target = std::fs::read_link(path).ctx("read link", path)?;
@@ -251,57 +254,67 @@ struct Hashing<'a> {
     skip: &'a (dyn Fn(&Path) -> bool + Sync),
 }
 
+/// How [`Hashing`] opens a directory: never through a symbolic link (it
+/// was `lstat`ed as a directory; one swapped in since fails the scan).
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
 impl Hashing<'_> {
-    /// The hash of the node at `path` of type `ft`; `meta` stats it (only files need it).
+    /// The hash of the node at `path` stated as `stat`; `open` opens it if
+    /// it is a directory.
     fn node(
         &self,
         path: &Path,
-        ft: FileType,
-        meta: impl FnOnce() -> Result<Metadata>,
+        stat: &FileStat,
+        open: impl FnOnce() -> rustix::io::Result<OwnedFd>,
     ) -> Result<Digest> {
-        if ft.is_file() {
-            let meta = meta()?;
-            let sha256 = self.hasher.hash(path, &meta)?;
-            Ok(file_hash(is_executable(&meta), &sha256))
-        } else if ft.is_symlink() {
-            Ok(link_hash(&checked_link_target(self.root, path)?))
-        } else if ft.is_dir() {
-            self.dir(path)
-        } else {
-            Err(Error::Special {
+        match FileType::from_raw_mode(stat.mode) {
+            FileType::RegularFile => {
+                let sha256 = self.hasher.hash(path, stat)?;
+                Ok(file_hash(stat.executable(), &sha256))
+            }
+            FileType::Symlink => Ok(link_hash(&checked_link_target(self.root, path)?)),
+            FileType::Directory => {
+                let dir = open().map_err(io::Error::from).ctx("list", path)?;
+                self.dir(&dir, path)
+            }
+            _ => Err(Error::Special {
                 path: path.to_path_buf(),
-            })
+            }),
         }
     }
 
-    fn dir(&self, path: &Path) -> Result<Digest> {
-        let mut children: Vec<(OsString, DirEntry)> = std::fs::read_dir(path)
-            .ctx("list", path)?
-            .map(|e| e.map(|e| (e.file_name(), e)))
-            .collect::<std::io::Result<_>>()
-            .ctx("list", path)?;
-        children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    /// The hash of the directory open as `dir` at `path`.
+    fn dir(&self, dir: &OwnedFd, path: &Path) -> Result<Digest> {
+        let listing = Listing::read(dir).ctx("list", path)?;
         // One path buffer per rayon job, not one path per child.
-        let hashes: Vec<Option<Digest>> = children
+        let hashes: Vec<Option<Digest>> = listing
+            .names
             .par_iter()
-            .map_init(PathBuf::new, |buf, (name, entry)| {
+            .map_init(PathBuf::new, |buf, &(start, end)| {
+                let name = listing.name(start, end).ctx("list", path)?;
                 buf.clear();
                 buf.push(path);
-                buf.push(name);
+                buf.push(OsStr::from_bytes(name.to_bytes()));
                 if (self.skip)(buf) {
                     return Ok(None);
                 }
-                let ft = entry.file_type().ctx("read metadata of", &*buf)?;
-                let meta = || entry.metadata().ctx("read metadata of", &*buf);
-                self.node(buf, ft, meta).map(Some)
+                let stat = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(io::Error::from)
+                    .ctx("read metadata of", &*buf)?;
+                let open = || rustix::fs::openat(dir, name, DIR_FLAGS, Mode::empty());
+                self.node(buf, &FileStat::from(&stat), open).map(Some)
             })
             .collect::<Result<_>>()?;
         let mut h = Sha256::new();
         h.update(b"dir\0");
-        for ((name, _), hash) in children.iter().zip(hashes) {
+        for (&(start, end), hash) in listing.names.iter().zip(hashes) {
             let Some(hash) = hash else { continue };
-            let name = name.to_str().ok_or_else(|| Error::NonUtf8Path {
-                path: path.join(name),
+            let name = listing.name(start, end).ctx("list", path)?.to_bytes();
+            let name = std::str::from_utf8(name).map_err(|_| Error::NonUtf8Path {
+                path: path.join(OsStr::from_bytes(name)),
             })?;
             h.update(name.as_bytes());
             h.update([0]);
@@ -311,11 +324,56 @@ impl Hashing<'_> {
     }
 }
 
+/// The names in a directory (`.` and `..` left out), sorted by their bytes:
+/// one buffer of NUL-terminated names and their ranges in it, whatever the
+/// number of entries.
+struct Listing {
+    bytes: Vec<u8>,
+    /// Each name's range in `bytes`, its NUL included.
+    names: Vec<(usize, usize)>,
+}
+
+impl Listing {
+    /// `getdents` into a buffer of this size.
+    const READ_BUFFER: usize = 64 << 10;
+
+    fn read(dir: &OwnedFd) -> io::Result<Listing> {
+        let mut buf: Vec<MaybeUninit<u8>> = Vec::with_capacity(Self::READ_BUFFER);
+        buf.resize(Self::READ_BUFFER, MaybeUninit::uninit());
+        let mut raw = RawDir::new(dir.as_fd(), &mut buf);
+        let mut listing = Listing {
+            bytes: Vec::new(),
+            names: Vec::new(),
+        };
+        while let Some(entry) = raw.next() {
+            let entry = entry?;
+            let name = entry.file_name().to_bytes_with_nul();
+            if name == b".\0" || name == b"..\0" {
+                continue;
+            }
+            let start = listing.bytes.len();
+            listing.bytes.extend_from_slice(name);
+            listing.names.push((start, listing.bytes.len()));
+        }
+        let bytes = &listing.bytes;
+        listing
+            .names
+            .sort_unstable_by(|a, b| bytes[a.0..a.1].cmp(&bytes[b.0..b.1]));
+        Ok(listing)
+    }
+
+    /// The name at `start..end`, as [`Listing::read`] stored it.
+    fn name(&self, start: usize, end: usize) -> io::Result<&CStr> {
+        CStr::from_bytes_with_nul(&self.bytes[start..end])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+}
+
 struct Walker<'a> {
     root: &'a Path,
     skip: &'a dyn Fn(&Path) -> bool,
     entries: &'a mut Vec<Entry>,
-    pending: &'a mut Vec<(String, PathBuf, Metadata)>,
+    pending: &'a mut Vec<(String, PathBuf, FileStat)>,
 }
 
 impl Walker<'_> {
@@ -324,7 +382,8 @@ impl Walker<'_> {
         let meta = std::fs::symlink_metadata(path).ctx("read metadata of", path)?;
         let ft = meta.file_type();
         if ft.is_file() {
-            self.pending.push((rel, path.to_path_buf(), meta));
+            self.pending
+                .push((rel, path.to_path_buf(), FileStat::from(&meta)));
         } else if ft.is_symlink() {
             let target = checked_link_target(root, path)?;
             self.entries.push(Entry {
@@ -394,6 +453,7 @@ pub fn link_stays_inside(root: &Path, link: &Path, target: &Path) -> bool {
 mod tests {
     use super::*;
     use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     fn scan(p: &Path) -> Tree {
         Tree::scan(p, &PlainHasher).unwrap()
