@@ -242,7 +242,7 @@ pub fn run_in(
     if device.is_cuda() {
         // cuDNN's attention builds a plan for every new batch shape: on an
         // H200, MiniLM's first bf16 epoch ran at 859 samples/s with it and
-        // 1665 without, 3 epochs at 1341 and 1910 (bench/results/gpu/3).
+        // 1665 without, 3 epochs at 1341 and 1910 (bench/results/gpu/run3).
         crate::amp::sdp_use_cudnn(false);
     }
     let n = train_ids.len();
