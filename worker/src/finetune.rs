@@ -130,7 +130,9 @@ fn all_reduce_grads(dist: &Dist, vars: &[Tensor], loss: &mut Tensor) -> Result<(
             g.copy_(&flat.narrow(0, offset, n).view_as(&g));
             offset += n;
         }
-        *loss = flat.narrow(0, offset, 1).reshape(Vec::<i64>::new());
+        // A copy: a view would keep the whole flattened gradient (a model's
+        // size, every step) alive in the epoch's list of losses.
+        *loss = flat.narrow(0, offset, 1).reshape(Vec::<i64>::new()).copy();
         Ok(())
     })
 }
