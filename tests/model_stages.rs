@@ -361,22 +361,19 @@ fn finetune_declares_its_metrics_and_per_step_table() {
 fn precision_is_chosen_logged_and_recorded() {
     let ws = workspace();
     let short = MANIFEST.replace("epochs: 20", "epochs: 2");
-    ws.manifest(&short.replace("linear, threads: 1}", "linear, threads: 1, bf16: true}"));
-    let doc = ws.run_json(&["--until", "finetune"]);
-    assert_eq!(stages(&doc)[0].1, "ran", "{doc}");
-    assert_eq!(
-        ws.json(".pipe/out/m/finetune/metrics.json")["precision"],
-        "bf16"
-    );
-    let log = ws.read(".pipe/logs/m/finetune.log");
-    assert!(log.contains("bf16 autocast"), "{log}");
-
-    ws.manifest(&short.replace("linear, threads: 1}", "linear, threads: 1, bf16: false}"));
-    let doc = ws.run_json(&["--until", "finetune"]);
-    assert_eq!(stages(&doc)[0].1, "ran", "{doc}");
-    assert_eq!(
-        ws.json(".pipe/out/m/finetune/metrics.json")["precision"],
-        "fp32"
-    );
-    assert!(ws.read(".pipe/logs/m/finetune.log").contains(", fp32"));
+    for (bf16, precision, logged) in [
+        ("true", "bf16", "bf16 autocast"),
+        ("false", "fp32", ", fp32"),
+    ] {
+        let with = format!("linear, threads: 1, bf16: {bf16}}}");
+        ws.manifest(&short.replace("linear, threads: 1}", &with));
+        let doc = ws.run_json(&["--until", "finetune"]);
+        assert_eq!(stages(&doc)[0].1, "ran", "{doc}");
+        assert_eq!(
+            ws.json(".pipe/out/m/finetune/metrics.json")["precision"],
+            precision
+        );
+        let log = ws.read(".pipe/logs/m/finetune.log");
+        assert!(log.contains(logged), "{log}");
+    }
 }

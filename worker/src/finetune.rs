@@ -194,15 +194,10 @@ pub fn run_in(
     } else {
         ResolvedDevice::Cpu
     };
+    // `pipe` sends the precision it keyed the stage for; `auto` is resolved
+    // here only for a request that did not.
     let autocast = w.bf16.resolve(on, crate::amp::cpu_has_bf16());
-    let precision = match (w.bf16, autocast) {
-        (Bf16::Auto, true) => "bf16 autocast (auto: the CPU has bf16 matrix instructions)",
-        (Bf16::Auto, false) if on == ResolvedDevice::Cpu => {
-            "fp32 (auto: the CPU has no bf16 matrix instructions)"
-        }
-        (_, true) => "bf16 autocast",
-        (_, false) => "fp32",
-    };
+    let precision = if autocast { "bf16 autocast" } else { "fp32" };
     log(&format!(
         "model: {} layers, hidden {}, {} parameters; device {device:?}, {} threads, {precision}",
         ck.config.num_hidden_layers,
