@@ -49,7 +49,7 @@ pipe=$kit/bin/pipe
 cat "$out/env.txt"
 
 mirror=$work/mirror
-cp -r "$kit/mirror" "$mirror" && chmod -R u+w "$mirror"
+cp -rL "$kit/mirror" "$mirror" && chmod -R u+w "$mirror"
 export PIPE_MIRROR=$mirror
 mini=$mirror/huggingface.co/sentence-transformers/all-MiniLM-L6-v2/resolve/main
 base=$mirror/huggingface.co/pipe-bench/bert-base-random/resolve/main

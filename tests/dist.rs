@@ -31,6 +31,31 @@ fn allreduce_of_known_tensors_across_two_ranks() {
     );
 }
 
+/// NCCL where libtorch sees no GPU: refused before any rank starts, naming
+/// the backend and why, instead of timing out on the rendezvous.
+#[test]
+fn nccl_without_a_gpu_is_refused_up_front() {
+    let out = Command::new(worker())
+        .args(["allreduce-check", "2", "nccl"])
+        .env_remove("RANK")
+        .env_remove("WORLD_SIZE")
+        .env_remove("SLURM_PROCID")
+        .env_remove("JOB_COMPLETION_INDEX")
+        .env_remove("MASTER_PORT")
+        .env("CUDA_VISIBLE_DEVICES", "")
+        .env("PIPE_DIST_TIMEOUT", "60")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("backend nccl"), "{err}");
+    assert!(
+        err.contains("no CUDA device") || err.contains("built without the NCCL headers"),
+        "{err}"
+    );
+    assert!(!err.contains("rank 1"), "no rank was started: {err}");
+}
+
 /// The tiny BERT without dropout, 80 training rows: 10 steps of 16 in 2 epochs.
 fn workspace(manifest: &str) -> common::TestWorkspace {
     let ws = common::tiny_bert::workspace(manifest);
@@ -60,6 +85,10 @@ stages:
     kind: finetune
     inputs: {model: model, data: data}
     with: {epochs: 2, batch_size: 16, lr: 3e-3, warmup_ratio: 0.1, schedule: linear, threads: 2, nproc_per_node: 2, bf16: false}
+  one_group:
+    kind: finetune
+    inputs: {model: model, data: data}
+    with: {epochs: 2, batch_size: 16, lr: 3e-3, warmup_ratio: 0.1, schedule: linear, threads: 1, bf16: false, backend: gloo}
   one_odd:
     kind: finetune
     inputs: {model: model, data: data}
@@ -135,6 +164,17 @@ fn two_ranks_train_like_one_process_and_are_cached() {
             "{a} vs {b}: largest weight difference {worst}"
         );
     }
+    // A backend named with one rank runs the data-parallel path as a group
+    // of one: the same bytes as no group.
+    assert_eq!(
+        std::fs::read(ws.path(".pipe/out/m/one_group/model.safetensors")).unwrap(),
+        std::fs::read(ws.path(".pipe/out/m/one/model.safetensors")).unwrap(),
+    );
+    let log = ws.read(".pipe/logs/m/one_group.log");
+    assert!(
+        log.contains("data parallel: 1 ranks, gloo backend"),
+        "{log}"
+    );
     let m = ws.json(".pipe/out/m/two/metrics.json");
     assert_eq!(m["steps"], 10, "{m}");
     assert_eq!(m["world_size"], 2, "{m}");

@@ -217,6 +217,16 @@ fn bad_parameters_and_checkpoints_are_named() {
         "{err}"
     );
 
+    ws.manifest(&MANIFEST.replace(
+        "linear, threads: 1}",
+        "linear, threads: 1, device: cpu, backend: nccl}",
+    ));
+    let err = common::stderr(&ws.pipe(&["run", "pipe.yaml"]));
+    assert!(
+        err.contains("backend") && err.contains("nccl runs on CUDA only"),
+        "{err}"
+    );
+
     // A checkpoint that lacks a tensor: the stage fails and names it.
     ws.manifest(MANIFEST);
     let bytes = std::fs::read(ws.path("model/model.safetensors")).unwrap();

@@ -20,6 +20,9 @@ fn main() {
     println!("cargo:rerun-if-changed=src/train.cpp");
     println!("cargo:rerun-if-changed=src/dist/c10d.cpp");
     println!("cargo:rerun-if-changed=src/dist/gloo_api");
+    println!("cargo:rerun-if-changed=src/dist/shim.hpp");
+    println!("cargo:rerun-if-changed=src/dist/nccl.cpp");
+    println!("cargo::rustc-check-cfg=cfg(pipe_nccl)");
     let Some(libtorch) = std::env::var_os("LIBTORCH").map(PathBuf::from) else {
         println!("cargo:rustc-env=PIPE_LIBTORCH_VERSION=unknown");
         return;
@@ -70,4 +73,62 @@ fn main() {
         .define("USE_C10D_GLOO", None)
         .file("src/dist/c10d.cpp")
         .compile("pipe_c10d");
+    nccl_shim(&libtorch);
+}
+
+/// The NCCL shim (`src/dist/nccl.cpp`), a shared object of its own that
+/// pipe-worker embeds and loads only for an NCCL group: it links
+/// libtorch_cuda, whose CUDA libraries a machine without a GPU lacks.
+/// Built when the NCCL and CUDA headers that `scripts/setup-libtorch` unpacks
+/// are there (then `cfg(pipe_nccl)` and `PIPE_NCCL_SO`); without them the
+/// worker refuses `backend: nccl` and says why.
+fn nccl_shim(libtorch: &std::path::Path) {
+    let Some(root) = libtorch.parent() else {
+        return;
+    };
+    let nccl = root.join("nvidia/nccl/include");
+    let cuda = root.join("nvidia/cu13/include");
+    let lib = libtorch.join("lib");
+    if !nccl.join("nccl.h").is_file()
+        || !cuda.join("cublas_v2.h").is_file()
+        || !lib.join("libtorch_cuda.so").is_file()
+    {
+        println!(
+            "cargo:warning=no NCCL/CUDA headers in {}: pipe-worker is built without NCCL (run scripts/setup-libtorch)",
+            root.display()
+        );
+        return;
+    }
+    let Some(out) = std::env::var_os("OUT_DIR").map(PathBuf::from) else {
+        return;
+    };
+    let so = out.join("libpipe_nccl.so");
+    let include = libtorch.join("include");
+    let compiler = cc::Build::new().cpp(true).get_compiler();
+    let mut cmd = compiler.to_command();
+    cmd.args(["-shared", "-fPIC", "-O2", "-std=c++17", "-w"])
+        .args([
+            "-D_GLIBCXX_USE_CXX11_ABI=1",
+            "-DGLOG_USE_GLOG_EXPORT",
+            "-DUSE_C10D_NCCL",
+        ])
+        .arg("-isystem")
+        .arg(&include)
+        .arg("-isystem")
+        .arg(include.join("torch/csrc/api/include"))
+        .arg("-isystem")
+        .arg(&cuda)
+        .arg("-isystem")
+        .arg(&nccl)
+        .arg("src/dist/nccl.cpp")
+        .arg("-o")
+        .arg(&so)
+        .arg(format!("-L{}", lib.display()))
+        .args(["-ltorch_cuda", "-lc10_cuda", "-ltorch_cpu", "-lc10"]);
+    let status = cmd.status();
+    if !matches!(status, Ok(s) if s.success()) {
+        panic!("cannot build the NCCL shim ({status:?}): {cmd:?}");
+    }
+    println!("cargo:rustc-cfg=pipe_nccl");
+    println!("cargo:rustc-env=PIPE_NCCL_SO={}", so.display());
 }

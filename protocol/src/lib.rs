@@ -254,6 +254,12 @@ impl FinetuneWith {
         if self.threads == Some(0) {
             return Some(("threads", "must be at least 1".into()));
         }
+        if self.backend == DistBackend::Nccl && self.device == Device::Cpu {
+            return Some((
+                "backend",
+                "nccl runs on CUDA only, and this stage has device: cpu (use gloo, or auto)".into(),
+            ));
+        }
         if let Some(l) = &self.labels {
             if l.len() as i64 != self.num_labels {
                 return Some((

@@ -129,17 +129,26 @@ fn stage() -> Result<()> {
     let req: Request =
         serde_json::from_reader(std::io::stdin().lock()).context("bad request on stdin")?;
     tch::set_num_threads(req.threads as i32);
-    let device = match req.device {
-        ResolvedDevice::Cuda if tch::Cuda::is_available() => tch::Device::Cuda(0),
+    let cuda = |index: usize| match req.device {
+        ResolvedDevice::Cuda if tch::Cuda::is_available() => {
+            let n = tch::Cuda::device_count();
+            if i64::try_from(index).is_ok_and(|i| i < n) {
+                Ok(tch::Device::Cuda(index))
+            } else {
+                bail!("local rank {index} has no GPU: libtorch sees {n} CUDA device(s)")
+            }
+        }
         ResolvedDevice::Cuda => {
             bail!("device cuda was asked for, but libtorch sees no CUDA device")
         }
-        ResolvedDevice::Cpu => tch::Device::Cpu,
+        ResolvedDevice::Cpu => Ok(tch::Device::Cpu),
     };
     let report = Report;
     match &req.job {
         Job::Finetune { with, model, data } => {
             let dist = Dist::for_stage(&req, with.nproc_per_node, with.backend)?;
+            // One GPU per rank of this machine.
+            let device = cuda(dist.as_ref().map_or(0, |d| d.local_rank))?;
             if let Some(d) = &dist {
                 tch::set_num_threads((req.threads / d.local_ranks()).max(1) as i32);
             }
@@ -151,28 +160,36 @@ fn stage() -> Result<()> {
             report.stats(stats);
             Ok(())
         }
-        Job::Trace { with, model } => trace::run(with, model, &req.out, &report),
+        Job::Trace { with, model } => {
+            cuda(0)?;
+            trace::run(with, model, &req.out, &report)
+        }
     }
 }
 
 #[allow(clippy::print_stdout, reason = "the check's answer is its output")]
 fn allreduce_check(args: &[String]) -> Result<()> {
-    let nproc: usize = args
-        .first()
-        .and_then(|n| n.parse().ok())
-        .context("usage: pipe-worker allreduce-check N")?;
+    const USAGE: &str = "usage: pipe-worker allreduce-check N [gloo|nccl]";
+    let nproc: usize = args.first().and_then(|n| n.parse().ok()).context(USAGE)?;
+    let backend = match args.get(1).map(String::as_str) {
+        None | Some("gloo") => pipe_protocol::DistBackend::Gloo,
+        Some("nccl") => pipe_protocol::DistBackend::Nccl,
+        Some(_) => bail!(USAGE),
+    };
     let dist = Dist::start(
         nproc,
-        pipe_protocol::DistBackend::Gloo,
-        &["allreduce-check", &nproc.to_string()],
+        backend,
+        true,
+        &["allreduce-check", &nproc.to_string(), backend.name()],
         &[],
     )?
-    .context("a group needs N > 1 or a launcher's variables")?;
+    .context("no group formed")?;
     let r = (dist.group.rank + 1) as f32;
-    let t = tch::Tensor::from_slice(&[r, 10.0 * r]);
+    // On the group's device: NCCL sums on the GPU.
+    let t = tch::Tensor::from_slice(&[r, 10.0 * r]).to_device(dist.device);
     dist.all_reduce_sum(&t, "all-reduce")?;
     dist.group.barrier().map_err(|e| dist.fail(e, "barrier"))?;
-    let sum = Vec::<f32>::try_from(&t)?;
+    let sum = Vec::<f32>::try_from(&t.to_device(tch::Device::Cpu))?;
     if dist.group.rank == 0 {
         let answer = pipe_protocol::AllreduceCheck {
             world: dist.group.world,

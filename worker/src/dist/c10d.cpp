@@ -1,9 +1,7 @@
 // libtorch's c10d for worker/src/dist/mod.rs: a TCPStore, a process group on
-// it (gloo; NCCL only in a CUDA build) and the two collectives data-parallel
-// fine-tuning needs, in-place sum all-reduce and barrier.
-//
-// A C ABI: every function returns NULL on success or a malloc'd error message
-// (freed with pipe_c10d_free_error); C++ exceptions never cross it.
+// it (gloo here; NCCL's comes from nccl.cpp) and the two collectives
+// data-parallel fine-tuning needs, in-place sum all-reduce and barrier.
+// The C ABI of shim.hpp.
 
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
@@ -12,38 +10,14 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
-#include <exception>
 #include <string>
 #include <vector>
 
+#include "shim.hpp"
+
 namespace {
 
-char* error_string(const std::string& message) {
-  char* out = static_cast<char*>(std::malloc(message.size() + 1));
-  if (out != nullptr) {
-    std::memcpy(out, message.c_str(), message.size() + 1);
-  }
-  return out;
-}
-
-// c10d's messages carry a C++ backtrace after the first line; keep the line.
-std::string first_line(const std::string& s) {
-  auto end = s.find('\n');
-  return end == std::string::npos ? s : s.substr(0, end);
-}
-
-template <typename F>
-char* guarded(F&& f) {
-  try {
-    f();
-    return nullptr;
-  } catch (const std::exception& e) {
-    return error_string(first_line(e.what()));
-  } catch (...) {
-    return error_string("unknown C++ exception");
-  }
-}
+using pipe_shim::guarded;
 
 struct Group {
   c10::intrusive_ptr<c10d::Backend> backend;
@@ -85,11 +59,10 @@ void pipe_c10d_store_free(void* store) {
   delete static_cast<c10::intrusive_ptr<c10d::Store>*>(store);
 }
 
-// A process group of `world` ranks over `store`; blocks until every rank
-// has joined or the timeout passes. backend: "gloo" or "nccl".
-char* pipe_c10d_group_new(
+// A gloo process group of `world` ranks over `store`; blocks until every
+// rank has joined or the timeout passes.
+char* pipe_c10d_gloo_new(
     void* store,
-    const char* backend,
     int rank,
     int world,
     int64_t timeout_ms,
@@ -97,24 +70,32 @@ char* pipe_c10d_group_new(
   return guarded([&] {
     auto& s = *static_cast<c10::intrusive_ptr<c10d::Store>*>(store);
     auto timeout = std::chrono::milliseconds(timeout_ms);
-    std::string name(backend);
-    c10::intrusive_ptr<c10d::Backend> b;
-    if (name == "gloo") {
-      auto opts = c10d::ProcessGroupGloo::Options::create_default(timeout);
-      opts->threads = 1;
-      b = c10::make_intrusive<c10d::ProcessGroupGloo>(s, rank, world, opts);
-    } else if (name == "nccl") {
-      throw std::runtime_error(
-          "backend nccl: pipe-worker was built without CUDA (use backend gloo)");
-    } else {
-      throw std::runtime_error("unknown backend `" + name + "`");
-    }
+    auto opts = c10d::ProcessGroupGloo::Options::create_default(timeout);
+    opts->threads = 1;
+    c10::intrusive_ptr<c10d::Backend> b =
+        c10::make_intrusive<c10d::ProcessGroupGloo>(s, rank, world, opts);
     *group_out = new Group{std::move(b), timeout};
   });
 }
 
+// A group on a backend made elsewhere (nccl.cpp): takes over `backend`, a
+// heap-allocated c10::intrusive_ptr<c10d::Backend>.
+void pipe_c10d_group_wrap(void* backend, int64_t timeout_ms, void** group_out) {
+  auto* b = static_cast<c10::intrusive_ptr<c10d::Backend>*>(backend);
+  *group_out = new Group{std::move(*b), std::chrono::milliseconds(timeout_ms)};
+  delete b;
+}
+
+// Shuts the backend down (NCCL's watchdog and communicators; a no-op for
+// gloo) and frees the group.
 void pipe_c10d_group_free(void* group) {
-  delete static_cast<Group*>(group);
+  auto* g = static_cast<Group*>(group);
+  try {
+    g->backend->shutdown();
+  } catch (...) {
+    // Ending anyway: a failed group has nothing left to shut down cleanly.
+  }
+  delete g;
 }
 
 // Sums `tensor` (a tch Tensor, i.e. an at::Tensor*) across the group, in place.

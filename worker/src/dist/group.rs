@@ -1,5 +1,6 @@
-//! A c10d process group (libtorch's `TCPStore` and `ProcessGroupGloo`, through
-//! the C++ shim `c10d.cpp`) and the collectives fine-tuning uses.
+//! A c10d process group (libtorch's `TCPStore`, `ProcessGroupGloo` and
+//! `ProcessGroupNCCL`, through the C++ shims `c10d.cpp` and `nccl.cpp`) and
+//! the collectives fine-tuning uses.
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::time::Duration;
@@ -19,14 +20,14 @@ extern "C" {
         port_out: *mut u16,
     ) -> *mut c_char;
     fn pipe_c10d_store_free(store: *mut c_void);
-    fn pipe_c10d_group_new(
+    fn pipe_c10d_gloo_new(
         store: *mut c_void,
-        backend: *const c_char,
         rank: c_int,
         world: c_int,
         timeout_ms: i64,
         group: *mut *mut c_void,
     ) -> *mut c_char;
+    fn pipe_c10d_group_wrap(backend: *mut c_void, timeout_ms: i64, group: *mut *mut c_void);
     fn pipe_c10d_group_free(group: *mut c_void);
     fn pipe_c10d_allreduce_sum(group: *mut c_void, tensor: *mut c_void) -> *mut c_char;
     fn pipe_c10d_barrier(group: *mut c_void) -> *mut c_char;
@@ -124,6 +125,15 @@ impl Drop for Store {
     }
 }
 
+/// Whether this worker can make a `backend` group (NCCL: built with it, and
+/// CUDA there), before any rank is started or joins.
+pub fn available(backend: DistBackend) -> Result<(), C10dError> {
+    match backend {
+        DistBackend::Nccl => nccl::backend_new().map(drop),
+        _ => Ok(()),
+    }
+}
+
 /// One rank's handle on a process group.
 pub struct ProcessGroup {
     ptr: *mut c_void,
@@ -142,25 +152,43 @@ unsafe impl Send for ProcessGroup {}
 impl ProcessGroup {
     /// Joins the group of `world` ranks on `store` as `rank`: blocks until
     /// every rank has joined, or fails after `timeout`. Collectives on the
-    /// group fail after `timeout` as well.
+    /// group fail after `timeout` as well. NCCL binds the group to CUDA
+    /// device `cuda_device`.
     pub fn join(
         store: Store,
         backend: DistBackend,
         rank: usize,
         world: usize,
+        cuda_device: usize,
         timeout: Duration,
     ) -> Result<ProcessGroup, C10dError> {
-        let name = CString::new(backend.name()).map_err(|_| C10dError("bad backend".into()))?;
-        let (r, w) = (
-            c_int::try_from(rank).map_err(|_| C10dError(format!("rank {rank} is too large")))?,
-            c_int::try_from(world)
-                .map_err(|_| C10dError(format!("world size {world} is too large")))?,
-        );
+        let int = |what: &str, n: usize| {
+            c_int::try_from(n).map_err(|_| C10dError(format!("{what} {n} is too large")))
+        };
+        let (r, w) = (int("rank", rank)?, int("world size", world)?);
         let mut ptr = std::ptr::null_mut();
-        // SAFETY: `store.ptr` is live; valid C string and out-pointer.
-        check(unsafe {
-            pipe_c10d_group_new(store.ptr, name.as_ptr(), r, w, millis(timeout), &mut ptr)
-        })?;
+        match backend {
+            DistBackend::Nccl => {
+                let new = nccl::backend_new()?;
+                let mut b = std::ptr::null_mut();
+                // SAFETY: `store.ptr` is live; `new` is the shim's
+                // pipe_nccl_backend_new; on success `b` is a backend that
+                // pipe_c10d_group_wrap takes over.
+                check(unsafe {
+                    new(
+                        store.ptr,
+                        r,
+                        w,
+                        millis(timeout),
+                        int("CUDA device", cuda_device)?,
+                        &mut b,
+                    )
+                })?;
+                unsafe { pipe_c10d_group_wrap(b, millis(timeout), &mut ptr) };
+            }
+            // SAFETY: `store.ptr` is live; valid out-pointer.
+            _ => check(unsafe { pipe_c10d_gloo_new(store.ptr, r, w, millis(timeout), &mut ptr) })?,
+        }
         Ok(ProcessGroup {
             ptr,
             rank,
@@ -169,7 +197,8 @@ impl ProcessGroup {
         })
     }
 
-    /// Sums `t` across the group, in place (a contiguous CPU tensor for gloo).
+    /// Sums `t` across the group, in place (a contiguous tensor: on the CPU
+    /// for gloo, on the group's device for NCCL).
     pub fn all_reduce_sum(&self, t: &Tensor) -> Result<(), C10dError> {
         // SAFETY: `ptr` is live and `t.as_ptr()` is a valid at::Tensor* for the call.
         check(unsafe { pipe_c10d_allreduce_sum(self.ptr, t.as_ptr() as *mut c_void) })
@@ -184,7 +213,91 @@ impl ProcessGroup {
 
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
-        // SAFETY: `ptr` came from pipe_c10d_group_new and is freed once.
+        // SAFETY: `ptr` came from pipe_c10d_gloo_new or
+        // pipe_c10d_group_wrap and is freed once.
         unsafe { pipe_c10d_group_free(self.ptr) }
+    }
+}
+
+/// The NCCL shim (`nccl.cpp`): a shared object build.rs compiles and the
+/// worker embeds, loaded on first use from an anonymous in-memory file. It
+/// links libtorch_cuda, so a machine without CUDA never loads it.
+mod nccl {
+    use super::C10dError;
+    use std::ffi::{c_char, c_int, c_void};
+
+    pub type BackendNew = unsafe extern "C" fn(
+        store: *mut c_void,
+        rank: c_int,
+        world: c_int,
+        timeout_ms: i64,
+        device: c_int,
+        backend: *mut *mut c_void,
+    ) -> *mut c_char;
+
+    #[cfg(not(pipe_nccl))]
+    pub fn backend_new() -> Result<BackendNew, C10dError> {
+        Err(C10dError(
+            "backend nccl: this pipe-worker was built without the NCCL headers \
+             (scripts/setup-libtorch installs them); use backend gloo"
+                .into(),
+        ))
+    }
+
+    #[cfg(pipe_nccl)]
+    pub fn backend_new() -> Result<BackendNew, C10dError> {
+        static LOADED: std::sync::OnceLock<Result<usize, String>> = std::sync::OnceLock::new();
+        match LOADED.get_or_init(|| load().map_err(|e| format!("backend nccl: {e}"))) {
+            // SAFETY: the address dlsym gave for pipe_nccl_backend_new, whose
+            // C signature is `BackendNew`; the object stays loaded.
+            Ok(addr) => Ok(unsafe { std::mem::transmute::<usize, BackendNew>(*addr) }),
+            Err(e) => Err(C10dError(e.clone())),
+        }
+    }
+
+    #[cfg(pipe_nccl)]
+    fn load() -> Result<usize, String> {
+        use std::ffi::{CStr, CString};
+        use std::io::Write;
+        use std::os::fd::FromRawFd;
+        static SO: &[u8] = include_bytes!(env!("PIPE_NCCL_SO"));
+        if !tch::Cuda::is_available() {
+            return Err("libtorch sees no CUDA device".into());
+        }
+        // SAFETY: a valid C string; the new descriptor is owned by `file`.
+        let fd = unsafe { libc::memfd_create(c"pipe-nccl".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(format!(
+                "cannot hold the NCCL shim in memory: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+        file.write_all(SO)
+            .map_err(|e| format!("cannot write the NCCL shim: {e}"))?;
+        let path = CString::new(format!("/proc/self/fd/{fd}")).map_err(|e| e.to_string())?;
+        // SAFETY: dlopen of the shim; it stays loaded for the process's
+        // lifetime (the handle is never closed).
+        let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+        if handle.is_null() {
+            // SAFETY: dlerror returns NULL or a C string valid until the next call.
+            let why = unsafe { libc::dlerror() };
+            let why = if why.is_null() {
+                "unknown error".into()
+            } else {
+                unsafe { CStr::from_ptr(why) }
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            return Err(format!(
+                "cannot load the NCCL shim (does the libtorch pipe-worker runs against have NCCL?): {why}"
+            ));
+        }
+        // SAFETY: a live handle and a valid C string.
+        let sym = unsafe { libc::dlsym(handle, c"pipe_nccl_backend_new".as_ptr()) };
+        if sym.is_null() {
+            return Err("the NCCL shim lacks pipe_nccl_backend_new".into());
+        }
+        Ok(sym as usize)
     }
 }

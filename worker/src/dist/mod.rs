@@ -1,5 +1,7 @@
 //! Data-parallel fine-tuning's process group: libtorch's c10d (a `TCPStore`
-//! rendezvous and `ProcessGroupGloo`) through the C++ shim `c10d.cpp`.
+//! rendezvous, and `ProcessGroupGloo` or `ProcessGroupNCCL`) through the C++
+//! shims `c10d.cpp` and `nccl.cpp`. On CUDA every rank takes the GPU of its
+//! local rank.
 //!
 //! A worker joins a group in one of two ways:
 //! - under a launcher (torchrun, Slurm, a Kubernetes Indexed Job), it joins
@@ -23,7 +25,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use pipe_protocol::{DistBackend, Request};
 
 pub use env::Membership;
-pub use group::{C10dError, ProcessGroup, Store};
+pub use group::{available, C10dError, ProcessGroup, Store};
 
 /// How long a collective or the rendezvous may wait for the other ranks.
 pub fn timeout() -> Result<Duration> {
@@ -42,6 +44,11 @@ pub fn timeout() -> Result<Duration> {
 /// This worker's group, and the ranks it started (rank 0 of `nproc_per_node`).
 pub struct Dist {
     pub group: ProcessGroup,
+    /// This rank's index among the ranks of its machine: its CUDA device.
+    pub local_rank: usize,
+    /// Where the group's collectives take their tensors: the CPU for gloo,
+    /// this rank's GPU for NCCL.
+    pub device: tch::Device,
     locals: LocalRanks,
 }
 
@@ -63,19 +70,46 @@ impl Dist {
         let mut child = req.clone();
         child.threads = (req.threads / nproc.max(1)).max(1);
         let body = serde_json::to_vec(&child)?;
-        Dist::start(nproc, backend.resolve(req.device), &["stage"], &body)
+        // A backend named with one rank: a group of one, to run (and check)
+        // the data-parallel path on one device.
+        let alone = backend != DistBackend::Auto;
+        Dist::start(nproc, backend.resolve(req.device), alone, &["stage"], &body)
     }
 
     /// Joins the group of a launcher, or starts `nproc` local ranks as
-    /// `pipe-worker ARGS` with `stdin`; `None` when this worker runs alone.
+    /// `pipe-worker ARGS` with `stdin`; `None` when this worker runs alone,
+    /// unless `group_of_one` asks for a group even then.
     pub fn start(
         nproc: usize,
         backend: DistBackend,
+        group_of_one: bool,
         args: &[&str],
         stdin: &[u8],
     ) -> Result<Option<Dist>> {
         let timeout = timeout()?;
-        if let Some(m) = env::from_env().context("cannot tell which group to join")? {
+        let membership = env::from_env().context("cannot tell which group to join")?;
+        if membership.is_none() && nproc <= 1 && !group_of_one {
+            return Ok(None);
+        }
+        available(backend)?;
+        if backend == DistBackend::Nccl {
+            // One GPU per rank of this machine, checked before any rank
+            // joins: NCCL's own set-up would wait for a rank that is gone.
+            let gpus = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+            match &membership {
+                Some(m) if m.local_rank >= gpus => bail!(
+                    "rank {}: backend nccl: local rank {} has no GPU (libtorch sees {gpus})",
+                    m.rank,
+                    m.local_rank
+                ),
+                None if nproc > gpus => bail!(
+                    "backend nccl: {nproc} ranks on this machine need {nproc} GPUs, \
+                     and libtorch sees {gpus}"
+                ),
+                _ => {}
+            }
+        }
+        if let Some(m) = membership {
             let store = if m.rank == 0 {
                 Store::host(&m.master_addr, m.master_port, m.world, timeout)
             } else {
@@ -87,17 +121,23 @@ impl Dist {
                     m.rank, m.master_addr, m.master_port
                 )
             })?;
-            let group = ProcessGroup::join(store, backend, m.rank, m.world, timeout).with_context(
-                || format!("rank {}: the group of {} did not form", m.rank, m.world),
-            )?;
+            let group = ProcessGroup::join(store, backend, m.rank, m.world, m.local_rank, timeout)
+                .with_context(|| {
+                    format!(
+                        "rank {}: the {} group of {} did not form",
+                        m.rank,
+                        backend.name(),
+                        m.world
+                    )
+                })?;
             return Ok(Some(Dist {
                 group,
+                local_rank: m.local_rank,
+                device: collective_device(backend, m.local_rank),
                 locals: LocalRanks::default(),
             }));
         }
-        if nproc <= 1 {
-            return Ok(None);
-        }
+        let nproc = nproc.max(1);
         let port = match std::env::var("MASTER_PORT") {
             Ok(p) => p
                 .trim()
@@ -108,11 +148,16 @@ impl Dist {
         let store = Store::host("127.0.0.1", port, nproc, timeout)
             .context("cannot host the rendezvous on 127.0.0.1")?;
         let locals = LocalRanks::spawn(args, stdin, nproc, store.port())?;
-        let group = match ProcessGroup::join(store, backend, 0, nproc, timeout) {
+        let group = match ProcessGroup::join(store, backend, 0, nproc, 0, timeout) {
             Ok(g) => g,
             Err(e) => return Err(locals.explain(e, "the group did not form")),
         };
-        Ok(Some(Dist { group, locals }))
+        Ok(Some(Dist {
+            group,
+            local_rank: 0,
+            device: collective_device(backend, 0),
+            locals,
+        }))
     }
 
     /// How many ranks this worker started (itself included; 1 under a launcher).
@@ -130,8 +175,18 @@ impl Dist {
     }
 
     /// Sums `t` across ranks in place; the error names the rank that failed.
+    /// A tensor elsewhere than the group's device is summed there, through
+    /// a copy.
     pub fn all_reduce_sum(&self, t: &tch::Tensor, what: &str) -> Result<()> {
-        self.group.all_reduce_sum(t).map_err(|e| self.fail(e, what))
+        if t.device() == self.device {
+            return self.group.all_reduce_sum(t).map_err(|e| self.fail(e, what));
+        }
+        let there = t.to_device(self.device);
+        self.group
+            .all_reduce_sum(&there)
+            .map_err(|e| self.fail(e, what))?;
+        t.shallow_clone().copy_(&there);
+        Ok(())
     }
 
     /// Whether every rank has the same `digest` (one all-reduce: for each
@@ -163,6 +218,13 @@ impl Dist {
         }
         self.locals.children.clear();
         Ok(())
+    }
+}
+
+fn collective_device(backend: DistBackend, local_rank: usize) -> tch::Device {
+    match backend {
+        DistBackend::Nccl => tch::Device::Cuda(local_rank),
+        _ => tch::Device::Cpu,
     }
 }
 
