@@ -62,6 +62,15 @@ impl Default for RunOptions {
     }
 }
 
+/// The GPUs of this machine a stage holds while it runs: none when it runs
+/// on a cluster, whose scheduler hands out that node's GPUs.
+fn local_gpus(stage: &crate::pipeline::Stage, default: crate::cluster::ExecutorKind) -> u32 {
+    match crate::cluster::executor_of(stage, default) {
+        crate::cluster::ExecutorKind::Local => stage.gpus,
+        crate::cluster::ExecutorKind::Slurm => 0,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("no stage named `{0}` in this manifest")]
@@ -265,7 +274,7 @@ pub fn run_with_remote(
                     states[i] = State::Done(Box::new(r), None);
                     continue;
                 }
-                let need = p.stages[i].gpus;
+                let need = local_gpus(&p.stages[i], opts.executor);
                 let gpu_ok = need == 0 || gpus_in_use == 0 || gpus_in_use + need <= opts.gpus;
                 if running >= jobs || !gpu_ok {
                     continue;
@@ -294,7 +303,7 @@ pub fn run_with_remote(
             }
             let Ok((i, r, run)) = rx.recv() else { break };
             running -= 1;
-            gpus_in_use -= p.stages[i].gpus;
+            gpus_in_use -= local_gpus(&p.stages[i], opts.executor);
             if r.status != Status::Pending {
                 reporter.event(Event::Finished(&r));
             }
@@ -368,6 +377,35 @@ mod tests {
         fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
             Ok(std::fs::write(ctx.out.join("ok"), "ok")?)
         }
+    }
+
+    /// GPU tokens are this machine's: a stage sent to Slurm holds none here.
+    #[test]
+    fn only_stages_run_here_hold_this_machines_gpus() {
+        let ws = tempfile::tempdir().unwrap();
+        let file = ws.path().join("pipe.yaml");
+        std::fs::write(
+            &file,
+            "version: 1\nname: p\nstages:\n  here:\n    kind: writes\n    resources: {gpu: 1}\n    executor: local\n  there:\n    kind: writes\n    resources: {gpu: 1}\n    executor: slurm\n  either:\n    kind: writes\n    resources: {gpu: 2}\n",
+        )
+        .unwrap();
+        let mut registry = Registry::new();
+        registry.register::<Writes>();
+        let p = crate::load(&file, &[], &registry).unwrap();
+        let gpus = |name: &str, default| {
+            let stage = p.stages.iter().find(|s| s.name == name).unwrap();
+            local_gpus(stage, default)
+        };
+        use crate::cluster::ExecutorKind::{Local, Slurm};
+        assert_eq!(
+            [
+                gpus("here", Slurm),
+                gpus("there", Local),
+                gpus("either", Local),
+                gpus("either", Slurm)
+            ],
+            [1, 0, 2, 0]
+        );
     }
 
     #[test]
