@@ -7,8 +7,11 @@
 #
 # Per round: one client sending 300 single-sentence requests (latency), then 32
 # clients each sending 40 (throughput), for each server layout: 1 inference
-# worker × 2 intra-op threads (the default on 2 cores), 2 workers × 1 thread,
-# 1 worker × 1 thread.
+# worker × 2 intra-op threads (the default on 2 cores), the same with
+# `--bf16 false` (fp32 linear layers at every size), 2 workers × 1 thread,
+# 1 worker × 1 thread. In the first round, the 1 × 2 layouts also classify
+# CoLA's in-domain dev set in requests of 32 sentences: how many predictions
+# bf16 changes, and both accuracies.
 # Set PIPE_MIRROR to work offline.
 set -euo pipefail
 repeat=${1:-3}
@@ -35,8 +38,12 @@ z=zipfile.ZipFile(sys.argv[1]); rows=z.read("cola_public/raw/in_domain_dev.tsv")
 print("\n".join(r.split("\t")[3] for r in rows if r.count("\t")>=3))' "$zip" > sentences.txt
 results=$work/results.jsonl
 
-serve() { # WORKERS THREADS
-  "$pipe" serve .pipe/out/bench/package/model.tar.gz --port 0 --announce --workers "$1" --threads "$2" > ready.json 2> server.log &
+python3 -c 'import io,sys,zipfile
+z=zipfile.ZipFile(sys.argv[1]); rows=z.read("cola_public/raw/in_domain_dev.tsv").decode().splitlines()
+print("\n".join(r.split("\t")[1] for r in rows if r.count("\t")>=3))' "$zip" > labels.txt
+
+serve() { # WORKERS THREADS BF16
+  "$pipe" serve .pipe/out/bench/package/model.tar.gz --port 0 --announce --workers "$1" --threads "$2" --bf16 "$3" > ready.json 2> server.log &
   server=$!
   while [ ! -s ready.json ]; do kill -0 "$server" || { cat server.log >&2; exit 1; }; sleep 0.1; done
   url=$(python3 -c 'import json,sys; print(json.load(open("ready.json"))["ready"])')
@@ -44,15 +51,28 @@ serve() { # WORKERS THREADS
 stop() { kill "$server"; wait "$server" || true; server=; rm -f ready.json; }
 
 for i in $(seq "$repeat"); do
-  for layout in "1 2" "2 1" "1 1"; do
+  for layout in "1 2 auto" "1 2 false" "2 1 auto" "1 1 auto"; do
     set -- $layout
-    echo "== round $i/$repeat: pipe serve, $1 worker(s) x $2 thread(s)" >&2
-    serve "$1" "$2"
+    name="pipe $1x$2"; [ "$3" = auto ] || name="$name bf16=$3"
+    echo "== round $i/$repeat: $name" >&2
+    serve "$1" "$2" "$3"
     "$load" "$url" sentences.txt 1 20 > /dev/null   # warm up
     single=$("$load" "$url" sentences.txt 1 300)
     many=$("$load" "$url" sentences.txt 32 40)
+    if [ "$i" = 1 ] && [ "$1 $2" = "1 2" ]; then
+      python3 - "$url" sentences.txt labels.txt > "classes-$3.json" <<'PY'
+import json, sys, urllib.request
+url, texts, labels = sys.argv[1], open(sys.argv[2]).read().splitlines(), open(sys.argv[3]).read().splitlines()
+out = []
+for k in range(0, len(texts), 32):
+    req = urllib.request.Request(url + "/invocations", json.dumps(texts[k:k + 32]).encode(), {"content-type": "application/json"})
+    rows = json.load(urllib.request.urlopen(req))
+    out += [max(range(len(r)), key=r.__getitem__) for r in rows]
+print(json.dumps({"classes": out, "accuracy": sum(int(c) == int(l) for c, l in zip(out, labels)) / len(out)}))
+PY
+    fi
     stop
-    python3 -c 'import json,sys; s=json.loads(sys.argv[1]); m=json.loads(sys.argv[2]); print(json.dumps({"run": "pipe %sx%s" % (sys.argv[3], sys.argv[4]), "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"], "per_s": m["requests_per_s"], "errors": s["errors"] + m["errors"]}))' "$single" "$many" "$1" "$2" >> "$results"
+    python3 -c 'import json,sys; s=json.loads(sys.argv[1]); m=json.loads(sys.argv[2]); print(json.dumps({"run": sys.argv[3], "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"], "per_s": m["requests_per_s"], "errors": s["errors"] + m["errors"]}))' "$single" "$many" "$name" >> "$results"
   done
   echo "== round $i/$repeat: python in-process" >&2
   HF_HUB_OFFLINE=1 "$py" "$ref/serve_ref.py" --model .pipe/out/bench/finetune --cola "$zip" --threads 2 --out py.json > py.log 2>&1 || { tail py.log >&2; exit 1; }
@@ -69,4 +89,11 @@ for run in dict.fromkeys(r["run"] for r in rows):
     med = lambda k: statistics.median(x[k] for x in r)
     print(f"{run:<12} {med('p50_ms'):>8.2f} {med('p99_ms'):>8.2f} {med('per_s'):>17.1f} {sum(x['errors'] for x in r):>7}")
 print("(python: in-process, no HTTP; its throughput column is batch-32 sentences/s)")
+PY
+python3 - <<'PY'
+import json
+a, b = json.load(open("classes-auto.json")), json.load(open("classes-false.json"))
+same = sum(x == y for x, y in zip(a["classes"], b["classes"]))
+print(f"CoLA in-domain dev, {len(a['classes'])} sentences in requests of 32: --bf16 auto gives the class of "
+      f"--bf16 false for {same} ({100 * same / len(a['classes']):.2f}%); accuracy {a['accuracy']:.4f} vs {b['accuracy']:.4f}")
 PY

@@ -12,6 +12,7 @@ extern "C" {
     fn pipe_fast_load(
         path: *const c_char,
         rows: i64,
+        bf16: c_int,
         module: *mut *mut c_void,
         packed: *mut c_int,
     ) -> *mut c_char;
@@ -56,13 +57,22 @@ pub struct FastModule {
 unsafe impl Send for FastModule {}
 
 impl FastModule {
-    /// Loads `path` and packs its linear layers' weights.
-    pub fn load(path: &Path) -> Result<FastModule> {
+    /// Loads `path` and packs its linear layers' weights: in bf16 with
+    /// `bf16` (their inputs cast to bf16 and their outputs back to fp32).
+    pub fn load(path: &Path, bf16: bool) -> Result<FastModule> {
         let c_path = CString::new(path.as_os_str().as_encoded_bytes())?;
         let mut module = std::ptr::null_mut();
         let mut packed: c_int = 0;
         // SAFETY: valid pointers for the call's duration.
-        check(unsafe { pipe_fast_load(c_path.as_ptr(), PACK_ROWS, &mut module, &mut packed) })?;
+        check(unsafe {
+            pipe_fast_load(
+                c_path.as_ptr(),
+                PACK_ROWS,
+                c_int::from(bf16),
+                &mut module,
+                &mut packed,
+            )
+        })?;
         if module.is_null() {
             bail!("{}: the module did not load", path.display());
         }

@@ -3,7 +3,9 @@
 // that follows one fused into it). At the small row counts of single-sentence
 // requests the linear layers are most of the time, and plain `aten::linear`
 // re-reads and re-lays out its weights on every call; packed, they are about
-// twice as fast. The file on disk is not changed: model.pt stays portable.
+// twice as fast. On a CPU with bf16 instructions a second copy can hold its
+// linear layers in bf16 (pack_linears). The file on disk is not changed:
+// model.pt stays portable fp32.
 //
 // A C ABI for worker/src/fast.rs. Errors come back as malloc'd strings.
 
@@ -57,8 +59,10 @@ std::optional<at::Tensor> constant_weight(Value* v) {
 
 // `aten::linear(x, W, b)` with a constant W becomes
 // `mkldnn::_linear_pointwise(x, packed W, b, attr, [], algorithm)`; returns how
-// many were rewritten.
-int pack_linears(const std::shared_ptr<Graph>& graph, int64_t rows) {
+// many were rewritten. With `bf16`, W and b are bf16 and the product runs in
+// bf16 (AMX or AVX512-BF16 where the CPU has them): x is cast to bf16 before
+// and the result back to fp32 after, so everything else stays fp32.
+int pack_linears(const std::shared_ptr<Graph>& graph, int64_t rows, bool bf16) {
   static const auto linear = c10::Symbol::fromQualString("aten::linear");
   static const auto gelu = c10::Symbol::fromQualString("aten::gelu");
   static const auto pointwise =
@@ -97,6 +101,21 @@ int pack_linears(const std::shared_ptr<Graph>& graph, int64_t rows) {
       }
     }
     torch::jit::WithInsertPoint guard(n);
+    Value* x = n->input(0);
+    Value* bias = n->input(2);
+    if (bf16) {
+      static const auto to = c10::Symbol::fromQualString("aten::to");
+      auto bias_value = torch::jit::toIValue(bias);
+      if (!bias_value || !(bias_value->isNone() || bias_value->isTensor())) {
+        continue;  // a bias computed at run time: leave this one fp32
+      }
+      weight = weight->to(at::kBFloat16);
+      if (bias_value->isTensor()) {
+        bias = graph->insertConstant(bias_value->toTensor().to(at::kBFloat16));
+      }
+      x = graph->insert(to, {NamedValue(x), NamedValue(c10::IValue(at::kBFloat16)),
+                             NamedValue(false), NamedValue(false)});
+    }
     // Tensors without storage cannot be `prim::Constant`s; libtorch's own
     // oneDNN freezing pass holds them in this node kind.
     Node* constant = graph->create(
@@ -111,12 +130,17 @@ int pack_linears(const std::shared_ptr<Graph>& graph, int64_t rows) {
                          ->output();
     Value* out = graph->insert(
         pointwise,
-        {NamedValue(n->input(0)),
+        {NamedValue(x),
          NamedValue(packed),
-         NamedValue(n->input(2)),
+         NamedValue(bias),
          NamedValue(c10::IValue(attr)),
          NamedValue(scalars),
          NamedValue(algorithm)});
+    if (bf16) {
+      static const auto to = c10::Symbol::fromQualString("aten::to");
+      out = graph->insert(to, {NamedValue(out), NamedValue(c10::IValue(at::kFloat)),
+                               NamedValue(false), NamedValue(false)});
+    }
     out->setType(n->output()->type());
     if (fused != nullptr) {
       fused->output()->replaceAllUsesWith(out);
@@ -135,14 +159,15 @@ int pack_linears(const std::shared_ptr<Graph>& graph, int64_t rows) {
 extern "C" {
 
 // Loads `path` for CPU inference. `rows`: the row count the weights are laid
-// out for. `packed` gets the number of linear layers rewritten.
-char* pipe_fast_load(const char* path, int64_t rows, void** module,
+// out for; `bf16`: the linear layers in bf16. `packed` gets the number of
+// linear layers rewritten.
+char* pipe_fast_load(const char* path, int64_t rows, int bf16, void** module,
                      int* packed) {
   try {
     auto m = torch::jit::load(std::string(path), c10::Device(c10::kCPU));
     m.eval();
     auto frozen = torch::jit::freeze(m);
-    *packed = pack_linears(frozen.get_method("forward").graph(), rows);
+    *packed = pack_linears(frozen.get_method("forward").graph(), rows, bf16 != 0);
     *module = new torch::jit::Module(std::move(frozen));
     return nullptr;
   } catch (const std::exception& e) {

@@ -66,6 +66,19 @@ struct ServeArgs {
     /// Print {"ready": URL, "pid": PID} on stdout once listening
     #[arg(long, hide = true)]
     announce: bool,
+    /// bf16 linear layers for batches of 64 token rows or more: auto (where
+    /// the CPU has AVX512-BF16 or AMX), true, false.
+    #[arg(long, default_value = "auto", value_parser = parse_bf16)]
+    bf16: pipe_protocol::Bf16,
+}
+
+fn parse_bf16(s: &str) -> Result<pipe_protocol::Bf16, String> {
+    match s {
+        "auto" => Ok(pipe_protocol::Bf16::Auto),
+        "true" => Ok(pipe_protocol::Bf16::On),
+        "false" => Ok(pipe_protocol::Bf16::Off),
+        _ => Err(format!("`{s}`: expected true, false or auto")),
+    }
 }
 
 fn serve_command(args: &[String]) -> Result<()> {
@@ -92,6 +105,15 @@ fn serve_command(args: &[String]) -> Result<()> {
             "{workers} workers × {threads} threads is more than the {cores} cores: expect slower inference"
         );
     }
+    let bf16 = a
+        .bf16
+        .resolve(ResolvedDevice::Cpu, pipe_worker::amp::cpu_has_bf16());
+    if bf16 {
+        tracing::info!(
+            "batches of {} token rows or more run their linear layers in bf16",
+            serve::BF16_ROWS
+        );
+    }
     serve::serve(serve::Options {
         package: a.package,
         host: a.host,
@@ -107,6 +129,7 @@ fn serve_command(args: &[String]) -> Result<()> {
         read_timeout: seconds("--read-timeout", a.read_timeout)?,
         drain_timeout: seconds("--drain-timeout", a.drain_timeout)?,
         announce: a.announce,
+        bf16,
     })
 }
 

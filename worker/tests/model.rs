@@ -290,10 +290,13 @@ fn traced_model_works_at_every_shape() {
     trace::run(&TraceWith::default(), &model, &out, &Report).unwrap();
     let traced = tch::CModule::load(out.join("model.pt")).unwrap();
     // The server's module: frozen, linear layers on packed oneDNN weights.
-    let fast = FastModule::load(&out.join("model.pt")).unwrap();
+    let fast = FastModule::load(&out.join("model.pt"), false).unwrap();
     // 2 layers × (query, key, value, output, intermediate, output) + pooler
     // + classifier.
     assert_eq!(fast.packed, 14);
+    // The same with bf16 linear layers (emulated where the CPU lacks bf16).
+    let half = FastModule::load(&out.join("model.pt"), true).unwrap();
+    assert_eq!(half.packed, 14);
     let ck = Checkpoint::load(&model, 2, Device::Cpu).unwrap();
     for (b, l) in [(1, 3), (5, 11), (2, 64), (7, 2)] {
         let ids = Tensor::randint_low(5, 20, [b, l], (tch::Kind::Int64, Device::Cpu));
@@ -310,6 +313,13 @@ fn traced_model_works_at_every_shape() {
             max_diff(&served, &eager) <= 1e-5,
             "packed, shape [{b}, {l}]"
         );
+        let low =
+            tch::no_grad(|| half.forward(&[ids.shallow_clone(), mask.shallow_clone()])).unwrap();
+        assert_eq!(low.kind(), tch::Kind::Float);
+        assert_eq!(low.size(), vec![b, 2]);
+        // bf16 keeps 8 bits of mantissa: near, not equal.
+        let d = max_diff(&low, &eager);
+        assert!(d > 0.0 && d <= 5e-2, "bf16, shape [{b}, {l}]: {d}");
     }
     // Tracing twice gives the same bytes.
     let again = t.path().join("again");

@@ -36,6 +36,7 @@
 pub mod app;
 pub mod batcher;
 pub mod model;
+pub use model::BF16_ROWS;
 pub mod package;
 pub mod prom;
 #[cfg(test)]
@@ -81,6 +82,8 @@ pub struct Options {
     pub drain_timeout: Duration,
     /// Print the [`Ready`] line on stdout once serving (for `deploy`).
     pub announce: bool,
+    /// Run big batches' linear layers in bf16 (a second, bf16 copy of them).
+    pub bf16: bool,
 }
 
 async fn shutdown() {
@@ -211,10 +214,10 @@ pub fn serve(opts: Options) -> Result<()> {
     let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
     for _ in 0..workers {
         let (batcher, ready, threads) = (batcher.clone(), ready_tx.clone(), opts.threads);
-        let (dir, max_len) = (package.dir.clone(), package.max_len);
+        let (dir, max_len, bf16) = (package.dir.clone(), package.max_len, opts.bf16);
         std::thread::spawn(move || {
             tch::set_num_threads(threads.max(1) as i32);
-            match Model::load(&dir, max_len) {
+            match Model::load(&dir, max_len, bf16) {
                 Ok(model) => {
                     let _alive = batcher.enlist();
                     let _ = ready.send(Ok(()));
