@@ -66,8 +66,8 @@ struct ServeArgs {
     /// Print {"ready": URL, "pid": PID} on stdout once listening
     #[arg(long, hide = true)]
     announce: bool,
-    /// bf16 linear layers for batches of 64 token rows or more: auto (where
-    /// the CPU has AVX512-BF16 or AMX), true, false.
+    /// The linear layers in bf16: auto (where the CPU has AVX512-BF16 or
+    /// AMX), true, false.
     #[arg(long, default_value = "auto", value_parser = parse_bf16)]
     bf16: pipe_protocol::Bf16,
 }
@@ -108,12 +108,14 @@ fn serve_command(args: &[String]) -> Result<()> {
     let bf16 = a
         .bf16
         .resolve(ResolvedDevice::Cpu, pipe_worker::amp::cpu_has_bf16());
-    if bf16 {
-        tracing::info!(
-            "batches of {} token rows or more run their linear layers in bf16",
-            serve::BF16_ROWS
-        );
-    }
+    tracing::info!(
+        "linear layers in {}",
+        if bf16 {
+            "bf16 (oneDNN; AMX or AVX512-BF16 where the CPU has them)"
+        } else {
+            "fp32"
+        }
+    );
     serve::serve(serve::Options {
         package: a.package,
         host: a.host,

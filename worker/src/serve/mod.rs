@@ -36,7 +36,6 @@
 pub mod app;
 pub mod batcher;
 pub mod model;
-pub use model::BF16_ROWS;
 pub mod package;
 pub mod prom;
 #[cfg(test)]
@@ -82,7 +81,7 @@ pub struct Options {
     pub drain_timeout: Duration,
     /// Print the [`Ready`] line on stdout once serving (for `deploy`).
     pub announce: bool,
-    /// Run big batches' linear layers in bf16 (a second, bf16 copy of them).
+    /// Run the linear layers in bf16.
     pub bf16: bool,
 }
 

@@ -15,48 +15,29 @@ use crate::tokenize::{pad, Encoder};
 
 pub struct Model {
     module: FastModule,
-    /// The same model with bf16 linear layers, for calls of at least
-    /// [`BF16_ROWS`] token rows.
-    bf16: Option<FastModule>,
     encoder: Encoder,
 }
 
-/// From how many padded token rows a call runs on the bf16 copy: below,
-/// casting to and from bf16 costs more than the bf16 products save.
-pub const BF16_ROWS: usize = 64;
-
 impl Model {
     /// Loads the module and tokenizer of the package unpacked in `dir`, and
-    /// warms them up; with `bf16`, a bf16 copy of the linear layers too.
+    /// warms them up; with `bf16`, the linear layers run in bf16.
     pub fn load(dir: &Path, max_len: usize, bf16: bool) -> Result<Model> {
         let path = dir.join("model.pt");
-        let load = |bf16| {
-            FastModule::load(&path, bf16).with_context(|| format!("cannot load {}", path.display()))
-        };
-        let module = load(false)?;
+        let module = FastModule::load(&path, bf16)
+            .with_context(|| format!("cannot load {}", path.display()))?;
         tracing::debug!("{} linear layers on packed weights", module.packed);
         let model = Model {
             module,
-            bf16: if bf16 { Some(load(true)?) } else { None },
             encoder: Encoder::load(dir, max_len)?,
         };
         // Warm up: the first calls of a TorchScript module optimise its graph.
-        let long = "warm up ".repeat(BF16_ROWS / 2);
-        for (n, text) in [(1usize, "warm up"), (2, "warm up"), (2, long.as_str())] {
-            let warm: Vec<String> = vec![text.to_string(); n];
+        for n in [1usize, 2] {
+            let warm: Vec<String> = vec!["warm up".to_string(); n];
             model
                 .infer(&warm)
                 .context("the model fails on a test sentence")?;
         }
         Ok(model)
-    }
-
-    /// The module for a call of `rows` padded token rows.
-    fn module_for(&self, rows: usize) -> &FastModule {
-        match &self.bf16 {
-            Some(m) if rows >= BF16_ROWS => m,
-            _ => &self.module,
-        }
     }
 }
 
@@ -74,11 +55,7 @@ impl Infer for Model {
             let members = &order[group];
             let seqs: Vec<&[i64]> = members.iter().map(|&i| ids[i].as_slice()).collect();
             let (x, m) = pad(&seqs, None);
-            let tokens = x.numel();
-            let logits = self
-                .module_for(tokens)
-                .forward(&[x, m])?
-                .to_kind(Kind::Float);
+            let logits = self.module.forward(&[x, m])?.to_kind(Kind::Float);
             let n = logits.size();
             if n.len() != 2 || n[0] != members.len() as i64 {
                 bail!(
