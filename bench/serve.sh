@@ -48,6 +48,9 @@ serve() { # WORKERS THREADS BF16
   while [ ! -s ready.json ]; do kill -0 "$server" || { cat server.log >&2; exit 1; }; sleep 0.1; done
   url=$(python3 -c 'import json,sys; print(json.load(open("ready.json"))["ready"])')
 }
+# The server's peak RSS (MiB) so far; `pipe serve` execs into pipe-worker, so
+# the pid stays the same.
+peak_rss() { awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$server/status"; }
 stop() { kill "$server"; wait "$server" || true; server=; rm -f ready.json; }
 
 for i in $(seq "$repeat"); do
@@ -71,23 +74,28 @@ for k in range(0, len(texts), 32):
 print(json.dumps({"classes": out, "accuracy": sum(int(c) == int(l) for c, l in zip(out, labels)) / len(out)}))
 PY
     fi
+    rss=$(peak_rss)
     stop
-    python3 -c 'import json,sys; s=json.loads(sys.argv[1]); m=json.loads(sys.argv[2]); print(json.dumps({"run": sys.argv[3], "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"], "per_s": m["requests_per_s"], "errors": s["errors"] + m["errors"]}))' "$single" "$many" "$name" >> "$results"
+    python3 -c 'import json,sys; s=json.loads(sys.argv[1]); m=json.loads(sys.argv[2]); print(json.dumps({"run": sys.argv[3], "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"], "per_s": m["requests_per_s"], "errors": s["errors"] + m["errors"], "peak_rss_mib": float(sys.argv[4])}))' "$single" "$many" "$name" "$rss" >> "$results"
   done
   echo "== round $i/$repeat: python in-process" >&2
-  HF_HUB_OFFLINE=1 "$py" "$ref/serve_ref.py" --model .pipe/out/bench/finetune --cola "$zip" --threads 2 --out py.json > py.log 2>&1 || { tail py.log >&2; exit 1; }
-  python3 -c 'import json,sys; m=json.load(open("py.json")); print(json.dumps({"run": "python", "p50_ms": m["eager_single_ms"]["p50"], "p99_ms": m["eager_single_ms"]["p99"], "per_s": m["batch32_sentences_per_s"], "errors": 0}))' >> "$results"
+  # Its peak RSS: the reference runs as a child of this small launcher.
+  HF_HUB_OFFLINE=1 "$py" -c 'import resource, subprocess, sys
+subprocess.run(sys.argv[1:], check=True)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)' \
+    "$py" "$ref/serve_ref.py" --model .pipe/out/bench/finetune --cola "$zip" --threads 2 --out py.json > py.log 2>&1 || { tail py.log >&2; exit 1; }
+  python3 -c 'import json,sys; m=json.load(open("py.json")); print(json.dumps({"run": "python", "p50_ms": m["eager_single_ms"]["p50"], "p99_ms": m["eager_single_ms"]["p99"], "per_s": m["batch32_sentences_per_s"], "errors": 0, "peak_rss_mib": float(sys.argv[1])}))' "$(tail -1 py.log)" >> "$results"
 done
 
 cp "$results" "${PIPE_BENCH_OUT:-/dev/null}" 2>/dev/null || true
 python3 - "$results" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-print(f"{'run':<12} {'p50 ms':>8} {'p99 ms':>8} {'32 clients req/s':>17} {'errors':>7}")
+print(f"{'run':<20} {'p50 ms':>8} {'p99 ms':>8} {'32 clients req/s':>17} {'errors':>7} {'peak RSS MiB':>13}")
 for run in dict.fromkeys(r["run"] for r in rows):
     r = [x for x in rows if x["run"] == run]
     med = lambda k: statistics.median(x[k] for x in r)
-    print(f"{run:<12} {med('p50_ms'):>8.2f} {med('p99_ms'):>8.2f} {med('per_s'):>17.1f} {sum(x['errors'] for x in r):>7}")
+    print(f"{run:<20} {med('p50_ms'):>8.2f} {med('p99_ms'):>8.2f} {med('per_s'):>17.1f} {sum(x['errors'] for x in r):>7} {med('peak_rss_mib'):>13.1f}")
 print("(python: in-process, no HTTP; its throughput column is batch-32 sentences/s)")
 PY
 python3 - <<'PY'

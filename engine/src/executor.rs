@@ -385,6 +385,7 @@ impl Executor<'_> {
             locked_pins,
             new_pins: &recorded.pins,
             new_stats: &recorded.stats,
+            fingerprints: &job.record.fingerprints,
         }
     }
 

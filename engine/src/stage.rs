@@ -110,6 +110,11 @@ pub struct StageContext<'a> {
     pub new_pins: &'a Mutex<BTreeMap<String, String>>,
     /// Figures about this run for its run record (see [`StageContext::stat`]).
     pub new_stats: &'a Mutex<BTreeMap<String, f64>>,
+    /// What the key recorded of the machine that keyed the stage
+    /// ([`StageKind::fingerprints`]: a torch stage's resolved device, thread
+    /// count, precision, libtorch). A stage that runs elsewhere (a Slurm
+    /// node) runs as they say, so that its result is the one its key names.
+    pub fingerprints: &'a BTreeMap<String, String>,
 }
 
 impl StageContext<'_> {

@@ -56,6 +56,39 @@ impl Placement {
         })
     }
 
+    /// How the stage runs: as its key says. `ctx.fingerprints` were
+    /// resolved where `pipe run` keyed the stage, which for a Slurm job is
+    /// another machine than this node: its device, thread count and
+    /// precision hold here too, so the result is the one the key names; a
+    /// libtorch other than the key's is refused (its numbers differ).
+    fn for_run(
+        ctx: &StageContext,
+        device: Device,
+        threads: Option<usize>,
+    ) -> Result<(Placement, Option<bool>), StageError> {
+        let mut p = Placement::resolve(device, threads)?;
+        let keyed = ctx.fingerprints;
+        if let Some(lib) = keyed.get("libtorch") {
+            let here = worker::info()?.libtorch;
+            if *lib != here {
+                return Err(format!(
+                    "the stage was keyed for libtorch {lib}, and this machine's pipe-worker has {here}"
+                )
+                .into());
+            }
+        }
+        match keyed.get("device").map(String::as_str) {
+            Some("cuda") => p.device = ResolvedDevice::Cuda,
+            Some("cpu") => p.device = ResolvedDevice::Cpu,
+            _ => {}
+        }
+        if let Some(t) = keyed.get("threads").and_then(|t| t.parse().ok()) {
+            p.threads = t;
+        }
+        let bf16 = keyed.get("precision").map(|v| v == Bf16::precision(true));
+        Ok((p, bf16))
+    }
+
     /// What goes into the key.
     fn fingerprints(&self) -> Result<BTreeMap<String, String>, StageError> {
         Ok(BTreeMap::from([
@@ -134,13 +167,12 @@ impl StageKind for Finetune {
             data = dir.path().to_path_buf();
             _scratch = dir;
         }
-        let placement = Placement::resolve(self.0.device, self.0.threads)?;
+        let (placement, keyed_bf16) = Placement::for_run(ctx, self.0.device, self.0.threads)?;
         // The worker runs with the precision the key was computed for.
         let mut with = self.0.clone();
-        with.bf16 = match with.bf16.resolve(placement.device, placement.cpu_bf16) {
-            true => Bf16::On,
-            false => Bf16::Off,
-        };
+        let bf16 =
+            keyed_bf16.unwrap_or_else(|| with.bf16.resolve(placement.device, placement.cpu_bf16));
+        with.bf16 = if bf16 { Bf16::On } else { Bf16::Off };
         let job = Job::Finetune { with, model, data };
         placement.run(ctx, job)
     }
@@ -161,6 +193,6 @@ impl StageKind for Trace {
             with: self.0.clone(),
             model,
         };
-        Placement::resolve(Device::Cpu, self.0.threads)?.run(ctx, job)
+        Placement::for_run(ctx, Device::Cpu, self.0.threads)?.0.run(ctx, job)
     }
 }

@@ -171,6 +171,7 @@ fn stage() -> Result<()> {
     let report = Report;
     match &req.job {
         Job::Finetune { with, model, data } => {
+            cuda(0)?; // before any rank starts
             let dist = Dist::for_stage(&req, with.nproc_per_node, with.backend)?;
             // One GPU per rank of this machine.
             let device = cuda(dist.as_ref().map_or(0, |d| d.local_rank))?;

@@ -108,6 +108,9 @@ pub struct JobSpec {
     pub log: PathBuf,
     pub inputs: BTreeMap<String, PathBuf>,
     pub locked_pins: BTreeMap<String, String>,
+    /// The key's fingerprints of the submitting machine: the job runs the
+    /// stage as they say ([`StageContext::fingerprints`]).
+    pub fingerprints: BTreeMap<String, String>,
     pub orphan_timeout_s: f64,
 }
 
@@ -151,6 +154,7 @@ pub fn submit(backend: &dyn Backend, ctx: &StageContext, staging: &Path) -> Resu
         log: ctx.log.to_path_buf(),
         inputs: ctx.inputs.clone(),
         locked_pins: ctx.locked_pins.clone(),
+        fingerprints: ctx.fingerprints.clone(),
         orphan_timeout_s,
     };
     let spec_path = staging.join(SPEC);
@@ -337,6 +341,7 @@ fn exec_spec(
         locked_pins: &spec.locked_pins,
         new_pins: &pins,
         new_stats: &stats,
+        fingerprints: &spec.fingerprints,
     };
     let (stop, stopped) = mpsc::channel::<()>();
     let orphaned = std::thread::scope(|scope| {
@@ -393,5 +398,65 @@ fn watchdog(
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             _ => return false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stage::{Registry, StageKind};
+
+    /// Writes the fingerprints it runs with into its output.
+    #[derive(serde::Deserialize)]
+    struct Prints {}
+
+    impl StageKind for Prints {
+        const NAME: &'static str = "prints";
+        const VERSION: u32 = 1;
+        fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
+            let text = serde_json::to_string(ctx.fingerprints)?;
+            Ok(std::fs::write(ctx.out.join("prints.json"), text)?)
+        }
+    }
+
+    /// The job runs the stage with the fingerprints the submitter keyed it
+    /// with (a torch stage takes its device, threads and precision from
+    /// them), not with what the node would resolve.
+    #[test]
+    fn a_job_runs_with_the_submitters_fingerprints() {
+        let ws = tempfile::tempdir().unwrap();
+        let file = ws.path().join("pipe.yaml");
+        std::fs::write(&file, "version: 1\nname: p\nstages:\n  s:\n    kind: prints\n").unwrap();
+        let mut registry = Registry::new();
+        registry.register::<Prints>();
+        let p = crate::load(&file, &[], &registry).unwrap();
+        let staging = ws.path().join("staging");
+        let out = staging.join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        let keyed = BTreeMap::from([("device".to_string(), "cuda".to_string())]);
+        let spec = JobSpec {
+            manifest: file.clone(),
+            sets: Vec::new(),
+            stage: "s".into(),
+            with: p.stage("s").unwrap().with.clone(),
+            env: BTreeMap::new(),
+            out: out.clone(),
+            log: ws.path().join("s.log"),
+            inputs: BTreeMap::new(),
+            locked_pins: BTreeMap::new(),
+            fingerprints: keyed.clone(),
+            orphan_timeout_s: 30.0,
+        };
+        let spec_path = staging.join(SPEC);
+        std::fs::write(&spec_path, serde_json::to_vec(&spec).unwrap()).unwrap();
+        std::fs::write(staging.join(HEARTBEAT), b"1").unwrap();
+        std::fs::write(staging.join(EVENTS), b"").unwrap();
+        exec(&spec_path, |_| Ok(p), &Interrupt::default(), 0).unwrap();
+        let got: BTreeMap<String, String> =
+            serde_json::from_slice(&std::fs::read(out.join("prints.json")).unwrap()).unwrap();
+        assert_eq!(got, keyed);
+        let result: JobResult =
+            serde_json::from_slice(&std::fs::read(staging.join(RESULT)).unwrap()).unwrap();
+        assert_eq!(result.error, None);
     }
 }
