@@ -193,6 +193,8 @@ impl StageKind for Trace {
             with: self.0.clone(),
             model,
         };
-        Placement::for_run(ctx, Device::Cpu, self.0.threads)?.0.run(ctx, job)
+        Placement::for_run(ctx, Device::Cpu, self.0.threads)?
+            .0
+            .run(ctx, job)
     }
 }

@@ -426,7 +426,11 @@ mod tests {
     fn a_job_runs_with_the_submitters_fingerprints() {
         let ws = tempfile::tempdir().unwrap();
         let file = ws.path().join("pipe.yaml");
-        std::fs::write(&file, "version: 1\nname: p\nstages:\n  s:\n    kind: prints\n").unwrap();
+        std::fs::write(
+            &file,
+            "version: 1\nname: p\nstages:\n  s:\n    kind: prints\n",
+        )
+        .unwrap();
         let mut registry = Registry::new();
         registry.register::<Prints>();
         let p = crate::load(&file, &[], &registry).unwrap();
