@@ -3,9 +3,9 @@
 // that follows one fused into it). At the small row counts of single-sentence
 // requests the linear layers are most of the time, and plain `aten::linear`
 // re-reads and re-lays out its weights on every call; packed, they are about
-// twice as fast. On a CPU with bf16 instructions a second copy can hold its
-// linear layers in bf16 (pack_linears). The file on disk is not changed:
-// model.pt stays portable fp32.
+// twice as fast. With `bf16` (`pipe serve --bf16`) the packed weights are
+// bf16 and the products run in bf16 (pack_linears). The file on disk is not
+// changed: model.pt stays portable fp32.
 //
 // A C ABI for worker/src/fast.rs. Errors come back as malloc'd strings.
 

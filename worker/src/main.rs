@@ -8,8 +8,9 @@
 //! - `pipe-worker stage`: run the torch stage described by the JSON request on
 //!   stdin (see `pipe_protocol::Request`).
 //! - `pipe-worker serve PACKAGE [OPTIONS]`: the model server (`pipe serve`).
-//! - `pipe-worker allreduce-check N`: N local ranks (or a launcher's group)
-//!   sum `[rank + 1, 10 (rank + 1)]` with c10d; rank 0 prints the sum as JSON.
+//! - `pipe-worker allreduce-check N [gloo|nccl]`: N local ranks (or a
+//!   launcher's group; N = 1: a group of one) sum `[rank + 1, 10 (rank + 1)]`
+//!   with c10d, on the GPU for NCCL; rank 0 prints the sum as JSON.
 
 use std::process::ExitCode;
 

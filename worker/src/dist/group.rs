@@ -184,6 +184,7 @@ impl ProcessGroup {
                         &mut b,
                     )
                 })?;
+                // SAFETY: `b` is the backend just made; the group takes it over.
                 unsafe { pipe_c10d_group_wrap(b, millis(timeout), &mut ptr) };
             }
             // SAFETY: `store.ptr` is live; valid out-pointer.
@@ -264,7 +265,7 @@ mod nccl {
         if !tch::Cuda::is_available() {
             return Err("libtorch sees no CUDA device".into());
         }
-        // SAFETY: a valid C string; the new descriptor is owned by `file`.
+        // SAFETY: a valid C string.
         let fd = unsafe { libc::memfd_create(c"pipe-nccl".as_ptr(), libc::MFD_CLOEXEC) };
         if fd < 0 {
             return Err(format!(
@@ -272,6 +273,7 @@ mod nccl {
                 std::io::Error::last_os_error()
             ));
         }
+        // SAFETY: `fd` is a new descriptor that nothing else owns.
         let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
         file.write_all(SO)
             .map_err(|e| format!("cannot write the NCCL shim: {e}"))?;
@@ -285,6 +287,7 @@ mod nccl {
             let why = if why.is_null() {
                 "unknown error".into()
             } else {
+                // SAFETY: non-null, NUL-terminated, read before any other dl call.
                 unsafe { CStr::from_ptr(why) }
                     .to_string_lossy()
                     .into_owned()
