@@ -17,7 +17,15 @@
 #   base      the bert-base-sized model, the blog's recipe (batch 64, lr 2e-5,
 #             max_len 64, 1 epoch): pipe fp32/bf16, Python fp32/bf16 with
 #             dynamic padding and padded to 64
-# PIPE_GPU_RUNS (names, space-separated) picks runs; PIPE_GPU_BASE="LAYERS
+#   dp        data parallel on NCCL (libtorch's ProcessGroupNCCL through
+#             pipe-worker's shim): `pipe-worker allreduce-check 1 nccl` (a
+#             one-rank group and an all-reduce on the GPU, and the same with
+#             gloo; run "allreduce"), `allreduce-check 2 nccl`, which must
+#             refuse on a one-GPU machine (run "two-ranks"), and the careful
+#             recipe with `backend: nccl`, a group of one that takes the
+#             data-parallel code path (run "pipe-careful_nccl")
+# PIPE_GPU_RUNS (names, space-separated, e.g. "allreduce two-ranks
+# pipe-careful pipe-careful_nccl" for the data-parallel check) picks runs; PIPE_GPU_BASE="LAYERS
 # HIDDEN HEADS INTERMEDIATE" (default "12 768 12 3072") sizes the random model;
 # PIPE_GPU_PY_DEVICE (default cuda) is the reference's device: with small
 # values the script can be tried on a CPU.
@@ -37,7 +45,10 @@ mkdir -p "$work/logs"
 torchlib=$("$py" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
 export LD_LIBRARY_PATH=$torchlib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export PIPE_WORKER=$kit/bin/pipe-worker XDG_CACHE_HOME=$work/cache HF_HUB_OFFLINE=1
+export PIPE_DIST_TIMEOUT=60
+unset RANK WORLD_SIZE LOCAL_RANK MASTER_ADDR MASTER_PORT SLURM_PROCID JOB_COMPLETION_INDEX
 pipe=$kit/bin/pipe
+selected() { case " ${PIPE_GPU_RUNS:-$1} " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   "$py" -c 'import torch, transformers; print("torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__)'
@@ -47,6 +58,24 @@ pipe=$kit/bin/pipe
   echo "pipe-worker info: $("$PIPE_WORKER" info)"
 } > "$out/env.txt" 2>&1
 cat "$out/env.txt"
+
+if selected allreduce; then
+  for b in nccl gloo; do
+    start=$(date +%s%N)
+    "$PIPE_WORKER" allreduce-check 1 $b > "$work/ar.json" 2> "$work/logs/allreduce-$b.err"
+    rc=$?
+    ms=$(( ($(date +%s%N) - start) / 1000000 ))
+    echo "allreduce-check 1 $b: exit $rc, $ms ms: $(cat "$work/ar.json") $(tail -1 "$work/logs/allreduce-$b.err")" >&2
+    echo "{\"run\": \"allreduce-$b\", \"exit\": $rc, \"wall_ms\": $ms, \"answer\": $([ -s "$work/ar.json" ] && cat "$work/ar.json" || echo null)}" >> "$out/results.jsonl"
+  done
+fi
+if selected two-ranks; then
+  timeout 150 "$PIPE_WORKER" allreduce-check 2 nccl > /dev/null 2> "$work/logs/two-ranks.err"
+  rc=$?
+  echo "allreduce-check 2 nccl: exit $rc: $(tail -1 "$work/logs/two-ranks.err")" >&2
+  "$py" -c 'import json,sys; print(json.dumps({"run": "two-ranks", "exit": int(sys.argv[1]), "error": sys.argv[2]}))' \
+    "$rc" "$(tail -1 "$work/logs/two-ranks.err")" >> "$out/results.jsonl"
+fi
 
 mirror=$work/mirror
 cp -rL "$kit/mirror" "$mirror" && chmod -R u+w "$mirror"
@@ -99,6 +128,10 @@ stages:
     kind: finetune
     inputs: {model: "minilm:", data: "split:"}
     with: {epochs: 3, batch_size: 32, lr: 1e-4, warmup_ratio: 0.1, schedule: linear, bf16: false}
+  careful_nccl:
+    kind: finetune
+    inputs: {model: "minilm:", data: "split:"}
+    with: {epochs: 3, batch_size: 32, lr: 1e-4, warmup_ratio: 0.1, schedule: linear, bf16: false, backend: nccl}
   careful_bf16:
     kind: finetune
     inputs: {model: "minilm:", data: "split:"}
@@ -119,7 +152,7 @@ done
 # Peak memory.used on the card while a command runs, less what was used before.
 measure() { # NAME ROUND OUTFILE COMMAND...
   local name=$1 round=$2 res=$3; shift 3
-  case " ${PIPE_GPU_RUNS:-$name} " in *" $name "*) ;; *) return 0 ;; esac
+  selected "$name" || return 0
   local before; before=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 > "$work/mem.txt" 2>/dev/null &
   local smi=$!
@@ -138,6 +171,7 @@ if name.startswith("pipe"):
     st = [s for s in r["stages"] if s["name"] == name[len("pipe-"):]][0]
     m = json.load(open(f".pipe/out/gpu/{st['name']}/metrics.json"))
     row.update(samples_per_s=st["stats"]["samples_per_second"], train_seconds=st["stats"]["train_seconds"],
+               allreduce_seconds=st["stats"].get("allreduce_seconds"),
                accuracy=m["accuracy"], mcc=m["mcc"], device=m["device"])
 else:
     row.update(samples_per_s=r["samples_per_s"], train_seconds=r["train_seconds"], accuracy=r["test"]["accuracy"],
@@ -159,6 +193,7 @@ blog=(--model "$base" --batch 64 --lr 2e-5 --epochs 1)
 for round in $(seq "$repeat"); do
   [ $round -eq 1 ] || [ $SECONDS -lt $deadline ] || { echo "budget spent after $((round - 1)) rounds" >&2; break; }
   pipe_stage careful "$round"
+  pipe_stage careful_nccl "$round"
   pipe_stage careful_bf16 "$round"
   pipe_stage base_fp32 "$round"
   pipe_stage base_bf16 "$round"
@@ -175,7 +210,7 @@ done
 (cd "$work" && tar czf "$out/logs.tar.gz" logs)
 "$py" - "$out/results.jsonl" <<'PY'
 import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
+rows = [r for r in map(json.loads, open(sys.argv[1])) if "samples_per_s" in r]
 runs = list(dict.fromkeys(r["run"] for r in rows))
 med = lambda k, rs: statistics.median(r[k] for r in rs)
 print(f"{'run':<24} {'samples/s':>10} {'each':>26} {'accuracy':>9} {'MCC':>7} {'peak MiB':>9}")

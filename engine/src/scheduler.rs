@@ -379,19 +379,25 @@ mod tests {
         }
     }
 
+    /// A workspace holding `manifest`, loaded with the kinds above.
+    fn workspace(manifest: &str) -> (tempfile::TempDir, Pipeline, Registry) {
+        let ws = tempfile::tempdir().unwrap();
+        std::fs::create_dir(ws.path().join(".pipe")).unwrap();
+        let file = ws.path().join("pipe.yaml");
+        std::fs::write(&file, manifest).unwrap();
+        let mut registry = Registry::new();
+        registry.register::<Panics>();
+        registry.register::<Writes>();
+        let p = crate::load(&file, &[], &registry).unwrap();
+        (ws, p, registry)
+    }
+
     /// GPU tokens are this machine's: a stage sent to Slurm holds none here.
     #[test]
     fn only_stages_run_here_hold_this_machines_gpus() {
-        let ws = tempfile::tempdir().unwrap();
-        let file = ws.path().join("pipe.yaml");
-        std::fs::write(
-            &file,
+        let (_ws, p, _) = workspace(
             "version: 1\nname: p\nstages:\n  here:\n    kind: writes\n    resources: {gpu: 1}\n    executor: local\n  there:\n    kind: writes\n    resources: {gpu: 1}\n    executor: slurm\n  either:\n    kind: writes\n    resources: {gpu: 2}\n",
-        )
-        .unwrap();
-        let mut registry = Registry::new();
-        registry.register::<Writes>();
-        let p = crate::load(&file, &[], &registry).unwrap();
+        );
         let gpus = |name: &str, default| {
             let stage = p.stages.iter().find(|s| s.name == name).unwrap();
             local_gpus(stage, default)
@@ -410,18 +416,9 @@ mod tests {
 
     #[test]
     fn a_panicking_stage_fails_alone_and_the_run_ends() {
-        let ws = tempfile::tempdir().unwrap();
-        std::fs::create_dir(ws.path().join(".pipe")).unwrap();
-        let file = ws.path().join("pipe.yaml");
-        std::fs::write(
-            &file,
+        let (ws, p, registry) = workspace(
             "version: 1\nname: p\nstages:\n  bad:\n    kind: panics\n  after:\n    kind: writes\n    inputs: {x: 'bad:'}\n  other:\n    kind: writes\n",
-        )
-        .unwrap();
-        let mut registry = Registry::new();
-        registry.register::<Panics>();
-        registry.register::<Writes>();
-        let p = crate::load(&file, &[], &registry).unwrap();
+        );
         let summary = run(&p, &registry, &RunOptions::default(), &crate::event::Silent).unwrap();
         let status: Vec<_> = summary
             .results

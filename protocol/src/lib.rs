@@ -93,6 +93,19 @@ impl Bf16 {
     }
 }
 
+/// The command-line spelling (`--bf16 auto|true|false`).
+impl std::str::FromStr for Bf16 {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Bf16, String> {
+        match s {
+            "auto" => Ok(Bf16::Auto),
+            "true" => Ok(Bf16::On),
+            "false" => Ok(Bf16::Off),
+            _ => Err(format!("`{s}`: expected true, false or auto")),
+        }
+    }
+}
+
 impl Serialize for Bf16 {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
@@ -450,6 +463,10 @@ mod tests {
         assert!(e.contains("true, false or auto"), "{e}");
         assert_eq!(serde_json::to_string(&Bf16::Auto).unwrap(), "\"auto\"");
         assert_eq!(serde_json::to_string(&Bf16::On).unwrap(), "true");
+        assert_eq!("false".parse::<Bf16>(), Ok(Bf16::Off));
+        assert!("yes"
+            .parse::<Bf16>()
+            .is_err_and(|e| e.contains("true, false or auto")));
     }
 
     #[test]

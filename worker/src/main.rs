@@ -69,17 +69,8 @@ struct ServeArgs {
     announce: bool,
     /// The linear layers in bf16: auto (where the CPU has AVX512-BF16 or
     /// AMX), true, false.
-    #[arg(long, default_value = "auto", value_parser = parse_bf16)]
+    #[arg(long, default_value = "auto")]
     bf16: pipe_protocol::Bf16,
-}
-
-fn parse_bf16(s: &str) -> Result<pipe_protocol::Bf16, String> {
-    match s {
-        "auto" => Ok(pipe_protocol::Bf16::Auto),
-        "true" => Ok(pipe_protocol::Bf16::On),
-        "false" => Ok(pipe_protocol::Bf16::Off),
-        _ => Err(format!("`{s}`: expected true, false or auto")),
-    }
 }
 
 fn serve_command(args: &[String]) -> Result<()> {
