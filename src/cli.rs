@@ -82,6 +82,11 @@ pub struct RunArgs {
     /// (effects such as deploy and smoke_test always run here).
     #[arg(long, env = "PIPE_EXECUTOR", value_name = "EXECUTOR")]
     pub executor: Option<pipe_engine::cluster::ExecutorKind>,
+    /// How cluster jobs reach their data: `shared` (the workspace, on a
+    /// filesystem the nodes share) or `remote` (through the remote cache,
+    /// for nodes that do not see the workspace)
+    #[arg(long, env = "PIPE_CLUSTER_IO", value_name = "IO")]
+    pub cluster_io: Option<pipe_engine::cluster::ClusterIo>,
 }
 
 #[derive(Subcommand)]
@@ -222,7 +227,12 @@ pub enum Command {
     },
     /// Run one stage inside a cluster job (used by `pipe run`).
     #[command(name = "__exec-stage", hide = true)]
-    ExecStage { spec: PathBuf },
+    ExecStage {
+        /// The spec file, or with `--remote` the job's id there.
+        spec: PathBuf,
+        #[arg(long)]
+        remote: Option<String>,
+    },
     /// Print a shell completion script: `pipe completions bash > ~/.local/share/bash-completion/completions/pipe`.
     Completions { shell: clap_complete::Shell },
 }

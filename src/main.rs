@@ -125,7 +125,11 @@ fn dispatch(cli: Cli) -> Result<i32, Failure> {
             let cwd = std::env::current_dir().context("no current directory")?;
             commands::init::run(&cwd, template)
         }
-        Command::ExecStage { spec } => Ok(commands::exec_stage::run(&spec, registry)),
+        Command::ExecStage { spec, remote } => Ok(commands::exec_stage::run(
+            &spec,
+            remote.as_deref(),
+            registry,
+        )),
         Command::Completions { shell } => Ok(commands::completions::run::<Cli>(shell)),
     }
 }

@@ -497,3 +497,25 @@ fn an_unreachable_remote_is_a_miss_reported_once() {
     let err = stderr(&out);
     assert_eq!(err.matches("cannot reach").count(), 1, "{err}");
 }
+
+/// `--cluster-io remote` carries cluster jobs' data through the remote
+/// cache: without one it is a usage error before anything runs.
+#[test]
+fn cluster_io_remote_needs_a_remote() {
+    let ws = workspace();
+    let out = ws.pipe(&[
+        "run",
+        "pipe.yaml",
+        "--executor",
+        "slurm",
+        "--cluster-io",
+        "remote",
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--cluster-io remote") && err.contains("--remote URL"),
+        "{err}"
+    );
+    assert!(!ws.path(".pipe/out").exists(), "{err}");
+}

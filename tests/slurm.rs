@@ -10,6 +10,7 @@ mod common;
 use std::io::{BufRead, Write};
 use std::process::{Child, Command, Stdio};
 
+use common::s3::S3;
 use common::slurm::Cluster;
 use common::{output_hash, stages, stderr, TestWorkspace};
 
@@ -250,11 +251,7 @@ fn a_killed_pipe_leaves_no_job_running() {
     );
 }
 
-/// The tiny-model finetune → trace → package through Slurm: the same bytes as
-/// a local run, with the worker's figures and log coming back from the job.
-#[test]
-fn finetune_trace_package_through_slurm_equal_a_local_run() {
-    let manifest = r#"version: 1
+const TINY_CHAIN: &str = r#"version: 1
 name: m
 stages:
   finetune:
@@ -269,7 +266,12 @@ stages:
     kind: package
     inputs: {model: "trace:"}
 "#;
-    let workspace = || common::tiny_bert::workspace(manifest);
+
+/// The tiny-model finetune → trace → package through Slurm: the same bytes as
+/// a local run, with the worker's figures and log coming back from the job.
+#[test]
+fn finetune_trace_package_through_slurm_equal_a_local_run() {
+    let workspace = || common::tiny_bert::workspace(TINY_CHAIN);
     let cluster = Cluster::start();
     let (local, remote) = (workspace(), workspace());
     let local_doc = local.run_json(&[]);
@@ -298,6 +300,169 @@ stages:
     );
     let log = remote.read(".pipe/logs/m/finetune.log");
     assert!(log.contains("Train Epoch: 1 [0/96 (0%)] Loss: "), "{log}");
+}
+
+/// A Slurm cluster whose nodes do not see the workspace
+/// (`--cluster-io remote`): the data travels through a real S3-compatible
+/// remote cache.
+struct NoSharedFs {
+    s3: S3,
+}
+
+impl NoSharedFs {
+    fn new() -> NoSharedFs {
+        let s3 = S3::start();
+        s3.create_bucket("cache");
+        NoSharedFs { s3 }
+    }
+
+    fn pipe(&self, ws: &TestWorkspace, cluster: &Cluster, args: &[&str]) -> Command {
+        let mut cmd = pipe(ws, cluster, args);
+        cmd.env("PIPE_EXECUTOR", "slurm")
+            .env("PIPE_CLUSTER_IO", "remote")
+            .env("PIPE_REMOTE", "s3://cache/team")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", &self.s3.endpoint);
+        cmd
+    }
+
+    /// The jobs' files left in the remote.
+    fn job_files(&self) -> Vec<String> {
+        self.s3.list("cache", "team/jobs/")
+    }
+}
+
+/// Without a shared filesystem the job runs in a scratch dir of the node:
+/// an upstream output and a workspace file reach it through the remote, its
+/// log streams back, its output is committed here, and nothing is left of
+/// the job in the remote.
+#[test]
+fn without_a_shared_filesystem_inputs_and_outputs_travel_through_the_remote() {
+    let manifest = r#"version: 1
+name: s
+stages:
+  make:
+    kind: shell
+    with: {cmd: 'echo made > "$PIPE_OUT/made.txt"'}
+  use:
+    kind: shell
+    inputs: {made: "make:made.txt", notes: notes}
+    with:
+      cmd: |
+        echo "cwd $PWD"
+        echo "notes at $PIPE_IN_NOTES"
+        cat "$PIPE_IN_MADE" "$PIPE_IN_NOTES/a.txt" > "$PIPE_OUT/both.txt"
+"#;
+    let cluster = Cluster::start();
+    let remote = NoSharedFs::new();
+    let ws = TestWorkspace::new();
+    ws.manifest(manifest).file("notes/a.txt", "noted\n");
+    let out = remote
+        .pipe(&ws, &cluster, &["run", "pipe.yaml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stderr(&out), cluster.logs());
+    assert_eq!(cluster.jobs_submitted(), 2);
+    assert_eq!(ws.read(".pipe/out/s/use/both.txt"), "made\nnoted\n");
+    // The log came back from the job, which worked away from the workspace.
+    let log = ws.read(".pipe/logs/s/use.log");
+    let root = ws.root().canonicalize().unwrap();
+    let root = root.to_str().unwrap();
+    assert!(log.contains("cwd ") && log.contains("notes at "), "{log}");
+    assert!(!log.contains(root), "the job saw the workspace: {log}");
+    assert_eq!(remote.job_files(), Vec::<String>::new());
+    cluster.wait_empty();
+
+    // The results are the remote's too: a second workspace runs nothing.
+    let other = TestWorkspace::new();
+    other.manifest(manifest).file("notes/a.txt", "noted\n");
+    let out = remote
+        .pipe(&other, &cluster, &["run", "pipe.yaml", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(stages(&doc).iter().all(|(_, s)| s == "cached"), "{doc}");
+    assert_eq!(cluster.jobs_submitted(), 2);
+
+    // A changed workspace file is sent again; a failing job fails its
+    // stage with Slurm's state, and its log tail is here.
+    ws.file("notes/a.txt", "changed\n");
+    ws.manifest(&manifest.replace(
+        "> \"$PIPE_OUT/both.txt\"",
+        "> \"$PIPE_OUT/both.txt\"; exit 3",
+    ));
+    let out = remote
+        .pipe(&ws, &cluster, &["run", "pipe.yaml"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("FAILED (reason NonZeroExitCode"), "{err}");
+    assert!(err.contains("command exited with status 3"), "{err}");
+    assert!(err.contains("notes at "), "the log tail: {err}");
+    assert_eq!(remote.job_files(), Vec::<String>::new());
+}
+
+/// Without a shared filesystem the heartbeat travels through the remote: a
+/// killed `pipe` leaves no job running, and the job removes its files.
+#[test]
+fn without_a_shared_filesystem_a_killed_pipe_leaves_no_job_and_no_files() {
+    let cluster = Cluster::start();
+    let remote = NoSharedFs::new();
+    let ws = TestWorkspace::new();
+    // Runs until it is stopped.
+    ws.manifest("version: 1\nname: s\nstages:\n  wait:\n    kind: shell\n    with: {cmd: 'echo started; exec sleep 600'}\n");
+    let mut child = remote
+        .pipe(&ws, &cluster, &["run", "pipe.yaml"])
+        .env("PIPE_ORPHAN_TIMEOUT", "2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let id = running_job(&cluster);
+    assert!(!remote.job_files().is_empty());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    cluster.wait_empty();
+    let job = cluster.job(&id);
+    assert!(job.contains("JobState=FAILED"), "{job}");
+    assert_eq!(remote.job_files(), Vec::<String>::new());
+}
+
+/// The tiny-model finetune → trace → package through Slurm without a
+/// shared filesystem: the same bytes as a local run.
+#[test]
+fn finetune_trace_package_without_a_shared_filesystem_equal_a_local_run() {
+    let cluster = Cluster::start();
+    let remote = NoSharedFs::new();
+    let (local, ws) = (
+        common::tiny_bert::workspace(TINY_CHAIN),
+        common::tiny_bert::workspace(TINY_CHAIN),
+    );
+    let local_doc = local.run_json(&[]);
+    let out = remote
+        .pipe(&ws, &cluster, &["run", "pipe.yaml", "-v"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}\n{}", cluster.logs());
+    assert!(err.contains("[finetune] epoch 1/4: evaluating"), "{err}");
+    assert_eq!(cluster.jobs_submitted(), 3);
+    let doc = ws.run_json(&[]);
+    assert!(stages(&doc).iter().all(|(_, s)| s == "cached"), "{doc}");
+    for stage in ["finetune", "trace", "package"] {
+        assert_eq!(
+            output_hash(&local_doc, stage),
+            output_hash(&doc, stage),
+            "{stage}"
+        );
+    }
+    let log = ws.read(".pipe/logs/m/finetune.log");
+    assert!(log.contains("Train Epoch: 1 [0/96 (0%)] Loss: "), "{log}");
+    assert_eq!(remote.job_files(), Vec::<String>::new());
 }
 
 /// More than one task: one `pipe __exec-stage` per task through `srun`, each
@@ -341,6 +506,7 @@ fn bench_slurm_overhead() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(10);
     let cluster = Cluster::start();
+    let no_shared_fs = NoSharedFs::new();
     let trivial = "version: 1\nname: b\nstages:\n  s:\n    kind: shell\n    with: {cmd: 'echo hi > $PIPE_OUT/x'}\n";
     let tiny = "version: 1\nname: b\nstages:\n  s:\n    kind: finetune\n    inputs: {model: model, data: data}\n    with: {epochs: 4, batch_size: 16, lr: 3e-3, threads: 1}\n";
     for (what, manifest, rounds) in [
@@ -353,14 +519,22 @@ fn bench_slurm_overhead() {
             common::tiny_bert::write(&ws.path("model"));
             common::tiny_bert::data(&ws.path("data"));
         }
-        let mut times = [Vec::new(), Vec::new()];
+        let mut times = [Vec::new(), Vec::new(), Vec::new()];
         for _ in 0..rounds {
-            for (i, executor) in ["local", "slurm"].into_iter().enumerate() {
+            for (i, how) in ["local", "slurm", "slurm, remote io"]
+                .into_iter()
+                .enumerate()
+            {
+                let args = ["run", "pipe.yaml", "--force-all", "-q"];
+                let mut cmd = match how {
+                    "slurm, remote io" => no_shared_fs.pipe(&ws, &cluster, &args),
+                    _ => pipe(&ws, &cluster, &args),
+                };
+                if how == "slurm" {
+                    cmd.env("PIPE_EXECUTOR", "slurm");
+                }
                 let start = std::time::Instant::now();
-                let out = pipe(&ws, &cluster, &["run", "pipe.yaml", "--force-all", "-q"])
-                    .env("PIPE_EXECUTOR", executor)
-                    .output()
-                    .unwrap();
+                let out = cmd.output().unwrap();
                 assert!(out.status.success(), "{}", stderr(&out));
                 times[i].push(start.elapsed().as_secs_f64());
             }
@@ -369,10 +543,11 @@ fn bench_slurm_overhead() {
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
-        let (local, slurm) = (median(&mut times[0]), median(&mut times[1]));
+        let [local, slurm, apart] = times.map(|mut t| median(&mut t));
         println!(
-            "{what}: local {local:.3} s, slurm {slurm:.3} s, overhead {:.3} s (medians of {rounds})",
-            slurm - local
+            "{what}: local {local:.3} s, slurm {slurm:.3} s (overhead {:.3} s), slurm without a shared filesystem {apart:.3} s (overhead {:.3} s); medians of {rounds}",
+            slurm - local,
+            apart - local
         );
     }
 }
@@ -416,6 +591,30 @@ stages:
         output_hash(&doc, "finetune")
     );
     let log = remote.read(".pipe/logs/m/finetune.log");
+    assert!(
+        log.contains("data parallel: 2 ranks, gloo backend"),
+        "{log}"
+    );
+
+    // The same on nodes that do not share the workspace: each rank fetches
+    // the inputs into a scratch dir of its own; rank 0 pushes the output.
+    let no_shared_fs = NoSharedFs::new();
+    let apart = workspace(&manifest(
+        "    executor: slurm\n    resources: {tasks_per_node: 2}\n",
+    ));
+    let out = no_shared_fs
+        .pipe(&apart, &cluster, &["run", "pipe.yaml"])
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("PIPE_DIST_TIMEOUT", "60")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stderr(&out), cluster.logs());
+    let doc = apart.run_json(&[]);
+    assert_eq!(
+        output_hash(&local_doc, "finetune"),
+        output_hash(&doc, "finetune")
+    );
+    let log = apart.read(".pipe/logs/m/finetune.log");
     assert!(
         log.contains("data parallel: 2 ranks, gloo backend"),
         "{log}"

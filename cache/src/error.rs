@@ -28,6 +28,8 @@ pub enum Error {
     },
     #[error("store object {digest} is corrupt (its content hashes to {actual})")]
     Corrupt { digest: Digest, actual: Digest },
+    #[error("{} changed while it was copied into the store", path.display())]
+    Changed { path: PathBuf },
     #[error("store object {digest} is missing")]
     Missing { digest: Digest },
     #[error("{} is a symbolic link pointing outside its tree ({target})", path.display())]

@@ -213,6 +213,43 @@ impl Store {
         Ok(run)
     }
 
+    /// Copy the files of `tree`, a scan of `src`, into the store as the
+    /// output of a run of `key`, then write its record: how a workspace input
+    /// travels to a remote cache for a cluster job that does not see the
+    /// workspace. A file whose content is not the scan's is an error.
+    pub fn ingest(&self, key: Key, record: KeyRecord, src: &Path, tree: Tree) -> Result<RunRecord> {
+        let tmp_dir = self.tmp_dir();
+        for (rel, digest, executable, _) in tree.files() {
+            if self.check_object(&digest, executable).is_ok() {
+                continue;
+            }
+            let from = if rel.is_empty() {
+                src.to_path_buf()
+            } else {
+                src.join(rel)
+            };
+            let tmp =
+                tempfile::NamedTempFile::new_in(&tmp_dir).ctx("create a file in", &tmp_dir)?;
+            fs::copy(&from, tmp.path()).ctx("copy into the store", &from)?;
+            if Digest::of_file(tmp.path()).ctx("read", tmp.path())? != digest {
+                return Err(Error::Changed { path: from });
+            }
+            let (_, path) = tmp.keep().map_err(|e| e.error).ctx("keep", &tmp_dir)?;
+            self.insert_object(&path, &digest, executable)?;
+        }
+        let run = RunRecord {
+            key,
+            output_hash: tree.hash(),
+            record,
+            output: tree,
+            seconds: 0.0,
+            pins: BTreeMap::new(),
+            stats: BTreeMap::new(),
+        };
+        self.put_record(&run)?;
+        Ok(run)
+    }
+
     /// Whether the object `digest` is in the store (its content is not checked).
     pub fn has_object(&self, digest: &Digest, executable: bool) -> bool {
         self.object_path(digest, executable).is_file()

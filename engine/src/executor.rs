@@ -15,6 +15,8 @@
 mod error;
 mod inputs;
 
+pub(crate) use inputs::is_pipe_state;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -89,11 +91,15 @@ pub struct Executor<'a> {
     pub interrupt: &'a Interrupt,
     /// Where stages without an `executor:` run.
     pub executor: crate::cluster::ExecutorKind,
+    /// How cluster jobs reach their data.
+    pub cluster_io: crate::cluster::ClusterIo,
 }
 
 /// A stage ready to plan: the stage (its kind prepared), resolved inputs and key.
 pub struct Job<'a> {
     stage: &'a Stage,
+    /// The run records of its finished dependencies.
+    upstream: &'a HashMap<String, RunRecord>,
     inputs: Resolved,
     record: KeyRecord,
     key: Key,
@@ -223,7 +229,7 @@ impl Executor<'_> {
     pub fn prepare<'s>(
         &'s self,
         stage: &'s Stage,
-        upstream: &HashMap<String, RunRecord>,
+        upstream: &'s HashMap<String, RunRecord>,
     ) -> Result<Job<'s>, ExecError> {
         let kind = self
             .registry
@@ -244,6 +250,7 @@ impl Executor<'_> {
         };
         Ok(Job {
             stage,
+            upstream,
             inputs,
             key: record.key(),
             record,
@@ -342,7 +349,17 @@ impl Executor<'_> {
         let recorded = Recorded::default();
         let ctx = self.context(job, &out, &locked_pins, &recorded);
         // The one place a stage's work happens (here or on a cluster).
-        let ran = crate::cluster::run(&ctx, self.executor, staging.path());
+        let submission = crate::cluster::Submission {
+            default: self.executor,
+            io: self.cluster_io,
+            staging: staging.path(),
+            store,
+            remote: self.remote,
+            key: job.key,
+            record: &job.record,
+            upstream: job.upstream,
+        };
+        let ran = crate::cluster::run(&ctx, &submission);
         // Whatever an interrupted stage produced is dropped with its staging dir.
         if self.interrupt.is_set() {
             return Err(ExecError::Interrupted);

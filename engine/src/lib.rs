@@ -31,7 +31,7 @@ pub mod scheduler;
 
 pub use event::{CacheSource, Event, Reporter, StageResult, Status};
 pub use interrupt::Interrupt;
-pub use manifest::{load, ManifestError};
+pub use manifest::{load, load_with, ManifestError, WorkspacePaths};
 pub use pipeline::{Input, InputRef, Pipeline, Stage};
 pub use remote::RemoteCache;
 pub use scheduler::{run, run_with_remote, EngineError, Force, RunOptions, RunSummary};

@@ -15,6 +15,8 @@
 
 use pipe_cache::{Key, RunRecord, Store};
 
+use crate::stage::StageError;
+
 pub trait RemoteCache: Sync {
     /// The result of `key`, without downloading its objects (for planning).
     fn lookup(&self, key: &Key) -> Option<RunRecord>;
@@ -25,4 +27,23 @@ pub trait RemoteCache: Sync {
     fn writes(&self) -> bool;
     /// Upload a result whose objects are in `store`: objects first, the entry last.
     fn push(&self, run: &RunRecord, store: &Store);
+
+    /// The remote's URL, for a cluster job to open it.
+    fn url(&self) -> &str;
+
+    // A cluster job that does not see the workspace (`--cluster-io remote`)
+    // takes its inputs from the remote and leaves its output there. For it a
+    // problem is an error, not a miss.
+
+    /// [`RemoteCache::fetch`], failing with the reason.
+    fn fetch_or_fail(&self, key: &Key, store: &Store) -> Result<Option<RunRecord>, StageError>;
+    /// [`RemoteCache::push`], failing with the reason (whether or not the
+    /// run pushes its results).
+    fn push_or_fail(&self, run: &RunRecord, store: &Store) -> Result<(), StageError>;
+    /// A job's small control files (its spec, heartbeat, result, log), as
+    /// objects under `jobs/`: `name` is `ID/FILE`.
+    fn put_job_file(&self, name: &str, bytes: Vec<u8>) -> Result<(), StageError>;
+    fn get_job_file(&self, name: &str) -> Result<Option<Vec<u8>>, StageError>;
+    /// Delete the files of job `id`.
+    fn delete_job(&self, id: &str) -> Result<(), StageError>;
 }

@@ -43,6 +43,8 @@ pub struct RunOptions {
     pub interrupt: Arc<Interrupt>,
     /// Where stages without an `executor:` run (effects always run here).
     pub executor: crate::cluster::ExecutorKind,
+    /// How cluster jobs reach their inputs and hand back their outputs.
+    pub cluster_io: crate::cluster::ClusterIo,
 }
 
 impl Default for RunOptions {
@@ -58,6 +60,7 @@ impl Default for RunOptions {
             gpus: 0,
             interrupt: Arc::default(),
             executor: Default::default(),
+            cluster_io: Default::default(),
         }
     }
 }
@@ -212,6 +215,7 @@ pub fn run_with_remote(
         reporter,
         interrupt,
         executor: opts.executor,
+        cluster_io: opts.cluster_io,
     };
     let n = p.stages.len();
     let mut states: Vec<State> = (0..n).map(|_| State::Pending).collect();

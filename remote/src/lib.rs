@@ -57,6 +57,7 @@ pub struct Report {
 }
 
 pub struct Remote {
+    url: String,
     store: Arc<dyn ObjectStore>,
     prefix: String,
     rt: tokio::runtime::Runtime,
@@ -83,6 +84,7 @@ impl Remote {
             .filter(|k| !k.is_empty())
             .map(|k| k.into_encoded_bytes());
         Ok(Remote {
+            url: url.to_string(),
             store,
             prefix,
             rt,
@@ -168,7 +170,38 @@ impl pipe_engine::RemoteCache for Remote {
             self.problem(&e);
         }
     }
+
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn fetch_or_fail(&self, key: &Key, store: &Store) -> Result<Option<RunRecord>, StageError> {
+        Ok(self.fetch_run(key, store)?)
+    }
+
+    fn push_or_fail(&self, run: &RunRecord, store: &Store) -> Result<(), StageError> {
+        self.push_run(run, store)?;
+        Ok(())
+    }
+
+    fn put_job_file(&self, name: &str, bytes: Vec<u8>) -> Result<(), StageError> {
+        let path = self.path("jobs", name);
+        Ok(self.rt.block_on(self.put(&path, bytes.into()))?)
+    }
+
+    fn get_job_file(&self, name: &str) -> Result<Option<Vec<u8>>, StageError> {
+        let path = self.path("jobs", name);
+        Ok(self.rt.block_on(self.get_bytes(&path))?.map(Vec::from))
+    }
+
+    fn delete_job(&self, id: &str) -> Result<(), StageError> {
+        Ok(self
+            .rt
+            .block_on(self.delete_prefix(&self.path("jobs", id)))?)
+    }
 }
+
+type StageError = Box<dyn std::error::Error + Send + Sync>;
 
 /// `a: b: c` from an error and its sources, URL user info masked (the
 /// engine's rendering, one copy).

@@ -33,7 +33,7 @@ fn io(op: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -
 }
 
 impl Remote {
-    fn path(&self, dir: &str, name: &str) -> ObjectPath {
+    pub(crate) fn path(&self, dir: &str, name: &str) -> ObjectPath {
         if self.prefix.is_empty() {
             ObjectPath::from(format!("{dir}/{name}"))
         } else {
@@ -62,7 +62,7 @@ impl Remote {
     }
 
     /// A whole small object, `None` if absent.
-    async fn get_bytes(&self, path: &ObjectPath) -> Result<Option<Bytes>, Error> {
+    pub(crate) async fn get_bytes(&self, path: &ObjectPath) -> Result<Option<Bytes>, Error> {
         match self.store.get(path).await {
             Ok(r) => Ok(Some(r.bytes().await.map_err(self.store_err(path))?)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -301,7 +301,25 @@ impl Remote {
         }
     }
 
-    async fn put(&self, path: &ObjectPath, bytes: Bytes) -> Result<(), Error> {
+    /// Delete every object under `prefix`.
+    pub(crate) async fn delete_prefix(&self, prefix: &ObjectPath) -> Result<(), Error> {
+        let names: Vec<ObjectPath> = self
+            .store
+            .list(Some(prefix))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(self.store_err(prefix))?;
+        for name in names {
+            match self.store.delete(&name).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.store_err(&name)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn put(&self, path: &ObjectPath, bytes: Bytes) -> Result<(), Error> {
         self.store
             .put(path, PutPayload::from_bytes(bytes))
             .await

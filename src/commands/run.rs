@@ -14,6 +14,12 @@ use crate::{history, reporter, signals};
 pub fn run(a: RunArgs, registry: &Registry, quiet: bool, verbose: bool) -> Result<i32, Failure> {
     let p = load(&a.m, registry)?;
     let remote = remote::open(&a.r, &p, a.push)?;
+    if a.cluster_io == Some(pipe_engine::cluster::ClusterIo::Remote) && remote.is_none() {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--cluster-io remote carries the jobs' data through the remote cache, and there is none: pass --remote URL, set PIPE_REMOTE, or name one in {}",
+            pipe_remote::config::FILE
+        )));
+    }
     let opts = RunOptions {
         force: if a.force_all {
             Force::All
@@ -29,6 +35,7 @@ pub fn run(a: RunArgs, registry: &Registry, quiet: bool, verbose: bool) -> Resul
         gpus: gpus(),
         interrupt: Default::default(),
         executor: a.executor.unwrap_or_default(),
+        cluster_io: a.cluster_io.unwrap_or_default(),
     };
     signals::watch(opts.interrupt.clone());
     let started = Instant::now();

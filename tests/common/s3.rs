@@ -72,6 +72,24 @@ impl S3 {
         r.status().is_success().then(|| r.bytes().unwrap().to_vec())
     }
 
+    /// The keys under `prefix` (the first 1000).
+    pub fn list(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let r = self
+            .request(
+                reqwest::Method::GET,
+                &format!("{bucket}?list-type=2&prefix={prefix}"),
+            )
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+        let text = r.text().unwrap();
+        text.split("<Key>")
+            .skip(1)
+            .filter_map(|s| s.split("</Key>").next())
+            .map(str::to_string)
+            .collect()
+    }
+
     pub fn delete(&self, bucket: &str, key: &str) {
         let r = self
             .request(reqwest::Method::DELETE, &format!("{bucket}/{key}"))

@@ -12,6 +12,14 @@
 //!   commit STAGING/out with the store's usual protocol
 //! ```
 //!
+//! With `--cluster-io remote` the node needs no shared filesystem: the same
+//! files are objects of the remote cache under `jobs/ID/` ([`exchange`]),
+//! the stage's inputs travel as results in the remote ([`carry`]: an
+//! upstream stage's by its key, a workspace path as a result of its own),
+//! the job runs in a scratch dir, streams its log back, and pushes its
+//! output under the stage's key; the submitter fetches it into STAGING/out
+//! and commits it as above.
+//!
 //! The failure stories: a job that fails, times out or is cancelled fails the
 //! stage with the cluster's state, reason and exit code; Ctrl-C cancels the
 //! job and waits until the cluster says it ended; a `pipe` that is killed
@@ -20,28 +28,32 @@
 //! by the next run, and ends at once).
 //!
 //! Another cluster (Kubernetes, a cloud batch service) is another [`Backend`]:
-//! it starts [`Job::command`] with the workspace on a shared filesystem, waits,
-//! and cancels on interrupt.
+//! it starts [`Job::command`], waits, and cancels on interrupt.
 
+mod carry;
+pub mod exchange;
 pub mod resources;
 pub mod slurm;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use pipe_cache::{Key, KeyRecord, RunRecord, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use resources::{ExecutorKind, Resources};
+pub use carry::RemoteInput;
+pub use exchange::Exchange;
+pub use resources::{ClusterIo, ExecutorKind, Resources};
 
 use crate::event::{Event, Reporter};
 use crate::interrupt::Interrupt;
 use crate::pipeline::{Pipeline, Stage};
+use crate::remote::RemoteCache;
 use crate::stage::{StageContext, StageError};
 
 /// The hidden subcommand of `pipe` that runs one stage inside a job.
@@ -51,9 +63,11 @@ pub const EXEC_COMMAND: &str = "__exec-stage";
 pub const ORPHAN_TIMEOUT_VAR: &str = "PIPE_ORPHAN_TIMEOUT";
 const ORPHAN_TIMEOUT: f64 = 30.0;
 
-const SPEC: &str = "job.json";
+/// The exchanged files (see [`exchange`]).
+pub const SPEC: &str = "job.json";
 const HEARTBEAT: &str = "heartbeat";
 const EVENTS: &str = "events";
+const LOG: &str = "log";
 const RESULT: &str = "result.json";
 
 /// A cluster that runs jobs.
@@ -65,13 +79,35 @@ pub trait Backend: Sync {
 
 /// What a backend starts.
 pub struct Job<'a> {
-    /// `pipe __exec-stage STAGING/job.json`.
+    /// `pipe __exec-stage STAGING/job.json`, or with the remote in place of
+    /// a shared filesystem `pipe __exec-stage --remote URL ID`.
     pub command: Vec<OsString>,
-    /// The staging dir (on the shared filesystem).
+    /// The staging dir, for the backend's own files (a batch script).
     pub dir: &'a Path,
+    /// Where the job runs and its output goes, when the node sees the
+    /// workspace; `None`: a place of the node's own, output discarded (the
+    /// job streams the stage log itself).
+    pub workspace: Option<&'a Path>,
+    pub log: Option<&'a Path>,
     pub resources: &'a Resources,
     /// Site options passed through as they are (`slurm:`).
     pub options: &'a [String],
+}
+
+/// Where stages run and how their jobs reach their data; with what the
+/// executor knows of the stage.
+pub struct Submission<'a> {
+    /// Where stages without an `executor:` run.
+    pub default: ExecutorKind,
+    pub io: ClusterIo,
+    /// The stage's staging dir (`ctx.out` is inside).
+    pub staging: &'a Path,
+    pub store: &'a Store,
+    pub remote: Option<&'a dyn RemoteCache>,
+    pub key: Key,
+    pub record: &'a KeyRecord,
+    /// The run records of the stage's finished dependencies.
+    pub upstream: &'a HashMap<String, RunRecord>,
 }
 
 /// Where `stage` runs, given the run's default.
@@ -84,19 +120,20 @@ pub fn executor_of(stage: &Stage, default: ExecutorKind) -> ExecutorKind {
     }
 }
 
-/// Run a stage's work where it is meant to run; `staging` holds `ctx.out`.
-pub fn run(ctx: &StageContext, default: ExecutorKind, staging: &Path) -> Result<(), StageError> {
-    match executor_of(ctx.stage, default) {
+/// Run a stage's work where it is meant to run.
+pub fn run(ctx: &StageContext, sub: &Submission) -> Result<(), StageError> {
+    match executor_of(ctx.stage, sub.default) {
         ExecutorKind::Local => ctx.stage.prepared.run(ctx),
-        ExecutorKind::Slurm => submit(&slurm::Slurm, ctx, staging),
+        ExecutorKind::Slurm => submit(&slurm::Slurm, ctx, sub),
     }
 }
 
 /// What the job needs to run the stage, written by the submitting `pipe`.
 #[derive(Serialize, Deserialize)]
 pub struct JobSpec {
-    /// The manifest (absolute) and the params to set, so that the job loads
-    /// the same pipeline.
+    /// The manifest and the params to set, so that the job loads the same
+    /// pipeline: its absolute path, or with [`JobData::Remote`] its path in
+    /// the workspace (the text travels in the spec).
     pub manifest: PathBuf,
     pub sets: Vec<(String, String)>,
     pub stage: String,
@@ -104,14 +141,32 @@ pub struct JobSpec {
     /// changed since.
     pub with: Value,
     pub env: BTreeMap<String, String>,
-    pub out: PathBuf,
-    pub log: PathBuf,
-    pub inputs: BTreeMap<String, PathBuf>,
     pub locked_pins: BTreeMap<String, String>,
     /// The key's fingerprints of the submitting machine: the job runs the
     /// stage as they say ([`StageContext::fingerprints`]).
     pub fingerprints: BTreeMap<String, String>,
     pub orphan_timeout_s: f64,
+    pub data: JobData,
+}
+
+/// Where the job finds its inputs and leaves its output.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "io", rename_all = "lowercase")]
+pub enum JobData {
+    /// In the workspace, on a filesystem the node shares.
+    Shared {
+        out: PathBuf,
+        log: PathBuf,
+        inputs: BTreeMap<String, PathBuf>,
+    },
+    /// In the remote cache: inputs by the key of the result that holds
+    /// them, the output pushed under the stage's key.
+    Remote {
+        manifest_text: String,
+        key: Key,
+        record: KeyRecord,
+        inputs: BTreeMap<String, RemoteInput>,
+    },
 }
 
 /// What the job leaves for the submitter.
@@ -126,9 +181,32 @@ fn io_err(op: &str, path: &Path, e: impl std::fmt::Display) -> StageError {
     format!("cannot {op} {}: {e}", path.display()).into()
 }
 
+/// A name for a job's files in the remote: the key and a nonce.
+fn job_id(key: &Key) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let nonce = pipe_cache::Digest::of(format!("{nanos} {}", std::process::id()).as_bytes());
+    format!("{}-{}", key.to_hex(), &nonce.to_hex()[..16])
+}
+
+/// Removes the job's files from the remote when the submitter is done.
+struct Cleared<'a>(&'a dyn Exchange);
+
+impl Drop for Cleared<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.clear();
+    }
+}
+
 /// Submit the stage to `backend` and wait for it; its pins and stats land in
 /// `ctx` as if it had run here.
-pub fn submit(backend: &dyn Backend, ctx: &StageContext, staging: &Path) -> Result<(), StageError> {
+pub fn submit(
+    backend: &dyn Backend,
+    ctx: &StageContext,
+    sub: &Submission,
+) -> Result<(), StageError> {
     let p = ctx.pipeline;
     let manifest = std::path::absolute(&p.file).map_err(|e| io_err("resolve", &p.file, e))?;
     // Params the manifest does not hold as they are: `--set` values are
@@ -144,44 +222,104 @@ pub fn submit(backend: &dyn Backend, ctx: &StageContext, staging: &Path) -> Resu
         .and_then(|v| v.parse::<f64>().ok())
         .filter(|t| t.is_finite() && *t > 0.0)
         .unwrap_or(ORPHAN_TIMEOUT);
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the pipe binary: {e}"))?;
+    let dir = exchange::Dir(sub.staging.to_path_buf());
+    let (data, manifest, objects, command): (_, _, _, Vec<OsString>) = match sub.io {
+        ClusterIo::Shared => (
+            JobData::Shared {
+                out: ctx.out.to_path_buf(),
+                log: ctx.log.to_path_buf(),
+                inputs: ctx.inputs.clone(),
+            },
+            manifest,
+            None,
+            vec![
+                exe.into(),
+                EXEC_COMMAND.into(),
+                sub.staging.join(SPEC).into(),
+            ],
+        ),
+        ClusterIo::Remote => {
+            let remote = sub.remote.ok_or(
+                "--cluster-io remote: no remote cache (pass --remote URL, set PIPE_REMOTE, or name one in pipe.config.yaml)",
+            )?;
+            let inputs = carry::send_inputs(ctx, sub, remote)?;
+            let manifest_text =
+                std::fs::read_to_string(&manifest).map_err(|e| io_err("read", &manifest, e))?;
+            // Where the manifest is in the workspace: the job lays out one of
+            // its own the same way.
+            let root = std::path::absolute(&p.root).map_err(|e| io_err("resolve", &p.root, e))?;
+            let name = manifest
+                .strip_prefix(&root)
+                .map_err(|_| {
+                    format!(
+                        "{} is not inside its workspace {}",
+                        manifest.display(),
+                        root.display()
+                    )
+                })?
+                .to_path_buf();
+            let id = job_id(&sub.key);
+            let command = vec![
+                exe.into(),
+                EXEC_COMMAND.into(),
+                "--remote".into(),
+                remote.url().into(),
+                id.clone().into(),
+            ];
+            let data = JobData::Remote {
+                manifest_text,
+                key: sub.key,
+                record: sub.record.clone(),
+                inputs,
+            };
+            (
+                data,
+                name,
+                Some(exchange::Objects::new(remote, id)),
+                command,
+            )
+        }
+    };
+    let exchange: &dyn Exchange = match &objects {
+        Some(objects) => objects,
+        None => &dir,
+    };
+    let _cleared = Cleared(exchange);
     let spec = JobSpec {
         manifest,
         sets,
         stage: ctx.stage.name.clone(),
         with: ctx.stage.with.clone(),
         env: ctx.stage.env.clone(),
-        out: ctx.out.to_path_buf(),
-        log: ctx.log.to_path_buf(),
-        inputs: ctx.inputs.clone(),
         locked_pins: ctx.locked_pins.clone(),
         fingerprints: ctx.fingerprints.clone(),
         orphan_timeout_s,
+        data,
     };
-    let spec_path = staging.join(SPEC);
-    std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec)?)
-        .map_err(|e| io_err("write", &spec_path, e))?;
-    let heartbeat = staging.join(HEARTBEAT);
-    std::fs::write(&heartbeat, b"0").map_err(|e| io_err("write", &heartbeat, e))?;
-    let events = staging.join(EVENTS);
-    std::fs::write(&events, b"").map_err(|e| io_err("write", &events, e))?;
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the pipe binary: {e}"))?;
+    exchange.put(SPEC, &serde_json::to_vec_pretty(&spec)?)?;
+    exchange.put(HEARTBEAT, b"0")?;
+    let shared = sub.io == ClusterIo::Shared;
     let job = Job {
-        command: vec![exe.into(), EXEC_COMMAND.into(), spec_path.into()],
-        dir: staging,
+        command,
+        dir: sub.staging,
+        workspace: shared.then_some(ctx.workspace),
+        log: shared.then_some(ctx.log),
         resources: &ctx.stage.resources,
         options: &ctx.stage.slurm,
     };
 
     let (stop, stopped) = mpsc::channel::<()>();
     let ran = std::thread::scope(|scope| {
-        let (heartbeat, events) = (&heartbeat, &events);
-        scope.spawn(move || companion(ctx, heartbeat, events, &stopped));
+        scope.spawn(move || companion(ctx, exchange, !shared, &stopped));
         let ran = backend.run(ctx, &job);
         let _ = stop.send(());
         ran
     });
-    let result: Option<JobResult> = std::fs::read(staging.join(RESULT))
+    let result: Option<JobResult> = exchange
+        .get(RESULT)
         .ok()
+        .flatten()
         .and_then(|b| serde_json::from_slice(&b).ok());
     match (ran, result) {
         (
@@ -199,6 +337,9 @@ pub fn submit(backend: &dyn Backend, ctx: &StageContext, staging: &Path) -> Resu
             }),
         ) => Err(why.into()),
         (Ok(()), Some(r)) => {
+            if let (ClusterIo::Remote, Some(remote)) = (sub.io, sub.remote) {
+                carry::receive_output(ctx, sub, remote)?;
+            }
             for (name, value) in &r.pins {
                 ctx.pin(name, value);
             }
@@ -210,33 +351,45 @@ pub fn submit(backend: &dyn Backend, ctx: &StageContext, staging: &Path) -> Resu
     }
 }
 
-/// While the job runs: bump the heartbeat, and pass the job's progress
-/// lines on to the reporter.
-fn companion(ctx: &StageContext, heartbeat: &Path, events: &Path, stop: &mpsc::Receiver<()>) {
-    use std::io::{Read, Seek, SeekFrom};
+/// While the job runs: bump the heartbeat, pass the job's progress lines on
+/// to the reporter, and (`log`) append the log it streams to the stage log.
+fn companion(ctx: &StageContext, exchange: &dyn Exchange, log: bool, stop: &mpsc::Receiver<()>) {
     let mut beat = 0u64;
-    // Bytes of `events` already passed on: whole lines only.
-    let mut offset = 0u64;
+    let (mut events_at, mut log_at) = (0u64, 0u64);
+    // A line cut at the end of what was read, kept for the next read.
+    let mut partial = Vec::new();
+    let mut log_file = None;
     let mut forward = || {
-        let mut text = Vec::new();
-        let read = std::fs::File::open(events).and_then(|mut f| {
-            f.seek(SeekFrom::Start(offset))?;
-            f.read_to_end(&mut text)
-        });
-        if read.is_err() {
-            return;
+        if let Ok(text) = exchange.read_new(EVENTS, &mut events_at) {
+            partial.extend_from_slice(&text);
+            let whole = partial
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1);
+            for line in partial[..whole].split(|&b| b == b'\n') {
+                if let Ok(message) = serde_json::from_slice::<String>(line) {
+                    ctx.progress(&message);
+                }
+            }
+            partial.drain(..whole);
         }
-        let whole = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        offset += whole as u64;
-        for line in text[..whole].split(|&b| b == b'\n') {
-            if let Ok(message) = serde_json::from_slice::<String>(line) {
-                ctx.progress(&message);
+        if log {
+            if let Ok(text) = exchange.read_new(LOG, &mut log_at) {
+                if !text.is_empty() {
+                    use std::io::Write;
+                    let file = log_file.get_or_insert_with(|| {
+                        std::fs::File::options().append(true).open(ctx.log).ok()
+                    });
+                    if let Some(f) = file {
+                        let _ = f.write_all(&text);
+                    }
+                }
             }
         }
     };
     loop {
         beat += 1;
-        let _ = std::fs::write(heartbeat, beat.to_string());
+        let _ = exchange.put(HEARTBEAT, beat.to_string().as_bytes());
         forward();
         match stop.recv_timeout(Duration::from_secs(1)) {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -246,35 +399,55 @@ fn companion(ctx: &StageContext, heartbeat: &Path, events: &Path, stop: &mpsc::R
     forward();
 }
 
-/// A job's progress lines, for the submitting `pipe` (see [`companion`]).
-struct EventsFile(Mutex<std::fs::File>);
+/// A job's progress lines, sent to the submitter by the watchdog's loop.
+#[derive(Default)]
+struct Events(Mutex<Vec<u8>>);
 
-impl Reporter for EventsFile {
+impl Reporter for Events {
     fn event(&self, event: Event<'_>) {
         if let Event::Progress { message, .. } = event {
-            let mut f = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = writeln!(f, "{}", Value::from(message));
+            let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            buf.extend_from_slice(Value::from(message).to_string().as_bytes());
+            buf.push(b'\n');
         }
     }
 }
 
-/// The job's side (`pipe __exec-stage SPEC`): run the stage the spec names
-/// into its staging dir and leave the result beside it. `rank` is the task's
-/// rank (`SLURM_PROCID`): rank 0 writes the output and the result, other
-/// ranks work in a scratch dir of their own.
+impl Events {
+    fn flush(&self, exchange: &dyn Exchange) {
+        let text = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        let _ = exchange.append(EVENTS, &text);
+    }
+}
+
+/// The job's side (`pipe __exec-stage`): run the stage the spec in
+/// `exchange` names and leave the result beside it. `remote` is the remote
+/// cache of a job with [`JobData::Remote`]. `rank` is the task's rank
+/// (`SLURM_PROCID`): rank 0 writes the output and the result, other ranks
+/// work in a scratch dir of their own.
 pub fn exec(
-    spec_path: &Path,
-    load: impl FnOnce(&JobSpec) -> Result<Pipeline, StageError>,
+    exchange: &dyn Exchange,
+    remote: Option<&dyn RemoteCache>,
+    load: impl FnOnce(&Path, &[(String, String)]) -> Result<Pipeline, StageError>,
     interrupt: &Interrupt,
     rank: u32,
 ) -> Result<(), StageError> {
-    let bytes = std::fs::read(spec_path).map_err(|e| io_err("read", spec_path, e))?;
+    let bytes = exchange
+        .get(SPEC)?
+        .ok_or("no job spec: the pipe that submitted this job cleaned it up")?;
     let spec: JobSpec =
-        serde_json::from_slice(&bytes).map_err(|e| io_err("parse", spec_path, e))?;
-    let dir = spec_path.parent().unwrap_or(Path::new("."));
-    let ran = exec_spec(&spec, dir, load, interrupt, rank);
+        serde_json::from_slice(&bytes).map_err(|e| format!("cannot parse the job spec: {e}"))?;
+    let ran = exec_spec(&spec, exchange, remote, load, interrupt, rank);
     if rank != 0 {
         return ran.map(|_| ());
+    }
+    if let Err(e) = &ran {
+        if e.is::<Orphaned>() {
+            // Nobody reads the result: the job's files go, as the
+            // submitter would have removed them.
+            let _ = exchange.clear();
+            return ran.map(|_| ());
+        }
     }
     let result = match &ran {
         Ok((pins, stats)) => JobResult {
@@ -287,21 +460,40 @@ pub fn exec(
             ..JobResult::default()
         },
     };
-    let path = dir.join(RESULT);
-    crate::cache::write_atomic(&path, &serde_json::to_vec(&result)?)?;
+    exchange.put(RESULT, &serde_json::to_vec(&result)?)?;
     ran.map(|_| ())
 }
 
 type PinsStats = (BTreeMap<String, String>, BTreeMap<String, f64>);
 
+/// The job stopped because its `pipe` is gone.
+#[derive(Debug)]
+struct Orphaned;
+
+impl std::fmt::Display for Orphaned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the pipe that submitted this job is gone: stopped")
+    }
+}
+
+impl std::error::Error for Orphaned {}
+
 fn exec_spec(
     spec: &JobSpec,
-    dir: &Path,
-    load: impl FnOnce(&JobSpec) -> Result<Pipeline, StageError>,
+    exchange: &dyn Exchange,
+    remote: Option<&dyn RemoteCache>,
+    load: impl FnOnce(&Path, &[(String, String)]) -> Result<Pipeline, StageError>,
     interrupt: &Interrupt,
     rank: u32,
 ) -> Result<PinsStats, StageError> {
-    let p = load(spec)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("pipe-job-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a scratch dir: {e}"))?;
+    let here = carry::Here::new(spec, scratch.path(), remote, rank)?;
+    // Before the manifest loads: it checks that workspace inputs exist.
+    let inputs = here.inputs()?;
+    let p = load(&here.manifest, &spec.sets)?;
     let stage = p
         .stage(&spec.stage)
         .ok_or_else(|| format!("{}: no stage `{}`", spec.manifest.display(), spec.stage))?;
@@ -313,92 +505,105 @@ fn exec_spec(
         )
         .into());
     }
-    let out = if rank == 0 {
-        spec.out.clone()
-    } else {
-        let scratch = dir.join(format!("rank-{rank}"));
-        std::fs::create_dir_all(&scratch).map_err(|e| io_err("create", &scratch, e))?;
-        scratch
-    };
-    let events_path = dir.join(EVENTS);
-    let events = std::fs::File::options()
-        .append(true)
-        .open(&events_path)
-        .map_err(|e| io_err("open", &events_path, e))?;
-    let reporter = EventsFile(Mutex::new(events));
+    let events = Events::default();
     let pins = Mutex::new(BTreeMap::new());
     let stats = Mutex::new(BTreeMap::new());
     let ctx = StageContext {
         pipeline: &p,
         stage,
         workspace: &p.root,
-        out: &out,
-        inputs: spec.inputs.clone(),
-        log: &spec.log,
+        out: &here.out,
+        inputs,
+        log: &here.log,
         cancel: interrupt.flag(),
         interrupt,
-        reporter: &reporter,
+        reporter: &events,
         locked_pins: &spec.locked_pins,
         new_pins: &pins,
         new_stats: &stats,
         fingerprints: &spec.fingerprints,
     };
+    let started = Instant::now();
     let (stop, stopped) = mpsc::channel::<()>();
+    let streamed_log = here.streams_log().then_some(here.log.as_path());
     let orphaned = std::thread::scope(|scope| {
-        let heartbeat = dir.join(HEARTBEAT);
+        let events = &events;
         let watchdog = scope.spawn(move || {
-            watchdog(
-                &heartbeat,
-                Duration::from_secs_f64(spec.orphan_timeout_s),
-                interrupt,
-                &stopped,
-            )
+            let timeout = Duration::from_secs_f64(spec.orphan_timeout_s);
+            watchdog(exchange, timeout, interrupt, &stopped, events, streamed_log)
         });
         let ran = stage.prepared.run(&ctx);
         let _ = stop.send(());
         (ran, watchdog.join().unwrap_or(false))
     });
+    let (pins, stats) = (
+        pins.into_inner().unwrap_or_else(|e| e.into_inner()),
+        stats.into_inner().unwrap_or_else(|e| e.into_inner()),
+    );
     match orphaned {
-        (_, true) => Err("the pipe that submitted this job is gone: stopped".into()),
+        (_, true) => Err(Orphaned.into()),
         (Err(e), false) => Err(e),
         (Ok(()), false) if interrupt.is_set() => Err("interrupted".into()),
-        (Ok(()), false) => Ok((
-            pins.into_inner().unwrap_or_else(|e| e.into_inner()),
-            stats.into_inner().unwrap_or_else(|e| e.into_inner()),
-        )),
+        (Ok(()), false) => {
+            here.deliver(started.elapsed().as_secs_f64(), &pins, &stats)?;
+            Ok((pins, stats))
+        }
     }
 }
 
 /// Stop the stage when the heartbeat stays the same for `timeout`: the
-/// submitting `pipe` is gone. Returns whether it did.
+/// submitting `pipe` is gone. Meanwhile pass on the stage's progress lines
+/// and (`log`) what it adds to its log. Returns whether it stopped the stage.
 fn watchdog(
-    heartbeat: &Path,
+    exchange: &dyn Exchange,
     timeout: Duration,
     interrupt: &Interrupt,
     stop: &mpsc::Receiver<()>,
+    events: &Events,
+    log: Option<&Path>,
 ) -> bool {
-    // A heartbeat that is gone: the staging dir was cleaned (the next run
-    // of a killed `pipe`), or the submitter gave the stage up.
     let mut last = None;
     let mut since = Instant::now();
-    loop {
-        let Ok(now) = std::fs::read(heartbeat) else {
-            interrupt.interrupt(Duration::from_secs(3));
-            return true;
-        };
-        if last.as_ref() != Some(&now) {
-            last = Some(now);
-            since = Instant::now();
+    let mut log_at = 0u64;
+    let send_log = |log_at: &mut u64| {
+        let Some(path) = log else { return };
+        let mut cursor = *log_at;
+        if let Ok(text) = exchange::read_new(path, &mut cursor) {
+            if exchange.append(LOG, &text).is_ok() {
+                *log_at = cursor;
+            }
+        }
+    };
+    let orphaned = loop {
+        match exchange.get(HEARTBEAT) {
+            // A heartbeat that is gone: the staging dir was cleaned (the
+            // next run of a killed `pipe`), or the submitter gave the stage up.
+            Ok(None) => break true,
+            Ok(now) => {
+                if last != now {
+                    last = now;
+                    since = Instant::now();
+                }
+            }
+            // The remote did not answer: only the timeout counts.
+            Err(_) => {}
         }
         if since.elapsed() >= timeout {
-            interrupt.interrupt(Duration::from_secs(3));
-            return true;
+            break true;
         }
+        events.flush(exchange);
+        send_log(&mut log_at);
         match stop.recv_timeout(Duration::from_millis(500)) {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
-            _ => return false,
+            _ => break false,
         }
+    };
+    if orphaned {
+        interrupt.interrupt(Duration::from_secs(3));
     }
+    events.flush(exchange);
+    send_log(&mut log_at);
+    orphaned
 }
 
 #[cfg(test)]
@@ -444,18 +649,19 @@ mod tests {
             stage: "s".into(),
             with: p.stage("s").unwrap().with.clone(),
             env: BTreeMap::new(),
-            out: out.clone(),
-            log: ws.path().join("s.log"),
-            inputs: BTreeMap::new(),
             locked_pins: BTreeMap::new(),
             fingerprints: keyed.clone(),
             orphan_timeout_s: 30.0,
+            data: JobData::Shared {
+                out: out.clone(),
+                log: ws.path().join("s.log"),
+                inputs: BTreeMap::new(),
+            },
         };
-        let spec_path = staging.join(SPEC);
-        std::fs::write(&spec_path, serde_json::to_vec(&spec).unwrap()).unwrap();
-        std::fs::write(staging.join(HEARTBEAT), b"1").unwrap();
-        std::fs::write(staging.join(EVENTS), b"").unwrap();
-        exec(&spec_path, |_| Ok(p), &Interrupt::default(), 0).unwrap();
+        let dir = exchange::Dir(staging.clone());
+        dir.put(SPEC, &serde_json::to_vec(&spec).unwrap()).unwrap();
+        dir.put(HEARTBEAT, b"1").unwrap();
+        exec(&dir, None, |_, _| Ok(p), &Interrupt::default(), 0).unwrap();
         let got: BTreeMap<String, String> =
             serde_json::from_slice(&std::fs::read(out.join("prints.json")).unwrap()).unwrap();
         assert_eq!(got, keyed);

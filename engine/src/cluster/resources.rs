@@ -24,6 +24,27 @@ impl std::str::FromStr for ExecutorKind {
     }
 }
 
+/// How a cluster job reaches the stage's inputs and hands back its output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClusterIo {
+    /// Through the workspace, on a filesystem the nodes share (the default).
+    #[default]
+    Shared,
+    /// Through the remote cache: for nodes that do not see the workspace.
+    Remote,
+}
+
+impl std::str::FromStr for ClusterIo {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "shared" => Ok(ClusterIo::Shared),
+            "remote" => Ok(ClusterIo::Remote),
+            _ => Err(format!("unknown cluster io `{s}` (known: shared, remote)")),
+        }
+    }
+}
+
 /// A stage's `resources:`. `gpu` also counts against this machine's GPUs when
 /// the stage runs locally; the rest only means something to a cluster.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]

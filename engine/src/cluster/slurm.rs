@@ -5,7 +5,9 @@
 //!
 //! The job's output file is the stage log (`--output`, appended to), so the
 //! log grows while the job runs. The job inherits `pipe`'s environment
-//! (`sbatch` exports it by default) and runs in the workspace.
+//! (`sbatch` exports it by default) and runs in the workspace; on a node
+//! that does not see the workspace (`--cluster-io remote`), in `/tmp`, its
+//! output discarded (the job sends the stage log through the remote).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -109,17 +111,20 @@ impl Backend for Slurm {
             .map_err(|e| format!("cannot write {}: {e}", script.display()))?;
 
         let name = format!("pipe-{}-{}", ctx.pipeline.name, ctx.stage.name);
+        // A node that does not see the workspace: the job works in a scratch
+        // dir of its own and streams the stage log itself.
+        let output = job
+            .log
+            .map_or("/dev/null".to_string(), |l| l.display().to_string());
+        let chdir = job.workspace.unwrap_or(std::path::Path::new("/tmp"));
         let mut sbatch = Command::new("sbatch");
         sbatch
             .arg("--parsable")
             .arg(format!("--job-name={name}"))
             // `%` starts a pattern in Slurm's file names (`%j`); `%%` is `%`.
-            .arg(format!(
-                "--output={}",
-                ctx.log.display().to_string().replace('%', "%%")
-            ))
+            .arg(format!("--output={}", output.replace('%', "%%")))
             .arg("--open-mode=append")
-            .arg(format!("--chdir={}", ctx.workspace.display()))
+            .arg(format!("--chdir={}", chdir.display()))
             .args(job.resources.sbatch_args())
             .args(job.options)
             .arg(&script);

@@ -108,7 +108,7 @@ fn real_workspace_path(
 /// `.pipe` dir and lock files (this pipeline's, and any `pipe.lock` or
 /// `NAME.lock` beside a `NAME.yaml`/`NAME.yml` that `pipe run` wrote: another
 /// tool's lock, such as Helm's `Chart.lock`, is data).
-fn is_pipe_state(p: &Pipeline, path: &Path) -> bool {
+pub(crate) fn is_pipe_state(p: &Pipeline, path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return false;
     };

@@ -129,11 +129,29 @@ pub fn parse_scalar(s: &str) -> Value {
         .unwrap_or_else(|| Value::String(s.to_string()))
 }
 
+/// Whether loading checks that the workspace paths stages name exist: not
+/// in a cluster job on a node that holds only the inputs of its one stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkspacePaths {
+    Check,
+    Trust,
+}
+
 /// Load and validate a manifest.
 pub fn load(
     file: &Path,
     sets: &[(String, String)],
     registry: &Registry,
+) -> Result<Pipeline, ManifestError> {
+    load_with(file, sets, registry, WorkspacePaths::Check)
+}
+
+/// [`load`], checking workspace paths or not.
+pub fn load_with(
+    file: &Path,
+    sets: &[(String, String)],
+    registry: &Registry,
+    paths: WorkspacePaths,
 ) -> Result<Pipeline, ManifestError> {
     let bytes = std::fs::read(file)
         .map_err(|e| ManifestError::new(file, format!("cannot read manifest: {e}")))?;
@@ -153,7 +171,7 @@ pub fn load(
         ManifestError::new(file, "the manifest is not valid UTF-8").at(&lossy, Some(span))
     })?;
     let root = crate::workspace::root_of_manifest(file);
-    parse(file, &src, &root, sets, registry)
+    parse(file, &src, &root, sets, registry, paths)
 }
 
 /// Validate manifest text (`file` is only used in messages and to name the lock file).
@@ -163,6 +181,7 @@ pub fn parse(
     root: &Path,
     sets: &[(String, String)],
     registry: &Registry,
+    paths: WorkspacePaths,
 ) -> Result<Pipeline, ManifestError> {
     let err = |msg: String| ManifestError::new(file, msg);
     let at = |path: &[&str]| locate(src, path);
@@ -340,7 +359,7 @@ pub fn parse(
                     {
                         return Err(serr(format!("input `{in_name}`: workspace path `{reference}` must be relative and inside the workspace"), &sub));
                     }
-                    if !root.join(&rel).exists() {
+                    if paths == WorkspacePaths::Check && !root.join(&rel).exists() {
                         return Err(serr(format!("input `{in_name}`: `{reference}` does not exist in the workspace {}", root.display()), &sub)
                             .hint(Some("workspace paths are relative to the workspace root; use STAGE:PATH for another stage's output".into())));
                     }
@@ -519,6 +538,7 @@ mod tests {
             Path::new("/nonexistent"),
             &[],
             &reg,
+            WorkspacePaths::Check,
         )
     }
 
