@@ -638,3 +638,63 @@ stages:
         "{log}"
     );
 }
+
+/// Multi-node data-parallel fine-tuning: `nodes: 2, tasks_per_node: 1` on a
+/// two-node cluster (two slurmds), one `pipe-worker` rank per node through
+/// `srun`: with nodes that share no filesystem (each rank fetches the inputs
+/// into its own scratch dir) and with a shared workspace, the same output
+/// as two local ranks.
+#[test]
+fn two_node_data_parallel_finetunes_equal_two_local_ranks() {
+    let manifest = |resources: &str| {
+        format!(
+            "version: 1\nname: m\nstages:\n  finetune:\n    kind: finetune\n    inputs: {{model: model, data: data}}\n    with: {{epochs: 1, batch_size: 16, lr: 3e-3, threads: 1, nproc_per_node: 2}}\n{resources}"
+        )
+    };
+    let cluster = Cluster::with_nodes(2);
+    let no_shared_fs = NoSharedFs::new();
+    let local = common::tiny_bert::workspace(&manifest(""));
+    let local_doc = local.run_json(&[]);
+    let ws =
+        common::tiny_bert::workspace(&manifest("    resources: {nodes: 2, tasks_per_node: 1}\n"));
+    let out = no_shared_fs
+        .pipe(&ws, &cluster, &["run", "pipe.yaml"])
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("PIPE_DIST_TIMEOUT", "60")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stderr(&out), cluster.logs());
+    let job = cluster.job("1");
+    assert!(
+        job.contains("NodeList=pipe[0-1]") && job.contains("NumNodes=2"),
+        "{job}"
+    );
+    let doc = ws.run_json(&[]);
+    assert_eq!(
+        output_hash(&local_doc, "finetune"),
+        output_hash(&doc, "finetune")
+    );
+    let log = ws.read(".pipe/logs/m/finetune.log");
+    assert!(
+        log.contains("data parallel: 2 ranks, gloo backend"),
+        "{log}"
+    );
+    assert_eq!(no_shared_fs.job_files(), Vec::<String>::new());
+
+    // And with the workspace shared by the nodes.
+    let shared = common::tiny_bert::workspace(&manifest(
+        "    executor: slurm\n    resources: {nodes: 2, tasks_per_node: 1}\n",
+    ));
+    let out = pipe(&shared, &cluster, &["run", "pipe.yaml"])
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("PIPE_DIST_TIMEOUT", "60")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stderr(&out), cluster.logs());
+    assert!(cluster.job("2").contains("NodeList=pipe[0-1]"));
+    let doc = shared.run_json(&[]);
+    assert_eq!(
+        output_hash(&local_doc, "finetune"),
+        output_hash(&doc, "finetune")
+    );
+}

@@ -1,8 +1,12 @@
-//! A real one-node Slurm cluster for a test: `munged`, `slurmctld` and
-//! `slurmd` in the foreground, children of the test, with their config,
+//! A real Slurm cluster for a test: `munged`, `slurmctld` and one `slurmd`
+//! per node in the foreground, children of the test, with their config,
 //! key, state and logs in a temp dir and their ports picked free on the
 //! loopback. Every cluster is its own, so tests may run side by side.
 //! Dropping it cancels what is left of its jobs and stops the daemons.
+//!
+//! Nodes are `pipe0`, `pipe1`, …: slurmds of their own (`slurmd -N NAME`,
+//! each with its port, spool dir, pid and log file) on this machine, so a
+//! job on two nodes runs its tasks under two daemons, as on two machines.
 //!
 //! Needs Debian's `slurm-wlm` and `munge` (`scripts/setup-test-tools`).
 
@@ -13,6 +17,7 @@ use std::time::{Duration, Instant};
 pub struct Cluster {
     dir: tempfile::TempDir,
     daemons: Vec<(&'static str, Child)>,
+    nodes: usize,
 }
 
 /// How long the cluster gets to come up, and jobs to go.
@@ -31,7 +36,13 @@ fn user() -> String {
 }
 
 impl Cluster {
+    /// A one-node cluster.
     pub fn start() -> Cluster {
+        Cluster::with_nodes(1)
+    }
+
+    /// A cluster of `nodes` nodes of 2 CPUs each.
+    pub fn with_nodes(nodes: usize) -> Cluster {
         for tool in ["munged", "slurmctld", "slurmd", "sbatch"] {
             let found = std::env::var_os("PATH")
                 .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(tool).is_file()));
@@ -45,8 +56,15 @@ impl Cluster {
             .tempdir()
             .expect("temp dir");
         let d = dir.path();
-        for sub in ["state", "spool"] {
-            std::fs::create_dir(d.join(sub)).unwrap();
+        std::fs::create_dir(d.join("state")).unwrap();
+        let names: Vec<String> = (0..nodes).map(|i| format!("pipe{i}")).collect();
+        let mut node_lines = String::new();
+        for name in &names {
+            std::fs::create_dir(d.join(format!("spool-{name}"))).unwrap();
+            node_lines += &format!(
+                "NodeName={name} NodeHostname=localhost NodeAddr=127.0.0.1 Port={} CPUs=2 State=UNKNOWN\n",
+                free_port()
+            );
         }
         let mut key = vec![0u8; 1024];
         std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut key)
@@ -59,18 +77,17 @@ impl Cluster {
             "ClusterName=pipetest
 SlurmctldHost=localhost(127.0.0.1)
 SlurmctldPort={ctld}
-SlurmdPort={slurmd}
 SlurmUser={user}
 SlurmdUser={user}
 AuthType=auth/munge
 AuthInfo=socket={d}/munge.sock
 CredType=cred/munge
 StateSaveLocation={d}/state
-SlurmdSpoolDir={d}/spool
+SlurmdSpoolDir={d}/spool-%n
 SlurmctldPidFile={d}/slurmctld.pid
-SlurmdPidFile={d}/slurmd.pid
+SlurmdPidFile={d}/slurmd-%n.pid
 SlurmctldLogFile={d}/slurmctld.log
-SlurmdLogFile={d}/slurmd.log
+SlurmdLogFile={d}/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -82,11 +99,10 @@ SelectTypeParameters=CR_CPU
 MpiDefault=none
 ReturnToService=2
 KillWait=5
-NodeName=pipe0 NodeHostname=localhost NodeAddr=127.0.0.1 CPUs=2 State=UNKNOWN
-PartitionName=debug Nodes=pipe0 Default=YES MaxTime=INFINITE State=UP
+{node_lines}PartitionName=debug Nodes={} Default=YES MaxTime=INFINITE State=UP
 ",
+            names.join(","),
             ctld = free_port(),
-            slurmd = free_port(),
             d = d.display(),
         );
         std::fs::write(d.join("slurm.conf"), conf).unwrap();
@@ -94,6 +110,7 @@ PartitionName=debug Nodes=pipe0 Default=YES MaxTime=INFINITE State=UP
         let mut cluster = Cluster {
             dir,
             daemons: Vec::new(),
+            nodes,
         };
         let d = cluster.dir.path().to_path_buf();
         let munged = Command::new("munged")
@@ -110,10 +127,12 @@ PartitionName=debug Nodes=pipe0 Default=YES MaxTime=INFINITE State=UP
             .expect("start munged");
         cluster.daemons.push(("munged", munged));
         cluster.wait_for("munged", || d.join("munge.sock").exists());
-        for (name, args) in [
-            ("slurmctld", vec!["-D", "-i"]),
-            ("slurmd", vec!["-D", "-N", "pipe0"]),
-        ] {
+        let daemons = std::iter::once(("slurmctld", vec!["-D", "-i"])).chain(
+            names
+                .iter()
+                .map(|n| ("slurmd", vec!["-D", "-N", n.as_str()])),
+        );
+        for (name, args) in daemons {
             let child = cluster
                 .command(name)
                 .args(args)
@@ -123,10 +142,10 @@ PartitionName=debug Nodes=pipe0 Default=YES MaxTime=INFINITE State=UP
                 .unwrap_or_else(|e| panic!("start {name}: {e}"));
             cluster.daemons.push((name, child));
         }
-        cluster.wait_for("the node to be idle", || {
+        cluster.wait_for("every node to be idle", || {
             cluster
-                .output(&["sinfo", "-h", "-o", "%T"])
-                .is_some_and(|s| s.trim() == "idle")
+                .output(&["sinfo", "-h", "-N", "-o", "%T"])
+                .is_some_and(|s| s.lines().filter(|l| l.trim() == "idle").count() == nodes)
         });
         cluster
     }
@@ -197,10 +216,12 @@ PartitionName=debug Nodes=pipe0 Default=YES MaxTime=INFINITE State=UP
     }
 
     pub fn logs(&self) -> String {
-        ["munged.log", "slurmctld.log", "slurmd.log"]
-            .iter()
+        let slurmds = (0..self.nodes).map(|i| format!("slurmd-pipe{i}.log"));
+        ["munged.log".to_string(), "slurmctld.log".to_string()]
+            .into_iter()
+            .chain(slurmds)
             .map(|f| {
-                let text = std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
+                let text = std::fs::read_to_string(self.dir.path().join(&f)).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(15).collect();
                 format!(
                     "--- {f}\n{}",
@@ -219,7 +240,7 @@ PartitionName=debug Nodes=pipe0 Default=YES MaxTime=INFINITE State=UP
 impl Drop for Cluster {
     fn drop(&mut self) {
         // Jobs first: slurmd's job steps would outlive it.
-        if self.daemons.len() == 3 {
+        if self.daemons.len() == 2 + self.nodes {
             let _ = self.command("scancel").args(["--user", &user()]).output();
             let start = Instant::now();
             while self
