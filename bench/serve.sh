@@ -6,12 +6,13 @@
 #   PIPE_REF_BENCH=DIR PIPE_REF_PYTHON=PY bench/serve.sh [REPEAT]   (default 3)
 #
 # Per round: one client sending 300 single-sentence requests (latency), then 32
-# clients each sending 40 (throughput), for each server layout: 1 inference
-# worker × 2 intra-op threads (the default on 2 cores), the same with
-# `--bf16 false` (fp32 linear layers at every size), 2 workers × 1 thread,
-# 1 worker × 1 thread. In the first round, the 1 × 2 layouts also classify
-# CoLA's in-domain dev set in requests of 32 sentences: how many predictions
-# bf16 changes, and both accuracies.
+# clients each sending 40 (throughput), for each server layout: 2 inference
+# workers × 1 intra-op thread sharing one model (the default on 2 cores: a
+# worker that runs alone uses both threads), the same with `--bf16 false`
+# (fp32 linear layers at every size), 1 worker × 2 threads, 1 worker × 1
+# thread. In the first round, the 2 × 1 layouts also classify CoLA's
+# in-domain dev set in requests of 32 sentences: how many predictions bf16
+# changes, and both accuracies.
 # Set PIPE_MIRROR to work offline.
 set -euo pipefail
 repeat=${1:-3}
@@ -54,7 +55,7 @@ peak_rss() { awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$server/status"; }
 stop() { kill "$server"; wait "$server" || true; server=; rm -f ready.json; }
 
 for i in $(seq "$repeat"); do
-  for layout in "1 2 auto" "1 2 false" "2 1 auto" "1 1 auto"; do
+  for layout in "2 1 auto" "2 1 false" "1 2 auto" "1 1 auto"; do
     set -- $layout
     name="pipe $1x$2"; [ "$3" = auto ] || name="$name bf16=$3"
     echo "== round $i/$repeat: $name" >&2
@@ -62,7 +63,7 @@ for i in $(seq "$repeat"); do
     "$load" "$url" sentences.txt 1 20 > /dev/null   # warm up
     single=$("$load" "$url" sentences.txt 1 300)
     many=$("$load" "$url" sentences.txt 32 40)
-    if [ "$i" = 1 ] && [ "$1 $2" = "1 2" ]; then
+    if [ "$i" = 1 ] && [ "$1 $2" = "2 1" ]; then
       python3 - "$url" sentences.txt labels.txt > "classes-$3.json" <<'PY'
 import json, sys, urllib.request
 url, texts, labels = sys.argv[1], open(sys.argv[2]).read().splitlines(), open(sys.argv[3]).read().splitlines()

@@ -52,9 +52,14 @@ pub struct FastModule {
     pub packed: usize,
 }
 
-// SAFETY: a libtorch module may move between threads; `FastModule` is not
-// `Sync`, so one thread at a time runs it.
+// SAFETY: a libtorch module may move between threads.
 unsafe impl Send for FastModule {}
+// SAFETY: `forward` only reads the module: a TorchScript module's graph
+// executor compiles its plan under its own lock and runs each call in an
+// interpreter state of its own, and the packed oneDNN weights are read-only
+// constants; so threads may run one module at once (the server's inference
+// threads share one copy).
+unsafe impl Sync for FastModule {}
 
 impl FastModule {
     /// Loads `path` and packs its linear layers' weights: in bf16 with

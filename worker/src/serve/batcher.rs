@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 use prometheus::{Histogram, IntGauge};
 use tokio::sync::oneshot;
 
-/// What runs a batch of sentences: the libtorch model
-/// ([`super::model::Model`]), or a stub in tests.
+/// What runs a batch of sentences: the libtorch model as one inference
+/// thread runs it, or a stub in tests.
 pub trait Infer {
-    /// One row of logits per sentence, in order.
-    fn infer(&self, sentences: &[String]) -> anyhow::Result<Vec<Vec<f32>>>;
+    /// One row of logits per sentence, in order. `alone`: no other lane is
+    /// busy and no more work waits, so the call may use every core.
+    fn infer(&self, sentences: &[String], alone: bool) -> anyhow::Result<Vec<Vec<f32>>>;
 }
 
 /// Logits of every sentence of a request, or why the model failed on them.
@@ -39,7 +40,8 @@ pub enum Refused {
 
 pub struct Batcher {
     queue: Mutex<Queue>,
-    more: Condvar,
+    /// One per lane: a lane is woken only when it may take the work.
+    wake: Vec<Condvar>,
     /// Most requests waiting.
     capacity: usize,
     max_batch: usize,
@@ -61,8 +63,22 @@ pub struct Batcher {
 #[derive(Default)]
 struct Queue {
     waiting: VecDeque<(Arc<Pending>, usize)>,
+    /// What each inference thread does, by lane: lane `k` takes work only
+    /// while lanes `0..k` are busy, so a lone request always runs on lane 0
+    /// (whose threads are warm, and which may use every core).
+    lanes: Vec<LaneState>,
     /// Set by [`Batcher::close`]: the inference threads stop.
     closed: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LaneState {
+    /// Waiting for work.
+    Idle,
+    /// Taking a batch, waiting up to `max_delay` for requests on their way.
+    Forming,
+    /// Running a batch.
+    Busy,
 }
 
 /// How a [`Batcher`] batches.
@@ -83,8 +99,11 @@ impl Batcher {
     /// sentences of each model call.
     pub fn new(config: Config, depth: IntGauge, batch_sizes: Histogram) -> Batcher {
         Batcher {
-            queue: Mutex::new(Queue::default()),
-            more: Condvar::new(),
+            queue: Mutex::new(Queue {
+                lanes: vec![LaneState::Busy; config.workers.max(1)],
+                ..Queue::default()
+            }),
+            wake: (0..config.workers.max(1)).map(|_| Condvar::new()).collect(),
             capacity: config.capacity.max(1),
             max_batch: config.max_batch.max(1),
             max_delay: config.max_delay,
@@ -136,8 +155,13 @@ impl Batcher {
             .waiting
             .push_back((Arc::new(Pending::new(sentences, tx)), 0));
         self.depth.set(queue.waiting.len() as i64);
-        drop(queue);
-        self.more.notify_one();
+        // The first idle lane takes it, or a lane forming a batch.
+        for (lane, state) in queue.lanes.iter().enumerate() {
+            if *state == LaneState::Forming {
+                self.wake[lane].notify_one();
+            }
+        }
+        self.wake_first_idle(&queue);
         Ok(rx)
     }
 
@@ -146,23 +170,39 @@ impl Batcher {
         if let Ok(mut queue) = self.queue.lock() {
             queue.closed = true;
         }
-        self.more.notify_all();
+        for wake in &self.wake {
+            wake.notify_all();
+        }
     }
 
-    /// An inference thread: takes chunks of queued requests, runs them
-    /// through `model`, and answers each, until [`Batcher::close`].
-    pub fn work(&self, model: &impl Infer) {
-        let run = |sentences: &[String]| {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.infer(sentences)))
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("the model panicked")))
+    /// Wake the first idle lane: the one that may take queued work.
+    fn wake_first_idle(&self, queue: &Queue) {
+        if let Some(lane) = queue.lanes.iter().position(|s| *s == LaneState::Idle) {
+            self.wake[lane].notify_one();
+        }
+    }
+
+    /// Inference thread number `lane` (of `Config::workers`): takes chunks
+    /// of queued requests, runs them through `model`, and answers each,
+    /// until [`Batcher::close`].
+    pub fn work(&self, lane: usize, model: &impl Infer) {
+        let run = |sentences: &[String], alone: bool| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                model.infer(sentences, alone)
+            }))
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the model panicked")))
         };
-        while let Some(pieces) = self.take() {
+        while let Some((pieces, alone)) = self.take(lane) {
             let sentences: Vec<String> = pieces
                 .iter()
                 .flat_map(|p| p.sentences().iter().cloned())
                 .collect();
             self.batch_sizes.observe(sentences.len() as f64);
-            match run(&sentences) {
+            let ran = run(&sentences, alone);
+            // Idle from here, before the answers go out: a client's next
+            // request must find this lane free, not the next one.
+            self.idle(lane);
+            match ran {
                 Ok(rows) if rows.len() == sentences.len() => {
                     let mut rows = rows.into_iter();
                     for p in pieces {
@@ -189,7 +229,7 @@ impl Batcher {
                         pieces.len()
                     );
                     for p in pieces {
-                        let result = run(p.sentences()).map_err(|e| {
+                        let result = run(p.sentences(), false).map_err(|e| {
                             tracing::error!("inference failed: {e:#}");
                             format!("{e:#}")
                         });
@@ -200,61 +240,97 @@ impl Batcher {
         }
     }
 
+    fn idle(&self, lane: usize) {
+        if let Ok(mut queue) = self.queue.lock() {
+            if let Some(state) = queue.lanes.get_mut(lane) {
+                *state = LaneState::Idle;
+            }
+        }
+    }
+
     /// Waits for work, then takes up to `max_batch` sentences: what is
     /// queued, and while requests are on their way, what comes within
-    /// `max_delay`. `None` once closed (or the queue is broken).
-    fn take(&self) -> Option<Vec<Piece>> {
+    /// `max_delay`; and whether the batch runs alone (nothing else running
+    /// or waiting). `None` once closed (or the queue is broken).
+    fn take(&self, lane: usize) -> Option<(Vec<Piece>, bool)> {
         let max = self.max_batch;
         let mut queue = self.queue.lock().ok()?;
-        while queue.waiting.is_empty() && !queue.closed {
-            queue = self.more.wait(queue).ok()?;
-        }
-        if queue.closed {
-            return None;
-        }
-        let deadline = Instant::now() + self.max_delay;
-        let mut pieces = Vec::new();
-        let mut n = 0;
-        while n < max {
-            let Some((request, next)) = queue.waiting.pop_front() else {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if pieces.is_empty() {
-                    // Every waiting request was abandoned: wait for more.
-                    queue = self.more.wait(queue).ok()?;
-                    if queue.closed {
-                        return None;
+        let lane = lane.min(queue.lanes.len().saturating_sub(1));
+        'wait: loop {
+            queue.lanes[lane] = LaneState::Idle;
+            while !queue.closed
+                && (queue.waiting.is_empty() || queue.lanes[..lane].contains(&LaneState::Idle))
+            {
+                queue = self.wake[lane].wait(queue).ok()?;
+            }
+            if queue.closed {
+                return None;
+            }
+            queue.lanes[lane] = LaneState::Forming;
+            // With lanes idle after this one, share what waits: each runs
+            // its part on its own cores, rather than one running it all on
+            // every core (fewer thread hand-offs inside a call).
+            let idle_after = queue.lanes[lane + 1..]
+                .iter()
+                .filter(|s| **s == LaneState::Idle)
+                .count();
+            let max = if idle_after == 0 {
+                max
+            } else {
+                let queued: usize = queue
+                    .waiting
+                    .iter()
+                    .map(|(r, next)| r.sentences.len().saturating_sub(*next))
+                    .sum();
+                queued.div_ceil(idle_after + 1).clamp(1, max)
+            };
+            let deadline = Instant::now() + self.max_delay;
+            let mut pieces = Vec::new();
+            let mut n = 0;
+            while n < max {
+                let Some((request, next)) = queue.waiting.pop_front() else {
+                    if pieces.is_empty() {
+                        // Every waiting request was abandoned: wait for more.
+                        continue 'wait;
                     }
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if self.arriving.load(Ordering::Acquire) == 0 || left.is_zero() {
+                        break;
+                    }
+                    queue = self.wake[lane]
+                        .wait_timeout(queue, left.min(Duration::from_micros(200)))
+                        .ok()?
+                        .0;
+                    continue;
+                };
+                if request.abandoned() {
                     continue;
                 }
-                if self.arriving.load(Ordering::Acquire) == 0 || left.is_zero() {
-                    break;
+                let end = request.sentences.len().min(next + (max - n));
+                n += end - next;
+                if end < request.sentences.len() {
+                    queue.waiting.push_back((request.clone(), end));
                 }
-                queue = self
-                    .more
-                    .wait_timeout(queue, left.min(Duration::from_micros(200)))
-                    .ok()?
-                    .0;
-                continue;
-            };
-            if request.abandoned() {
-                continue;
+                pieces.push(Piece {
+                    request,
+                    range: next..end,
+                });
             }
-            let end = request.sentences.len().min(next + (max - n));
-            n += end - next;
-            if end < request.sentences.len() {
-                queue.waiting.push_back((request.clone(), end));
+            queue.lanes[lane] = LaneState::Busy;
+            self.depth.set(queue.waiting.len() as i64);
+            // More than a batch waits (or the rest of a big request): the
+            // next lane may run it meanwhile.
+            if !queue.waiting.is_empty() {
+                self.wake_first_idle(&queue);
             }
-            pieces.push(Piece {
-                request,
-                range: next..end,
-            });
+            let alone = queue.waiting.is_empty()
+                && queue
+                    .lanes
+                    .iter()
+                    .enumerate()
+                    .all(|(i, s)| i == lane || *s == LaneState::Idle);
+            return Some((pieces, alone));
         }
-        self.depth.set(queue.waiting.len() as i64);
-        if !queue.waiting.is_empty() {
-            // The rest of a big request: another worker may run it meanwhile.
-            self.more.notify_one();
-        }
-        Some(pieces)
     }
 }
 
@@ -349,5 +425,98 @@ impl Drop for Alive<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
         tracing::error!("an inference thread stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers each sentence with its lane's number; lane 0 holds its call
+    /// until the test lets it go.
+    struct Lane {
+        lane: usize,
+        hold: Option<Mutex<std::sync::mpsc::Receiver<()>>>,
+        started: std::sync::mpsc::Sender<usize>,
+    }
+
+    impl Infer for Lane {
+        fn infer(&self, sentences: &[String], _: bool) -> anyhow::Result<Vec<Vec<f32>>> {
+            let _ = self.started.send(self.lane);
+            if let Some(hold) = &self.hold {
+                let _ = hold.lock().unwrap().recv();
+            }
+            Ok(vec![vec![self.lane as f32]; sentences.len()])
+        }
+    }
+
+    fn answer(rx: oneshot::Receiver<Answer>) -> f32 {
+        rx.blocking_recv().unwrap().unwrap()[0][0]
+    }
+
+    /// A lone request runs on lane 0 whenever lane 0 is idle; lane 1 takes
+    /// work only while lane 0 is busy.
+    #[test]
+    fn lane_zero_takes_the_work_while_it_is_idle() {
+        let config = Config {
+            workers: 2,
+            max_batch: 4,
+            max_delay: Duration::ZERO,
+            capacity: 16,
+        };
+        let batcher = Arc::new(Batcher::new(
+            config,
+            IntGauge::new("q", "q").unwrap(),
+            Histogram::with_opts(prometheus::HistogramOpts::new("b", "b")).unwrap(),
+        ));
+        let (release, hold) = std::sync::mpsc::channel();
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let mut hold = Some(hold);
+        let threads: Vec<_> = (0..2)
+            .map(|lane| {
+                let (batcher, started) = (batcher.clone(), started_tx.clone());
+                let hold = if lane == 0 { hold.take() } else { None };
+                std::thread::spawn(move || {
+                    let _alive = batcher.enlist();
+                    let model = Lane {
+                        lane,
+                        hold: hold.map(Mutex::new),
+                        started,
+                    };
+                    batcher.work(lane, &model);
+                })
+            })
+            .collect();
+        while batcher.queue.lock().unwrap().lanes != [LaneState::Idle; 2] {
+            std::thread::yield_now();
+        }
+        // Lane 0 is idle: it takes the request (and holds it).
+        let first = batcher.submit(vec!["a".into()]).unwrap();
+        assert_eq!(started.recv().unwrap(), 0);
+        // Lane 0 is busy: lane 1 runs the next ones.
+        for _ in 0..3 {
+            let next = batcher.submit(vec!["b".into()]).unwrap();
+            assert_eq!(answer(next), 1.0);
+            assert_eq!(started.recv().unwrap(), 1);
+        }
+        release.send(()).unwrap();
+        assert_eq!(answer(first), 0.0);
+        // Idle again (back waiting for work): lane 0 takes it, every time.
+        let lane_zero_idle = || {
+            while batcher.queue.lock().unwrap().lanes[0] != LaneState::Idle {
+                std::thread::yield_now();
+            }
+        };
+        for _ in 0..3 {
+            release.send(()).unwrap();
+            lane_zero_idle();
+            let next = batcher.submit(vec!["c".into()]).unwrap();
+            assert_eq!(answer(next), 0.0);
+        }
+        batcher.close();
+        drop(release);
+        for t in threads {
+            t.join().unwrap();
+        }
     }
 }

@@ -2,12 +2,14 @@
 //! contract (`GET /ping`, `POST /invocations`), plus `GET /metrics`.
 //!
 //! Requests are parsed on a small async executor; inference runs on dedicated
-//! threads. Concurrent requests are queued and run together (up to
-//! `max_batch` sentences), in groups of similar length each padded to its
-//! longest sentence; the model is frozen with its linear layers on packed
-//! oneDNN weights (`fast`). A worker waits for more only while requests are
-//! on their way (accepted, not yet queued), and at most `max_delay`: a lone
-//! request never waits.
+//! threads (lanes) sharing one copy of the model. Concurrent requests are
+//! queued and run together (up to `max_batch` sentences), in groups of
+//! similar length each padded to its longest sentence; the model is frozen
+//! with its linear layers on packed oneDNN weights (`fast`). A worker waits
+//! for more only while requests are on their way (accepted, not yet queued),
+//! and at most `max_delay`: a lone request never waits. Lane 0 takes the
+//! work whenever it is idle and runs a call that is alone on every core;
+//! under load the lanes share what waits and the cores.
 //!
 //! Under abuse it stays up and fair: a big request runs as `max_batch`
 //! chunks taken round-robin with the other requests (over `max_items`
@@ -41,6 +43,7 @@ pub mod prom;
 #[cfg(test)]
 mod tests;
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
@@ -64,9 +67,10 @@ pub struct Options {
     pub port: u16,
     pub max_batch: usize,
     pub max_delay: Duration,
-    /// Inference threads, each with its own copy of the module.
+    /// Inference threads, sharing one copy of the module.
     pub workers: usize,
-    /// libtorch intra-op threads of each worker.
+    /// libtorch intra-op threads of each worker while others are busy too; a
+    /// worker that runs alone uses `workers × threads`.
     pub threads: usize,
     pub body_limit: usize,
     /// Most sentences in one request (more: 413).
@@ -207,35 +211,53 @@ pub fn serve(opts: Options) -> Result<()> {
         metrics.queued.clone(),
         metrics.batch.clone(),
     ));
-    // Each worker loads its module on its own thread: libtorch's OpenMP spins
-    // its threads between ops only while no more of them exist than cores, so
-    // no other thread (this one included) may start a team of its own.
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
-    for _ in 0..workers {
-        let (batcher, ready, threads) = (batcher.clone(), ready_tx.clone(), opts.threads);
+    // One copy of the model, loaded by lane 0 and run by every inference
+    // thread. libtorch's OpenMP spins its threads between ops only while no
+    // more of them exist than cores, so no other thread (this one included)
+    // may start a team of its own: each inference thread sets its own
+    // thread count (`Lane`).
+    let lanes = Arc::new(Lanes {
+        alone: workers.saturating_mul(opts.threads).max(1),
+        shared: opts.threads.max(1),
+    });
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<Arc<Model>>>();
+    let start = |index: usize, model: Option<Arc<Model>>| {
+        let (batcher, ready, lanes) = (batcher.clone(), ready_tx.clone(), lanes.clone());
         let (dir, max_len, bf16) = (package.dir.clone(), package.max_len, opts.bf16);
         std::thread::spawn(move || {
-            tch::set_num_threads(threads.max(1) as i32);
-            match Model::load(&dir, max_len, bf16) {
+            let lane = Lane::new(lanes, index);
+            let loaded = match model {
+                Some(model) => Ok(model),
+                None => Model::load(&dir, max_len, bf16).map(Arc::new),
+            };
+            match loaded.and_then(|model| lane.warm_up(model)) {
                 Ok(model) => {
                     let _alive = batcher.enlist();
-                    let _ = ready.send(Ok(()));
+                    let _ = ready.send(Ok(model.clone()));
                     drop(ready);
-                    batcher.work(&model);
+                    batcher.work(index, &lane.with(&model));
                 }
                 Err(e) => {
                     let _ = ready.send(Err(e));
                 }
             }
         });
-    }
-    drop(ready_tx);
-    for _ in 0..workers {
+    };
+    let loaded = || -> Result<Arc<Model>> {
         ready_rx
             .recv()
             .map_err(|_| anyhow::anyhow!("an inference thread died while loading"))?
-            .with_context(|| format!("cannot serve {}", opts.package.display()))?;
+            .with_context(|| format!("cannot serve {}", opts.package.display()))
+    };
+    start(0, None);
+    let model = loaded()?;
+    for index in 1..workers {
+        start(index, Some(model.clone()));
     }
+    for _ in 1..workers {
+        loaded()?;
+    }
+    drop(model);
     let router = app(Arc::new(AppState {
         batcher,
         labels: package.labels.clone(),
@@ -295,4 +317,84 @@ pub fn serve(opts: Options) -> Result<()> {
 fn announce(ready: &Ready) -> Result<()> {
     println!("{}", serde_json::to_string(ready)?);
     Ok(())
+}
+
+/// The inference threads' share of the cores: a call that runs while no
+/// other does and nothing waits uses `alone` intra-op threads (a lone
+/// request gets every core), one that runs beside others `shared` (a full
+/// queue keeps every lane busy on cores of its own, with fewer thread
+/// hand-offs inside a call).
+struct Lanes {
+    alone: usize,
+    shared: usize,
+}
+
+/// One inference thread's side of [`Lanes`]. The batcher gives lane 0 the
+/// work whenever it is idle, and lane `k` only while lanes `0..k` are busy;
+/// so only lane 0 runs alone, and the other lanes always use their share.
+struct Lane {
+    lanes: Arc<Lanes>,
+    /// Whether the count changes with the load (lane 0, of several).
+    adapts: bool,
+    threads: Cell<usize>,
+}
+
+impl Lane {
+    fn new(lanes: Arc<Lanes>, index: usize) -> Lane {
+        let threads = if index == 0 {
+            lanes.alone
+        } else {
+            lanes.shared
+        };
+        tch::set_num_threads(threads as i32);
+        Lane {
+            adapts: index == 0 && lanes.alone != lanes.shared,
+            lanes,
+            threads: Cell::new(threads),
+        }
+    }
+
+    fn set(&self, threads: usize) {
+        if self.threads.get() != threads {
+            // Per thread: OpenMP's and MKL's counts are the calling thread's.
+            tch::set_num_threads(threads as i32);
+            self.threads.set(threads);
+        }
+    }
+
+    /// Run the model at each thread count this lane will use, so that no
+    /// request pays for the first call's set-up.
+    fn warm_up(&self, model: Arc<Model>) -> Result<Arc<Model>> {
+        let counts = if self.adapts {
+            vec![self.lanes.shared, self.lanes.alone]
+        } else {
+            vec![self.threads.get()]
+        };
+        for threads in counts {
+            self.set(threads);
+            model.warm_up()?;
+        }
+        Ok(model)
+    }
+
+    fn with<'a>(&'a self, model: &'a Model) -> LaneModel<'a> {
+        LaneModel { lane: self, model }
+    }
+}
+
+/// The shared model as one inference thread runs it.
+struct LaneModel<'a> {
+    lane: &'a Lane,
+    model: &'a Model,
+}
+
+impl batcher::Infer for LaneModel<'_> {
+    fn infer(&self, sentences: &[String], alone: bool) -> Result<Vec<Vec<f32>>> {
+        if self.lane.adapts {
+            let lanes = &self.lane.lanes;
+            self.lane
+                .set(if alone { lanes.alone } else { lanes.shared });
+        }
+        self.model.infer(sentences)
+    }
 }

@@ -1,5 +1,6 @@
-//! The libtorch side of the server: one inference thread's copy of the model
-//! (`model.pt` frozen, on packed weights: [`FastModule`]) and its tokenizer.
+//! The libtorch side of the server: the model (`model.pt` frozen, on packed
+//! weights: [`FastModule`]) and its tokenizer, one copy that every inference
+//! thread runs.
 //! A batch runs in groups of similar length, each padded to its longest
 //! sentence ([`length_groups`]).
 
@@ -9,7 +10,6 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use tch::Kind;
 
-use super::batcher::Infer;
 use crate::fast::FastModule;
 use crate::tokenize::{pad, Encoder};
 
@@ -30,21 +30,28 @@ impl Model {
             module,
             encoder: Encoder::load(dir, max_len)?,
         };
-        // Warm up: the first calls of a TorchScript module optimise its graph.
+        model.warm_up()?;
+        Ok(model)
+    }
+
+    /// The first calls of a TorchScript module optimise its graph, and the
+    /// first at a thread count set up its oneDNN kernels: done before
+    /// serving.
+    pub fn warm_up(&self) -> Result<()> {
         for n in [1usize, 2] {
             let warm: Vec<String> = vec!["warm up".to_string(); n];
-            model
-                .infer(&warm)
+            self.infer(&warm)
                 .context("the model fails on a test sentence")?;
         }
-        Ok(model)
+        Ok(())
     }
 }
 
-impl Infer for Model {
+impl Model {
     /// Runs `sentences` through the model, in groups of similar length (see
-    /// [`length_groups`]); logits in the order given.
-    fn infer(&self, sentences: &[String]) -> Result<Vec<Vec<f32>>> {
+    /// [`length_groups`]); logits in the order given. The calling thread's
+    /// libtorch thread count applies.
+    pub fn infer(&self, sentences: &[String]) -> Result<Vec<Vec<f32>>> {
         let _guard = tch::no_grad_guard();
         let ids = self.encoder.encode(sentences)?;
         let mut order: Vec<usize> = (0..ids.len()).collect();

@@ -19,7 +19,7 @@ use super::*;
 struct Stub;
 
 impl Infer for Stub {
-    fn infer(&self, sentences: &[String]) -> Result<Vec<Vec<f32>>> {
+    fn infer(&self, sentences: &[String], _: bool) -> Result<Vec<Vec<f32>>> {
         sentences
             .iter()
             .map(|s| {
@@ -73,12 +73,12 @@ impl Harness {
         let state = state(config, limits());
         let (ready_tx, ready_rx) = mpsc::channel();
         let threads = (0..config.workers)
-            .map(|_| {
+            .map(|lane| {
                 let (batcher, ready) = (state.batcher.clone(), ready_tx.clone());
                 std::thread::spawn(move || {
                     let _alive = batcher.enlist();
                     let _ = ready.send(());
-                    batcher.work(&Stub);
+                    batcher.work(lane, &Stub);
                 })
             })
             .collect();
