@@ -348,24 +348,27 @@ stages:
     with: {cmd: 'echo made > "$PIPE_OUT/made.txt"'}
   use:
     kind: shell
-    inputs: {made: "make:made.txt", notes: notes}
+    inputs: {made: "make:made.txt", notes: notes, inner: notes/deep/b.txt}
     with:
       cmd: |
         echo "cwd $PWD"
         echo "notes at $PIPE_IN_NOTES"
-        cat "$PIPE_IN_MADE" "$PIPE_IN_NOTES/a.txt" > "$PIPE_OUT/both.txt"
+        cat "$PIPE_IN_MADE" "$PIPE_IN_NOTES/a.txt" "$PIPE_IN_INNER" > "$PIPE_OUT/both.txt"
 "#;
     let cluster = Cluster::start();
     let remote = NoSharedFs::new();
     let ws = TestWorkspace::new();
-    ws.manifest(manifest).file("notes/a.txt", "noted\n");
+    // `inner` sorts first and lies inside `notes`: both arrive whole.
+    ws.manifest(manifest)
+        .file("notes/a.txt", "noted\n")
+        .file("notes/deep/b.txt", "deep\n");
     let out = remote
         .pipe(&ws, &cluster, &["run", "pipe.yaml"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}\n{}", stderr(&out), cluster.logs());
     assert_eq!(cluster.jobs_submitted(), 2);
-    assert_eq!(ws.read(".pipe/out/s/use/both.txt"), "made\nnoted\n");
+    assert_eq!(ws.read(".pipe/out/s/use/both.txt"), "made\nnoted\ndeep\n");
     // The log came back from the job, which worked away from the workspace.
     let log = ws.read(".pipe/logs/s/use.log");
     let root = ws.root().canonicalize().unwrap();
@@ -377,7 +380,10 @@ stages:
 
     // The results are the remote's too: a second workspace runs nothing.
     let other = TestWorkspace::new();
-    other.manifest(manifest).file("notes/a.txt", "noted\n");
+    other
+        .manifest(manifest)
+        .file("notes/a.txt", "noted\n")
+        .file("notes/deep/b.txt", "deep\n");
     let out = remote
         .pipe(&other, &cluster, &["run", "pipe.yaml", "--json"])
         .output()

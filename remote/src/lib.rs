@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 
 use object_store::ObjectStore;
 use pipe_cache::{Digest, Key, RunRecord, Store};
+use pipe_engine::StageError;
 
 pub use error::Error;
 pub use location::Location;
@@ -200,8 +201,6 @@ impl pipe_engine::RemoteCache for Remote {
             .block_on(self.delete_prefix(&self.path("jobs", id)))?)
     }
 }
-
-type StageError = Box<dyn std::error::Error + Send + Sync>;
 
 /// `a: b: c` from an error and its sources, URL user info masked (the
 /// engine's rendering, one copy).

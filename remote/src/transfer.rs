@@ -301,22 +301,22 @@ impl Remote {
         }
     }
 
-    /// Delete every object under `prefix`.
+    /// Delete every object under `prefix` (in batches where the store
+    /// has them: S3's DeleteObjects).
     pub(crate) async fn delete_prefix(&self, prefix: &ObjectPath) -> Result<(), Error> {
-        let names: Vec<ObjectPath> = self
+        let names = self
             .store
             .list(Some(prefix))
             .map_ok(|meta| meta.location)
-            .try_collect()
+            .boxed();
+        self.store
+            .delete_stream(names)
+            .try_for_each(|_| futures::future::ready(Ok(())))
             .await
-            .map_err(self.store_err(prefix))?;
-        for name in names {
-            match self.store.delete(&name).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(self.store_err(&name)(e)),
-            }
-        }
-        Ok(())
+            .or_else(|e| match e {
+                object_store::Error::NotFound { .. } => Ok(()),
+                e => Err(self.store_err(prefix)(e)),
+            })
     }
 
     pub(crate) async fn put(&self, path: &ObjectPath, bytes: Bytes) -> Result<(), Error> {

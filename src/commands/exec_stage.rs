@@ -4,8 +4,9 @@
 //! is, or with `--remote URL` (nodes that do not see the workspace) in a
 //! scratch dir, SPEC being the job's id in the remote cache. The submitting
 //! `pipe` reads the outcome from the result file beside the spec; the exit
-//! code tells the cluster the same. The job's output is the stage log, so
-//! errors go there.
+//! code tells the cluster the same. Errors go to the job's output, which is
+//! the stage log on a shared filesystem; with `--remote` the job also
+//! appends them to the log it sends.
 
 use std::path::Path;
 use std::sync::Arc;

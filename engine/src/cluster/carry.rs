@@ -16,8 +16,7 @@ use std::path::{Component, Path, PathBuf};
 use pipe_cache::{InputDigest, Key, KeyRecord, RunRecord, Store, Tree};
 use serde::{Deserialize, Serialize};
 
-use super::{io_err, JobData, JobSpec, Submission};
-use crate::executor::error_chain;
+use super::{failed, io_err, JobData, JobSpec, Submission};
 use crate::pipeline::{InputRef, Pipeline};
 use crate::remote::RemoteCache;
 use crate::stage::{StageContext, StageError};
@@ -43,14 +42,10 @@ pub(super) fn send_inputs(
 ) -> Result<BTreeMap<String, RemoteInput>, StageError> {
     let mut sent = BTreeMap::new();
     for input in &ctx.stage.inputs {
-        let fail = |e: StageError| -> StageError {
-            format!(
-                "input `{}`: cannot send it to the remote cache: {}",
-                input.name,
-                error_chain(e.as_ref())
-            )
-            .into()
-        };
+        let fail = failed(format!(
+            "input `{}`: cannot send it to the remote cache",
+            input.name
+        ));
         let (key, path, workspace) = match &input.target {
             InputRef::Stage { stage, path } => {
                 let run = sub.upstream.get(stage).ok_or_else(|| {
@@ -145,14 +140,25 @@ pub(super) fn receive_output(
 ) -> Result<(), StageError> {
     let run = remote
         .fetch_or_fail(&sub.key, sub.store)
-        .map_err(|e| format!("cannot fetch the job's output: {}", error_chain(e.as_ref())))?
+        .map_err(failed(
+            "cannot fetch the job's output from the remote cache",
+        ))?
         .ok_or("the job's output is not in the remote cache")?;
     Ok(sub.store.materialize(&run, ctx.out)?)
 }
 
-/// Whether `rel` is a path inside a dir (no root, no `..`).
-fn inside(rel: &Path) -> bool {
-    rel.components().all(|c| matches!(c, Component::Normal(_))) && rel.components().next().is_some()
+/// `rel` without `.` components, if it is a path inside a dir (no root, no
+/// `..`, not the dir itself).
+fn inside(rel: &Path) -> Option<PathBuf> {
+    let mut clean = PathBuf::new();
+    for c in rel.components() {
+        match c {
+            Component::Normal(part) => clean.push(part),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    (!clean.as_os_str().is_empty()).then_some(clean)
 }
 
 /// Where the job's stage reads and writes on the node.
@@ -161,119 +167,198 @@ pub(super) struct Here<'a> {
     pub out: PathBuf,
     pub log: PathBuf,
     spec: &'a JobSpec,
-    scratch: &'a Path,
-    remote: Option<(&'a dyn RemoteCache, Store)>,
+    /// Without a shared filesystem: the job's own dir (removed at the end),
+    /// its store, and the remote.
+    apart: Option<Apart<'a>>,
     rank: u32,
 }
 
+struct Apart<'a> {
+    scratch: tempfile::TempDir,
+    remote: &'a dyn RemoteCache,
+    store: Store,
+}
+
 impl<'a> Here<'a> {
-    /// Lay out `scratch` (the job's own dir) for the spec.
+    /// Lay out where the stage runs: in the shared workspace (rank 0 into
+    /// the staging dir's `out`, another rank into `rank-N` beside it), or in
+    /// a scratch dir of the node's (`$TMPDIR`).
     pub fn new(
         spec: &'a JobSpec,
-        scratch: &'a Path,
         remote: Option<&'a dyn RemoteCache>,
         rank: u32,
     ) -> Result<Here<'a>, StageError> {
-        let own_out = || -> Result<PathBuf, StageError> {
-            let out = scratch.join("out");
-            std::fs::create_dir_all(&out).map_err(|e| io_err("create", &out, e))?;
-            Ok(out)
+        let create = |dir: PathBuf| -> Result<PathBuf, StageError> {
+            std::fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
+            Ok(dir)
         };
         match &spec.data {
             JobData::Shared { out, log, .. } => Ok(Here {
                 manifest: spec.manifest.clone(),
-                out: if rank == 0 { out.clone() } else { own_out()? },
+                out: if rank == 0 {
+                    out.clone()
+                } else {
+                    let staging = out.parent().unwrap_or(Path::new("."));
+                    create(staging.join(format!("rank-{rank}")))?
+                },
                 log: log.clone(),
                 spec,
-                scratch,
-                remote: None,
+                apart: None,
                 rank,
             }),
-            JobData::Remote { manifest_text, .. } => {
+            JobData::Remote { .. } => {
                 let remote = remote
                     .ok_or("the job's data is in a remote cache, and no --remote was given")?;
-                let ws = scratch.join("ws");
-                std::fs::create_dir_all(&ws).map_err(|e| io_err("create", &ws, e))?;
-                if !inside(&spec.manifest) {
-                    return Err(format!(
+                let rel = inside(&spec.manifest).ok_or_else(|| {
+                    format!(
                         "the job's manifest {} is not a path inside a workspace",
                         spec.manifest.display()
                     )
-                    .into());
-                }
-                // `.pipe` first: it marks `ws` as the manifest's workspace root.
+                })?;
+                let scratch = tempfile::Builder::new()
+                    .prefix("pipe-job-")
+                    .tempdir()
+                    .map_err(|e| failed("cannot create the job's scratch dir")(e.into()))?;
+                let ws = create(scratch.path().join("ws"))?;
+                // `.pipe` marks `ws` as the manifest's workspace root.
                 let store = Store::open(&ws.join(".pipe"))?;
-                let manifest = ws.join(&spec.manifest);
-                if let Some(dir) = manifest.parent() {
-                    std::fs::create_dir_all(dir).map_err(|e| io_err("create", dir, e))?;
-                }
-                std::fs::write(&manifest, manifest_text)
-                    .map_err(|e| io_err("write", &manifest, e))?;
-                let log = scratch.join("stage.log");
+                let log = scratch.path().join("stage.log");
                 std::fs::write(&log, b"").map_err(|e| io_err("create", &log, e))?;
                 Ok(Here {
-                    manifest,
-                    out: own_out()?,
+                    manifest: ws.join(rel),
+                    out: create(scratch.path().join("out"))?,
                     log,
                     spec,
-                    scratch,
-                    remote: Some((remote, store)),
+                    apart: Some(Apart {
+                        scratch,
+                        remote,
+                        store,
+                    }),
                     rank,
                 })
             }
         }
     }
 
-    /// The stage's inputs, fetched from the remote when they come from there.
-    pub fn inputs(&self) -> Result<BTreeMap<String, PathBuf>, StageError> {
-        let (JobData::Remote { inputs, .. }, Some((remote, store))) =
-            (&self.spec.data, &self.remote)
+    /// The stage's inputs: with the remote, fetched into the job's
+    /// workspace (workspace paths where the workspace has them, a stage's
+    /// output once per result), each checked against the hash the stage's
+    /// key records; then the manifest is written beside them.
+    pub fn inputs(
+        &self,
+        interrupt: &crate::interrupt::Interrupt,
+        reporter: &dyn crate::event::Reporter,
+    ) -> Result<BTreeMap<String, PathBuf>, StageError> {
+        let (
+            JobData::Remote {
+                inputs,
+                record,
+                manifest_text,
+                ..
+            },
+            Some(apart),
+        ) = (&self.spec.data, &self.apart)
         else {
             return match &self.spec.data {
                 JobData::Shared { inputs, .. } => Ok(inputs.clone()),
                 JobData::Remote { .. } => Err("no remote cache".into()),
             };
         };
-        let ws = self.scratch.join("ws");
-        let mut paths = BTreeMap::new();
+        let ws = apart.scratch.path().join("ws");
+        // Workspace paths shortest first: one inside another is already
+        // there with it (both hashed from the same workspace).
+        let mut order: Vec<(&String, &RemoteInput, Option<PathBuf>)> = Vec::new();
         for (name, input) in inputs {
-            // A workspace path where the workspace has it; a stage's output
-            // once per result.
-            let dir = match &input.workspace {
-                Some(rel) if inside(rel) => ws.join(rel),
-                Some(rel) => {
-                    return Err(
-                        format!("input `{name}`: {} leaves the workspace", rel.display()).into(),
-                    )
-                }
-                None => self.scratch.join("in").join(input.key.to_hex()),
+            let rel = match &input.workspace {
+                None => None,
+                Some(rel) => Some(inside(rel).ok_or_else(|| {
+                    format!("input `{name}`: {} is not a path inside the workspace (`.` cannot travel: name its folders)", rel.display())
+                })?),
             };
-            if !dir.exists() {
-                let run = remote
-                    .fetch_or_fail(&input.key, store)
-                    .map_err(|e| format!("input `{name}`: {}", error_chain(e.as_ref())))?
+            order.push((name, input, rel));
+        }
+        order.sort_by_key(|(_, _, rel)| rel.as_ref().map_or(0, |r| r.components().count()));
+        let mut placed: Vec<PathBuf> = Vec::new();
+        let mut paths = BTreeMap::new();
+        for (name, input, rel) in order {
+            if interrupt.is_set() {
+                return Err("interrupted".into());
+            }
+            let at = |e: StageError| failed(format!("input `{name}`"))(e);
+            let path = if input.path.is_empty() {
+                String::new()
+            } else {
+                inside(Path::new(&input.path))
+                    .ok_or_else(|| {
+                        format!(
+                            "input `{name}`: `{}` is not a path inside a stage's output",
+                            input.path
+                        )
+                    })?
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            let dir = match &rel {
+                Some(rel) => ws.join(rel),
+                None => apart.scratch.path().join("in").join(input.key.to_hex()),
+            };
+            let covered = match &rel {
+                Some(rel) => placed.iter().any(|p| rel.starts_with(p)),
+                None => dir.exists(),
+            };
+            if !covered {
+                reporter.event(crate::event::Event::Progress {
+                    stage: &self.spec.stage,
+                    message: &format!("fetching input `{name}`"),
+                });
+                let run = apart
+                    .remote
+                    .fetch_or_fail(&input.key, &apart.store)
+                    .map_err(at)?
                     .ok_or_else(|| {
                         format!(
                             "input `{name}`: the remote cache has no result {}",
                             input.key
                         )
                     })?;
-                store.materialize(&run, &dir)?;
+                let expected = record.inputs.get(name).map(|d| d.hash);
+                if run.output.node_hash(&path) != expected {
+                    return Err(format!(
+                        "input `{name}`: result {} does not hold what the stage's key names",
+                        input.key
+                    )
+                    .into());
+                }
+                apart
+                    .store
+                    .materialize(&run, &dir)
+                    .map_err(|e| at(e.into()))?;
+                if let Some(rel) = rel {
+                    placed.push(rel);
+                }
             }
-            let path = if input.path.is_empty() {
+            let path = if path.is_empty() {
                 dir
             } else {
-                dir.join(&input.path)
+                dir.join(&path)
             };
             paths.insert(name.clone(), path);
         }
+        // The manifest may sit in a folder that came as an input: never
+        // write through a link into the store.
+        if let Some(dir) = self.manifest.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| io_err("create", dir, e))?;
+        }
+        let _ = std::fs::remove_file(&self.manifest);
+        std::fs::write(&self.manifest, manifest_text)
+            .map_err(|e| io_err("write", &self.manifest, e))?;
         Ok(paths)
     }
 
     /// Whether the submitter reads the stage log from the job (it cannot
     /// read the node's file): rank 0's, with the remote.
     pub fn streams_log(&self) -> bool {
-        self.remote.is_some() && self.rank == 0
+        self.apart.is_some() && self.rank == 0
     }
 
     /// Hand the output over: with the remote, rank 0 commits it and pushes
@@ -284,15 +369,17 @@ impl<'a> Here<'a> {
         pins: &BTreeMap<String, String>,
         stats: &BTreeMap<String, f64>,
     ) -> Result<(), StageError> {
-        let (JobData::Remote { key, record, .. }, Some((remote, store))) =
-            (&self.spec.data, &self.remote)
+        let (JobData::Remote { key, record, .. }, Some(apart)) = (&self.spec.data, &self.apart)
         else {
             return Ok(());
         };
         if self.rank != 0 {
             return Ok(());
         }
-        let run = store.commit(
+        if record.key() != *key {
+            return Err(format!("the job's key record does not hash to its key {key}").into());
+        }
+        let run = apart.store.commit(
             *key,
             record.clone(),
             &self.out,
@@ -300,8 +387,9 @@ impl<'a> Here<'a> {
             pins.clone(),
             stats.clone(),
         )?;
-        remote
-            .push_or_fail(&run, store)
-            .map_err(|e| format!("cannot push the output: {}", error_chain(e.as_ref())).into())
+        apart
+            .remote
+            .push_or_fail(&run, &apart.store)
+            .map_err(failed("cannot push the output to the remote cache"))
     }
 }

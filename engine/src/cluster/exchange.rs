@@ -12,6 +12,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use super::io_err;
 use crate::remote::RemoteCache;
 use crate::stage::StageError;
 
@@ -31,10 +32,6 @@ pub trait Exchange: Sync {
 
 /// The staging dir, on a filesystem the job shares.
 pub struct Dir(pub PathBuf);
-
-fn io_err(op: &str, path: &Path, e: std::io::Error) -> StageError {
-    format!("cannot {op} {}: {e}", path.display()).into()
-}
 
 impl Exchange for Dir {
     fn put(&self, name: &str, bytes: &[u8]) -> Result<(), StageError> {
@@ -134,14 +131,22 @@ impl Exchange for Objects<'_> {
 
     fn read_new(&self, name: &str, cursor: &mut u64) -> Result<Vec<u8>, StageError> {
         let mut text = Vec::new();
-        while let Some(chunk) = self
-            .remote
-            .get_job_file(&self.name(&format!("{name}.{cursor}")))?
-        {
-            text.extend_from_slice(&chunk);
-            *cursor = cursor.saturating_add(1);
+        loop {
+            match self
+                .remote
+                .get_job_file(&self.name(&format!("{name}.{cursor}")))
+            {
+                Ok(Some(chunk)) => {
+                    text.extend_from_slice(&chunk);
+                    *cursor = cursor.saturating_add(1);
+                }
+                Ok(None) => return Ok(text),
+                // What was read is kept (the cursor is past it); the rest
+                // comes at the next call.
+                Err(_) if !text.is_empty() => return Ok(text),
+                Err(e) => return Err(e),
+            }
         }
-        Ok(text)
     }
 
     fn clear(&self) -> Result<(), StageError> {

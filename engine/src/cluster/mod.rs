@@ -23,9 +23,11 @@
 //! The failure stories: a job that fails, times out or is cancelled fails the
 //! stage with the cluster's state, reason and exit code; Ctrl-C cancels the
 //! job and waits until the cluster says it ended; a `pipe` that is killed
-//! stops bumping the heartbeat, and the job's watchdog stops the job (a job
-//! still pending starts, finds the heartbeat stale or its staging dir cleaned
-//! by the next run, and ends at once).
+//! stops bumping the heartbeat, and the job's watchdog stops the job once the
+//! heartbeat is older than the orphan timeout, or gone (a job still pending
+//! starts and finds it so: the staging dir cleaned by the next run, or the
+//! heartbeat stale). Without a shared filesystem a job whose `pipe` is gone
+//! removes its files from the remote itself.
 //!
 //! Another cluster (Kubernetes, a cloud batch service) is another [`Backend`]:
 //! it starts [`Job::command`], waits, and cancels on interrupt.
@@ -177,7 +179,7 @@ pub struct JobResult {
     pub stats: BTreeMap<String, f64>,
 }
 
-fn io_err(op: &str, path: &Path, e: impl std::fmt::Display) -> StageError {
+pub(crate) fn io_err(op: &str, path: &Path, e: impl std::fmt::Display) -> StageError {
     format!("cannot {op} {}: {e}", path.display()).into()
 }
 
@@ -414,57 +416,29 @@ impl Reporter for Events {
 }
 
 impl Events {
+    /// Send what was reported since the last call; kept for the next call
+    /// when the exchange fails.
     fn flush(&self, exchange: &dyn Exchange) {
         let text = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
-        let _ = exchange.append(EVENTS, &text);
-    }
-}
-
-/// The job's side (`pipe __exec-stage`): run the stage the spec in
-/// `exchange` names and leave the result beside it. `remote` is the remote
-/// cache of a job with [`JobData::Remote`]. `rank` is the task's rank
-/// (`SLURM_PROCID`): rank 0 writes the output and the result, other ranks
-/// work in a scratch dir of their own.
-pub fn exec(
-    exchange: &dyn Exchange,
-    remote: Option<&dyn RemoteCache>,
-    load: impl FnOnce(&Path, &[(String, String)]) -> Result<Pipeline, StageError>,
-    interrupt: &Interrupt,
-    rank: u32,
-) -> Result<(), StageError> {
-    let bytes = exchange
-        .get(SPEC)?
-        .ok_or("no job spec: the pipe that submitted this job cleaned it up")?;
-    let spec: JobSpec =
-        serde_json::from_slice(&bytes).map_err(|e| format!("cannot parse the job spec: {e}"))?;
-    let ran = exec_spec(&spec, exchange, remote, load, interrupt, rank);
-    if rank != 0 {
-        return ran.map(|_| ());
-    }
-    if let Err(e) = &ran {
-        if e.is::<Orphaned>() {
-            // Nobody reads the result: the job's files go, as the
-            // submitter would have removed them.
-            let _ = exchange.clear();
-            return ran.map(|_| ());
+        if exchange.append(EVENTS, &text).is_err() {
+            let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let newer = std::mem::replace(&mut *buf, text);
+            buf.extend_from_slice(&newer);
         }
     }
-    let result = match &ran {
-        Ok((pins, stats)) => JobResult {
-            error: None,
-            pins: pins.clone(),
-            stats: stats.clone(),
-        },
-        Err(e) => JobResult {
-            error: Some(crate::executor::error_chain(e.as_ref())),
-            ..JobResult::default()
-        },
-    };
-    exchange.put(RESULT, &serde_json::to_vec(&result)?)?;
-    ran.map(|_| ())
 }
 
-type PinsStats = (BTreeMap<String, String>, BTreeMap<String, f64>);
+/// How the watchdog saw the submitting `pipe` while the stage ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Watch {
+    /// Its heartbeat went on until the stage ended.
+    Alive,
+    /// The heartbeat is gone: the staging dir was cleaned (the next run of
+    /// a killed `pipe`), or the submitter gave the stage up.
+    Gone,
+    /// The heartbeat stood still for the orphan timeout.
+    Stale,
+}
 
 /// The job stopped because its `pipe` is gone.
 #[derive(Debug)]
@@ -478,6 +452,97 @@ impl std::fmt::Display for Orphaned {
 
 impl std::error::Error for Orphaned {}
 
+/// An error with what was being done.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub struct Failed {
+    what: String,
+    #[source]
+    source: StageError,
+}
+
+fn failed(what: impl Into<String>) -> impl FnOnce(StageError) -> StageError {
+    let what = what.into();
+    move |source| Box::new(Failed { what, source }) as StageError
+}
+
+/// The job's side (`pipe __exec-stage`): run the stage the spec in
+/// `exchange` names and leave the result beside it. `remote` is the remote
+/// cache of a job with [`JobData::Remote`]. `rank` is the task's rank
+/// (`SLURM_PROCID`): rank 0 writes the output, the result and the progress
+/// lines; other ranks work in a scratch dir of their own.
+pub fn exec(
+    exchange: &dyn Exchange,
+    remote: Option<&dyn RemoteCache>,
+    load: impl FnOnce(&Path, &[(String, String)]) -> Result<Pipeline, StageError>,
+    interrupt: &Interrupt,
+    rank: u32,
+) -> Result<(), StageError> {
+    let bytes = exchange
+        .get(SPEC)?
+        .ok_or("no job spec: the pipe that submitted this job cleaned it up")?;
+    let spec: JobSpec = serde_json::from_slice(&bytes)
+        .map_err(|e| failed("cannot parse the job spec")(e.into()))?;
+    let timeout = Duration::try_from_secs_f64(spec.orphan_timeout_s)
+        .unwrap_or(Duration::from_secs_f64(ORPHAN_TIMEOUT));
+    let (ran, watch) = exec_spec(&spec, exchange, remote, load, interrupt, rank, timeout);
+    if rank != 0 {
+        return ran.map(|_| ());
+    }
+    if watch == Watch::Gone {
+        // Nobody reads the result: the job's files go, as the submitter
+        // would have removed them.
+        let _ = exchange.clear();
+        return ran.map(|_| ());
+    }
+    let result = match &ran {
+        Ok((pins, stats)) => JobResult {
+            error: None,
+            pins: pins.clone(),
+            stats: stats.clone(),
+        },
+        Err(e) => {
+            let error = crate::executor::error_chain(e.as_ref());
+            if matches!(spec.data, JobData::Remote { .. }) {
+                // The job's own output goes nowhere the submitter can read:
+                // the reason goes into the stage log too.
+                let _ = exchange.append(LOG, format!("pipe __exec-stage: {error}\n").as_bytes());
+            }
+            JobResult {
+                error: Some(error),
+                ..JobResult::default()
+            }
+        }
+    };
+    let result = serde_json::to_vec(&result)?;
+    exchange
+        .put(RESULT, &result)
+        .or_else(|_| exchange.put(RESULT, &result))?;
+    if watch == Watch::Stale && !heartbeat_moves(exchange, timeout) {
+        // The submitter is gone for good: nobody removes the files but us.
+        let _ = exchange.clear();
+    }
+    ran.map(|_| ())
+}
+
+/// Whether the heartbeat changes within `timeout` (a submitter that was
+/// only slow to bump it).
+fn heartbeat_moves(exchange: &dyn Exchange, timeout: Duration) -> bool {
+    let first = exchange.get(HEARTBEAT).ok().flatten();
+    let since = Instant::now();
+    while since.elapsed() < timeout {
+        std::thread::sleep(Duration::from_millis(500));
+        match exchange.get(HEARTBEAT) {
+            Ok(None) => return false,
+            Ok(now) if now != first => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+type PinsStats = (BTreeMap<String, String>, BTreeMap<String, f64>);
+
 fn exec_spec(
     spec: &JobSpec,
     exchange: &dyn Exchange,
@@ -485,87 +550,100 @@ fn exec_spec(
     load: impl FnOnce(&Path, &[(String, String)]) -> Result<Pipeline, StageError>,
     interrupt: &Interrupt,
     rank: u32,
-) -> Result<PinsStats, StageError> {
-    let scratch = tempfile::Builder::new()
-        .prefix("pipe-job-")
-        .tempdir()
-        .map_err(|e| format!("cannot create a scratch dir: {e}"))?;
-    let here = carry::Here::new(spec, scratch.path(), remote, rank)?;
-    // Before the manifest loads: it checks that workspace inputs exist.
-    let inputs = here.inputs()?;
-    let p = load(&here.manifest, &spec.sets)?;
-    let stage = p
-        .stage(&spec.stage)
-        .ok_or_else(|| format!("{}: no stage `{}`", spec.manifest.display(), spec.stage))?;
-    if stage.with != spec.with || stage.env != spec.env {
-        return Err(format!(
-            "{}: stage `{}` changed since the job was submitted",
-            spec.manifest.display(),
-            spec.stage
-        )
-        .into());
-    }
+    timeout: Duration,
+) -> (Result<PinsStats, StageError>, Watch) {
+    let here = match carry::Here::new(spec, remote, rank) {
+        Ok(here) => here,
+        Err(e) => return (Err(e), Watch::Alive),
+    };
     let events = Events::default();
     let pins = Mutex::new(BTreeMap::new());
     let stats = Mutex::new(BTreeMap::new());
-    let ctx = StageContext {
-        pipeline: &p,
-        stage,
-        workspace: &p.root,
-        out: &here.out,
-        inputs,
-        log: &here.log,
-        cancel: interrupt.flag(),
-        interrupt,
-        reporter: &events,
-        locked_pins: &spec.locked_pins,
-        new_pins: &pins,
-        new_stats: &stats,
-        fingerprints: &spec.fingerprints,
-    };
-    let started = Instant::now();
     let (stop, stopped) = mpsc::channel::<()>();
     let streamed_log = here.streams_log().then_some(here.log.as_path());
-    let orphaned = std::thread::scope(|scope| {
-        let events = &events;
+    // Progress lines from rank 0 only: one writer per stream.
+    let sent_events = (rank == 0).then_some(&events);
+    let started = Instant::now();
+    let (ran, watch) = std::thread::scope(|scope| {
         let watchdog = scope.spawn(move || {
-            let timeout = Duration::from_secs_f64(spec.orphan_timeout_s);
-            watchdog(exchange, timeout, interrupt, &stopped, events, streamed_log)
+            watchdog(
+                exchange,
+                timeout,
+                interrupt,
+                &stopped,
+                sent_events,
+                streamed_log,
+            )
         });
-        let ran = stage.prepared.run(&ctx);
+        let ran = (|| {
+            // Fetching the inputs is part of the job the watchdog watches.
+            let inputs = here.inputs(interrupt, &events)?;
+            let p = load(&here.manifest, &spec.sets)?;
+            let stage = p
+                .stage(&spec.stage)
+                .ok_or_else(|| format!("{}: no stage `{}`", spec.manifest.display(), spec.stage))?;
+            if stage.with != spec.with || stage.env != spec.env {
+                return Err(format!(
+                    "{}: stage `{}` changed since the job was submitted",
+                    spec.manifest.display(),
+                    spec.stage
+                )
+                .into());
+            }
+            let ctx = StageContext {
+                pipeline: &p,
+                stage,
+                workspace: &p.root,
+                out: &here.out,
+                inputs,
+                log: &here.log,
+                cancel: interrupt.flag(),
+                interrupt,
+                reporter: &events,
+                locked_pins: &spec.locked_pins,
+                new_pins: &pins,
+                new_stats: &stats,
+                fingerprints: &spec.fingerprints,
+            };
+            stage.prepared.run(&ctx)
+        })();
         let _ = stop.send(());
-        (ran, watchdog.join().unwrap_or(false))
+        (ran, watchdog.join().unwrap_or(Watch::Alive))
     });
     let (pins, stats) = (
         pins.into_inner().unwrap_or_else(|e| e.into_inner()),
         stats.into_inner().unwrap_or_else(|e| e.into_inner()),
     );
-    match orphaned {
-        (_, true) => Err(Orphaned.into()),
-        (Err(e), false) => Err(e),
-        (Ok(()), false) if interrupt.is_set() => Err("interrupted".into()),
-        (Ok(()), false) => {
-            here.deliver(started.elapsed().as_secs_f64(), &pins, &stats)?;
-            Ok((pins, stats))
-        }
-    }
+    let ran = match (ran, watch) {
+        (_, Watch::Gone | Watch::Stale) => Err(Orphaned.into()),
+        (Err(e), Watch::Alive) => Err(e),
+        (Ok(()), Watch::Alive) if interrupt.is_set() => Err("interrupted".into()),
+        (Ok(()), Watch::Alive) => here
+            .deliver(started.elapsed().as_secs_f64(), &pins, &stats)
+            .map(|()| (pins, stats)),
+    };
+    (ran, watch)
 }
 
-/// Stop the stage when the heartbeat stays the same for `timeout`: the
-/// submitting `pipe` is gone. Meanwhile pass on the stage's progress lines
-/// and (`log`) what it adds to its log. Returns whether it stopped the stage.
+/// Stop the stage when the heartbeat stays the same for `timeout`, or is
+/// gone: the submitting `pipe` is. Meanwhile send the stage's progress
+/// lines (`events`) and what it adds to its log (`log`), at most once a
+/// second each.
 fn watchdog(
     exchange: &dyn Exchange,
     timeout: Duration,
     interrupt: &Interrupt,
     stop: &mpsc::Receiver<()>,
-    events: &Events,
+    events: Option<&Events>,
     log: Option<&Path>,
-) -> bool {
+) -> Watch {
     let mut last = None;
     let mut since = Instant::now();
     let mut log_at = 0u64;
-    let send_log = |log_at: &mut u64| {
+    let send = |log_at: &mut u64| {
+        if let Some(events) = events {
+            events.flush(exchange);
+        }
         let Some(path) = log else { return };
         let mut cursor = *log_at;
         if let Ok(text) = exchange::read_new(path, &mut cursor) {
@@ -574,11 +652,10 @@ fn watchdog(
             }
         }
     };
-    let orphaned = loop {
+    let mut sent = Instant::now();
+    let watch = loop {
         match exchange.get(HEARTBEAT) {
-            // A heartbeat that is gone: the staging dir was cleaned (the
-            // next run of a killed `pipe`), or the submitter gave the stage up.
-            Ok(None) => break true,
+            Ok(None) => break Watch::Gone,
             Ok(now) => {
                 if last != now {
                     last = now;
@@ -589,21 +666,22 @@ fn watchdog(
             Err(_) => {}
         }
         if since.elapsed() >= timeout {
-            break true;
+            break Watch::Stale;
         }
-        events.flush(exchange);
-        send_log(&mut log_at);
+        if sent.elapsed() >= Duration::from_secs(1) {
+            send(&mut log_at);
+            sent = Instant::now();
+        }
         match stop.recv_timeout(Duration::from_millis(500)) {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
-            _ => break false,
+            _ => break Watch::Alive,
         }
     };
-    if orphaned {
+    if watch != Watch::Alive {
         interrupt.interrupt(Duration::from_secs(3));
     }
-    events.flush(exchange);
-    send_log(&mut log_at);
-    orphaned
+    send(&mut log_at);
+    watch
 }
 
 #[cfg(test)]
