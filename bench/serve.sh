@@ -9,10 +9,10 @@
 # clients each sending 40 (throughput), for each server layout: 2 inference
 # workers × 1 intra-op thread sharing one model (the default on 2 cores: a
 # worker that runs alone uses both threads), the same with `--bf16 false`
-# (fp32 linear layers at every size), 1 worker × 2 threads, 1 worker × 1
-# thread. In the first round, the 2 × 1 layouts also classify CoLA's
-# in-domain dev set in requests of 32 sentences: how many predictions bf16
-# changes, and both accuracies.
+# (fp32 linear layers at every size) and with `--int8`, 1 worker × 2
+# threads, 1 worker × 1 thread. In the first round, the 2 × 1 layouts also
+# classify CoLA's in-domain dev set in requests of 32 sentences: how many
+# predictions bf16 and int8 change against fp32, and the accuracies.
 # Set PIPE_MIRROR to work offline.
 set -euo pipefail
 repeat=${1:-3}
@@ -43,8 +43,9 @@ python3 -c 'import io,sys,zipfile
 z=zipfile.ZipFile(sys.argv[1]); rows=z.read("cola_public/raw/in_domain_dev.tsv").decode().splitlines()
 print("\n".join(r.split("\t")[1] for r in rows if r.count("\t")>=3))' "$zip" > labels.txt
 
-serve() { # WORKERS THREADS BF16
-  "$pipe" serve .pipe/out/bench/package/model.tar.gz --port 0 --announce --workers "$1" --threads "$2" --bf16 "$3" > ready.json 2> server.log &
+serve() { # WORKERS THREADS BF16|int8
+  local precision=(--bf16 "$3"); [ "$3" = int8 ] && precision=(--int8)
+  "$pipe" serve .pipe/out/bench/package/model.tar.gz --port 0 --announce --workers "$1" --threads "$2" "${precision[@]}" > ready.json 2> server.log &
   server=$!
   while [ ! -s ready.json ]; do kill -0 "$server" || { cat server.log >&2; exit 1; }; sleep 0.1; done
   url=$(python3 -c 'import json,sys; print(json.load(open("ready.json"))["ready"])')
@@ -55,9 +56,10 @@ peak_rss() { awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$server/status"; }
 stop() { kill "$server"; wait "$server" || true; server=; rm -f ready.json; }
 
 for i in $(seq "$repeat"); do
-  for layout in "2 1 auto" "2 1 false" "1 2 auto" "1 1 auto"; do
+  for layout in "2 1 auto" "2 1 false" "2 1 int8" "1 2 auto" "1 1 auto"; do
     set -- $layout
-    name="pipe $1x$2"; [ "$3" = auto ] || name="$name bf16=$3"
+    name="pipe $1x$2"
+    case $3 in auto) ;; int8) name="$name int8" ;; *) name="$name bf16=$3" ;; esac
     echo "== round $i/$repeat: $name" >&2
     serve "$1" "$2" "$3"
     "$load" "$url" sentences.txt 1 20 > /dev/null   # warm up
@@ -101,8 +103,10 @@ print("(python: in-process, no HTTP; its throughput column is batch-32 sentences
 PY
 python3 - <<'PY'
 import json
-a, b = json.load(open("classes-auto.json")), json.load(open("classes-false.json"))
-same = sum(x == y for x, y in zip(a["classes"], b["classes"]))
-print(f"CoLA in-domain dev, {len(a['classes'])} sentences in requests of 32: --bf16 auto gives the class of "
-      f"--bf16 false for {same} ({100 * same / len(a['classes']):.2f}%); accuracy {a['accuracy']:.4f} vs {b['accuracy']:.4f}")
+fp32 = json.load(open("classes-false.json"))
+for flag, name in (("--bf16 auto", "auto"), ("--int8", "int8")):
+    a = json.load(open(f"classes-{name}.json"))
+    same = sum(x == y for x, y in zip(a["classes"], fp32["classes"]))
+    print(f"CoLA in-domain dev, {len(a['classes'])} sentences in requests of 32: {flag} gives the class of "
+          f"--bf16 false for {same} ({100 * same / len(a['classes']):.2f}%); accuracy {a['accuracy']:.4f} vs {fp32['accuracy']:.4f}")
 PY

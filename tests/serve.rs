@@ -643,3 +643,41 @@ fn a_failing_sentence_fails_only_its_own_request() {
     let ping = reqwest::blocking::get(format!("{}/ping", s.url)).unwrap();
     assert_eq!(ping.status(), 200);
 }
+
+/// `--int8`: the linear layers dynamically quantized; the answers stay the
+/// fp32 model's (the same class, logits close).
+#[test]
+fn int8_linear_layers_answer_like_fp32() {
+    let sentences: Vec<String> = (0..60)
+        .map(|i| {
+            let w = tiny_bert::WORDS;
+            (0..1 + (i * 5) % 13)
+                .map(|k| w[(i + k * 3) % 16])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let answers = |args: &[&str]| {
+        let s = Server::start(args);
+        let (status, v) = s.json(json!(sentences));
+        assert_eq!(status, 200, "{v}");
+        logits(&v)
+    };
+    let fp32 = answers(&["--bf16", "false"]);
+    let int8 = answers(&["--int8"]);
+    let mut worst = 0.0f64;
+    for (a, b) in fp32.iter().zip(&int8) {
+        let class = |r: &[f64]| usize::from(r[1] > r[0]);
+        if (a[1] - a[0]).abs() > 0.05 {
+            assert_eq!(class(a), class(b), "fp32 {a:?} vs int8 {b:?}");
+        }
+        for (x, y) in a.iter().zip(b) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    // Quantized (not the fp32 module again), and close.
+    assert!(
+        worst > 0.0 && worst < 0.05,
+        "int8 logits {worst} from fp32's"
+    );
+}

@@ -43,6 +43,9 @@ pub struct Deploy {
     max_delay_ms: Option<u64>,
     workers: Option<usize>,
     threads: Option<usize>,
+    /// The linear layers in int8 (`pipe serve --int8`).
+    #[serde(default)]
+    int8: bool,
 }
 
 fn localhost() -> String {
@@ -137,6 +140,9 @@ impl StageKind for Deploy {
             if let Some(v) = v {
                 extra.extend([flag.to_string(), v]);
             }
+        }
+        if w.int8 {
+            extra.push("--int8".to_string());
         }
         ctx.progress(&format!("starting {name}"));
         let record = endpoint::start(

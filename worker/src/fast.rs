@@ -12,7 +12,7 @@ extern "C" {
     fn pipe_fast_load(
         path: *const c_char,
         rows: i64,
-        bf16: c_int,
+        precision: c_int,
         module: *mut *mut c_void,
         packed: *mut c_int,
     ) -> *mut c_char;
@@ -45,6 +45,17 @@ pub(crate) fn check(message: *mut c_char) -> Result<()> {
 /// for; measured on all-MiniLM-L6-v2, a few hundred is best from 1 to 320 rows.
 const PACK_ROWS: i64 = 320;
 
+/// The arithmetic of a served model's linear layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Linears {
+    Fp32,
+    /// oneDNN bf16 (AMX or AVX512-BF16 where the CPU has them).
+    Bf16,
+    /// Dynamic quantization: int8 weights per output channel, activations
+    /// quantized per call.
+    Int8,
+}
+
 /// A TorchScript module prepared for CPU inference.
 pub struct FastModule {
     module: *mut c_void,
@@ -62,21 +73,21 @@ unsafe impl Send for FastModule {}
 unsafe impl Sync for FastModule {}
 
 impl FastModule {
-    /// Loads `path` and packs its linear layers' weights: in bf16 with
-    /// `bf16` (their inputs cast to bf16 and their outputs back to fp32).
-    pub fn load(path: &Path, bf16: bool) -> Result<FastModule> {
+    /// Loads `path` and packs its linear layers' weights in `precision`
+    /// (bf16: their inputs cast to bf16 and their outputs back to fp32;
+    /// int8: dynamically quantized).
+    pub fn load(path: &Path, precision: Linears) -> Result<FastModule> {
         let c_path = CString::new(path.as_os_str().as_encoded_bytes())?;
         let mut module = std::ptr::null_mut();
         let mut packed: c_int = 0;
+        let code = match precision {
+            Linears::Fp32 => 0,
+            Linears::Bf16 => 1,
+            Linears::Int8 => 2,
+        };
         // SAFETY: valid pointers for the call's duration.
         check(unsafe {
-            pipe_fast_load(
-                c_path.as_ptr(),
-                PACK_ROWS,
-                c_int::from(bf16),
-                &mut module,
-                &mut packed,
-            )
+            pipe_fast_load(c_path.as_ptr(), PACK_ROWS, code, &mut module, &mut packed)
         })?;
         if module.is_null() {
             bail!("{}: the module did not load", path.display());

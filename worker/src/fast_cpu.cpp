@@ -62,6 +62,59 @@ std::optional<at::Tensor> constant_weight(Value* v) {
 // many were rewritten. With `bf16`, W and b are bf16 and the product runs in
 // bf16 (AMX or AVX512-BF16 where the CPU has them): x is cast to bf16 before
 // and the result back to fp32 after, so everything else stays fp32.
+// int8 weights for `quantized::linear_dynamic`: symmetric, one scale per
+// output channel, prepacked for the CPU's quantized engine (FBGEMM: VNNI
+// where the CPU has it). Activations are quantized per call, per tensor.
+c10::IValue prepack_int8(const at::Tensor& weight, const c10::IValue& bias) {
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(
+      "quantized::linear_prepack", "");
+  at::Tensor scales =
+      weight.abs().amax({1}).div(127.0).clamp_min(1e-12).to(at::kDouble);
+  at::Tensor zero_points = at::zeros({weight.size(0)}, at::kLong);
+  at::Tensor q =
+      at::quantize_per_channel(weight, scales, zero_points, 0, at::kQInt8);
+  torch::jit::Stack stack{q, bias};
+  op.callBoxed(&stack);
+  return stack.at(0);
+}
+
+// Rewrites every `aten::linear` with a constant fp32 weight into
+// `quantized::linear_dynamic` on int8 weights. Returns how many.
+int quantize_linears(const std::shared_ptr<Graph>& graph) {
+  static const auto linear = c10::Symbol::fromQualString("aten::linear");
+  static const auto dynamic =
+      c10::Symbol::fromQualString("quantized::linear_dynamic");
+  if (!c10::Dispatcher::singleton().findSchema({"quantized::linear_prepack", ""}) ||
+      !c10::Dispatcher::singleton().findSchema({"quantized::linear_dynamic", ""})) {
+    return 0;
+  }
+  std::vector<Node*> linears;
+  for (Node* n : graph->nodes()) {
+    if (n->kind() == linear) {
+      linears.push_back(n);
+    }
+  }
+  int rewritten = 0;
+  for (Node* n : linears) {
+    auto weight = constant_weight(n->input(1));
+    auto bias = torch::jit::toIValue(n->input(2));
+    if (!weight || !bias || !(bias->isNone() || bias->isTensor())) {
+      continue;
+    }
+    torch::jit::WithInsertPoint guard(n);
+    Value* packed = graph->insertConstant(prepack_int8(*weight, *bias));
+    Value* out = graph->insert(
+        dynamic, {NamedValue(n->input(0)), NamedValue(packed),
+                  NamedValue(c10::IValue(false))});
+    out->setType(n->output()->type());
+    n->output()->replaceAllUsesWith(out);
+    n->destroy();
+    ++rewritten;
+  }
+  torch::jit::EliminateDeadCode(graph);
+  return rewritten;
+}
+
 int pack_linears(const std::shared_ptr<Graph>& graph, int64_t rows, bool bf16) {
   static const auto linear = c10::Symbol::fromQualString("aten::linear");
   static const auto gelu = c10::Symbol::fromQualString("aten::gelu");
@@ -159,15 +212,17 @@ int pack_linears(const std::shared_ptr<Graph>& graph, int64_t rows, bool bf16) {
 extern "C" {
 
 // Loads `path` for CPU inference. `rows`: the row count the weights are laid
-// out for; `bf16`: the linear layers in bf16. `packed` gets the number of
-// linear layers rewritten.
-char* pipe_fast_load(const char* path, int64_t rows, int bf16, void** module,
-                     int* packed) {
+// out for; `precision` of the linear layers: 0 fp32, 1 bf16, 2 int8 (dynamic
+// quantization). `packed` gets the number of linear layers rewritten.
+char* pipe_fast_load(const char* path, int64_t rows, int precision,
+                     void** module, int* packed) {
   try {
     auto m = torch::jit::load(std::string(path), c10::Device(c10::kCPU));
     m.eval();
     auto frozen = torch::jit::freeze(m);
-    *packed = pack_linears(frozen.get_method("forward").graph(), rows, bf16 != 0);
+    auto graph = frozen.get_method("forward").graph();
+    *packed = precision == 2 ? quantize_linears(graph)
+                             : pack_linears(graph, rows, precision == 1);
     *module = new torch::jit::Module(std::move(frozen));
     return nullptr;
   } catch (const std::exception& e) {

@@ -18,6 +18,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use pipe_protocol::{Info, Job, Request, ResolvedDevice};
 use pipe_worker::dist::Dist;
+use pipe_worker::fast::Linears;
 use pipe_worker::{finetune, load_cuda, serve, trace, Report};
 
 /// `pipe serve`: serve a packaged model over HTTP (SageMaker inference contract).
@@ -74,6 +75,10 @@ struct ServeArgs {
     /// AMX), true, false.
     #[arg(long, default_value = "auto")]
     bf16: pipe_protocol::Bf16,
+    /// The linear layers in int8 (dynamic quantization: weights per output
+    /// channel, activations per call); overrides --bf16
+    #[arg(long)]
+    int8: bool,
 }
 
 fn serve_command(args: &[String]) -> Result<()> {
@@ -101,15 +106,22 @@ fn serve_command(args: &[String]) -> Result<()> {
             "{workers} workers × {threads} threads is more than the {cores} cores: expect slower inference"
         );
     }
-    let bf16 = a
+    let linears = if a.int8 {
+        Linears::Int8
+    } else if a
         .bf16
-        .resolve(ResolvedDevice::Cpu, pipe_worker::amp::cpu_has_bf16());
+        .resolve(ResolvedDevice::Cpu, pipe_worker::amp::cpu_has_bf16())
+    {
+        Linears::Bf16
+    } else {
+        Linears::Fp32
+    };
     tracing::info!(
         "linear layers in {}",
-        if bf16 {
-            "bf16 (oneDNN; AMX or AVX512-BF16 where the CPU has them)"
-        } else {
-            "fp32"
+        match linears {
+            Linears::Bf16 => "bf16 (oneDNN; AMX or AVX512-BF16 where the CPU has them)",
+            Linears::Int8 => "int8 (dynamic quantization)",
+            Linears::Fp32 => "fp32",
         }
     );
     serve::serve(serve::Options {
@@ -127,7 +139,7 @@ fn serve_command(args: &[String]) -> Result<()> {
         read_timeout: seconds("--read-timeout", a.read_timeout)?,
         drain_timeout: seconds("--drain-timeout", a.drain_timeout)?,
         announce: a.announce,
-        bf16,
+        linears,
     })
 }
 

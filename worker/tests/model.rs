@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use pipe_protocol::{FinetuneWith, Schedule, TraceWith};
 use pipe_worker::bert::{Bert, BertConfig};
 use pipe_worker::checkpoint::{save_safetensors, Checkpoint};
-use pipe_worker::fast::FastModule;
+use pipe_worker::fast::{FastModule, Linears};
 use pipe_worker::tokenize::{pad, Encoder};
 use pipe_worker::{finetune, trace, Report};
 use serde_json::{json, Value};
@@ -290,13 +290,16 @@ fn traced_model_works_at_every_shape() {
     trace::run(&TraceWith::default(), &model, &out, &Report).unwrap();
     let traced = tch::CModule::load(out.join("model.pt")).unwrap();
     // The server's module: frozen, linear layers on packed oneDNN weights.
-    let fast = FastModule::load(&out.join("model.pt"), false).unwrap();
+    let fast = FastModule::load(&out.join("model.pt"), Linears::Fp32).unwrap();
     // 2 layers × (query, key, value, output, intermediate, output) + pooler
     // + classifier.
     assert_eq!(fast.packed, 14);
     // The same with bf16 linear layers (emulated where the CPU lacks bf16).
-    let half = FastModule::load(&out.join("model.pt"), true).unwrap();
+    let half = FastModule::load(&out.join("model.pt"), Linears::Bf16).unwrap();
     assert_eq!(half.packed, 14);
+    // And with int8 linear layers (dynamic quantization).
+    let int8 = FastModule::load(&out.join("model.pt"), Linears::Int8).unwrap();
+    assert_eq!(int8.packed, 14);
     let ck = Checkpoint::load(&model, 2, Device::Cpu).unwrap();
     for (b, l) in [(1, 3), (5, 11), (2, 64), (7, 2)] {
         let ids = Tensor::randint_low(5, 20, [b, l], (tch::Kind::Int64, Device::Cpu));
@@ -320,6 +323,11 @@ fn traced_model_works_at_every_shape() {
         // bf16 keeps 8 bits of mantissa: near, not equal.
         let d = max_diff(&low, &eager);
         assert!(d > 0.0 && d <= 5e-2, "bf16, shape [{b}, {l}]: {d}");
+        let q =
+            tch::no_grad(|| int8.forward(&[ids.shallow_clone(), mask.shallow_clone()])).unwrap();
+        assert_eq!(q.size(), vec![b, 2]);
+        let d = max_diff(&q, &eager);
+        assert!(d > 0.0 && d <= 5e-2, "int8, shape [{b}, {l}]: {d}");
     }
     // Tracing twice gives the same bytes.
     let again = t.path().join("again");

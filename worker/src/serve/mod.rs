@@ -85,8 +85,8 @@ pub struct Options {
     pub drain_timeout: Duration,
     /// Print the [`Ready`] line on stdout once serving (for `deploy`).
     pub announce: bool,
-    /// Run the linear layers in bf16.
-    pub bf16: bool,
+    /// The linear layers' arithmetic.
+    pub linears: crate::fast::Linears,
 }
 
 async fn shutdown() {
@@ -223,12 +223,12 @@ pub fn serve(opts: Options) -> Result<()> {
     let (ready_tx, ready_rx) = mpsc::channel::<Result<Arc<Model>>>();
     let start = |index: usize, model: Option<Arc<Model>>| {
         let (batcher, ready, lanes) = (batcher.clone(), ready_tx.clone(), lanes.clone());
-        let (dir, max_len, bf16) = (package.dir.clone(), package.max_len, opts.bf16);
+        let (dir, max_len, linears) = (package.dir.clone(), package.max_len, opts.linears);
         std::thread::spawn(move || {
             let lane = Lane::new(lanes, index);
             let loaded = match model {
                 Some(model) => Ok(model),
-                None => Model::load(&dir, max_len, bf16).map(Arc::new),
+                None => Model::load(&dir, max_len, linears).map(Arc::new),
             };
             match loaded.and_then(|model| lane.warm_up(model)) {
                 Ok(model) => {

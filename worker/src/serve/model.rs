@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use tch::Kind;
 
-use crate::fast::FastModule;
+use crate::fast::{FastModule, Linears};
 use crate::tokenize::{pad, Encoder};
 
 pub struct Model {
@@ -20,12 +20,18 @@ pub struct Model {
 
 impl Model {
     /// Loads the module and tokenizer of the package unpacked in `dir`, and
-    /// warms them up; with `bf16`, the linear layers run in bf16.
-    pub fn load(dir: &Path, max_len: usize, bf16: bool) -> Result<Model> {
+    /// warms them up; the linear layers in `linears`.
+    pub fn load(dir: &Path, max_len: usize, linears: Linears) -> Result<Model> {
         let path = dir.join("model.pt");
-        let module = FastModule::load(&path, bf16)
+        let module = FastModule::load(&path, linears)
             .with_context(|| format!("cannot load {}", path.display()))?;
         tracing::debug!("{} linear layers on packed weights", module.packed);
+        if linears == Linears::Int8 && module.packed == 0 {
+            bail!(
+                "{}: no linear layer could be quantized to int8 (this libtorch has no quantized::linear_dynamic, or the weights are not constant)",
+                path.display()
+            );
+        }
         let model = Model {
             module,
             encoder: Encoder::load(dir, max_len)?,
