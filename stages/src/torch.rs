@@ -128,7 +128,8 @@ impl StageKind for Finetune {
     // 3: `steps.csv`, the per-step loss and learning rate.
     // 4: every epoch's batches drawn before training (data parallel).
     // 5: fused AdamW (its rounding); `bf16` autocasts on the CPU too, in bf16 on CUDA.
-    const VERSION: u32 = 5;
+    // 6: CPU dropout masks from pipe's own generator (worker/src/dropout.rs).
+    const VERSION: u32 = 6;
     const METRICS: &'static [&'static str] = &["metrics.json"];
     const PLOTS: &'static [&'static str] = &["steps.csv", "metrics.json"];
 

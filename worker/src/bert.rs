@@ -5,6 +5,7 @@
 //! batch size and length: no `size()` is read, position ids come from a cumsum
 //! over the input, and heads are split with `unflatten`/`flatten`.
 
+use crate::dropout::Masks;
 use serde::Deserialize;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
@@ -72,6 +73,14 @@ fn layer_norm(p: nn::Path, c: &BertConfig) -> nn::LayerNorm {
     )
 }
 
+/// Dropout while training (`masks`), nothing otherwise.
+fn drop(x: &Tensor, p: f64, masks: Option<&Masks>) -> Tensor {
+    match masks {
+        Some(masks) => masks.apply(x, p),
+        None => x.shallow_clone(),
+    }
+}
+
 fn linear(p: nn::Path, i: i64, o: i64) -> nn::Linear {
     nn::linear(p, i, o, Default::default())
 }
@@ -96,14 +105,14 @@ impl Embeddings {
         }
     }
 
-    fn forward(&self, ids: &Tensor, train: bool) -> Tensor {
+    fn forward(&self, ids: &Tensor, dropout: Option<&Masks>) -> Tensor {
         let ones = ids.ones_like();
         let positions = ones.cumsum(1, Kind::Int64) - 1;
         let types = ids.zeros_like();
         let x = self.word.forward(ids)
             + self.position.forward(&positions)
             + self.token_type.forward(&types);
-        self.norm.forward(&x).dropout(self.dropout, train)
+        drop(&self.norm.forward(&x), self.dropout, dropout)
     }
 }
 
@@ -149,18 +158,33 @@ impl Layer {
         x.unflatten(-1, [self.heads, self.head_dim]).transpose(1, 2)
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor, train: bool) -> Tensor {
+    fn forward(&self, x: &Tensor, mask: &Tensor, dropout: Option<&Masks>) -> Tensor {
         let q = self.split(&self.query.forward(x));
         let k = self.split(&self.key.forward(x));
         let v = self.split(&self.value.forward(x));
-        let p = if train { self.attn_dropout } else { 0.0 };
-        let ctx =
-            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, None, false)
-                .transpose(1, 2)
-                .flatten(2, -1);
+        let ctx = match dropout {
+            // On the CPU, SDPA with dropout is this arithmetic with
+            // libtorch's slow masks: written out, it takes ours.
+            Some(masks) if self.attn_dropout > 0.0 && x.device() == tch::Device::Cpu => {
+                let scores =
+                    q.matmul(&k.transpose(-2, -1)) * (1.0 / (self.head_dim as f64).sqrt()) + mask;
+                let probs = scores.softmax(-1, scores.kind());
+                masks.apply(&probs, self.attn_dropout).matmul(&v)
+            }
+            _ => {
+                let p = if dropout.is_some() {
+                    self.attn_dropout
+                } else {
+                    0.0
+                };
+                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, None, false)
+            }
+        }
+        .transpose(1, 2)
+        .flatten(2, -1);
         let a = self
             .attn_norm
-            .forward(&(self.attn_out.forward(&ctx).dropout(self.dropout, train) + x));
+            .forward(&(drop(&self.attn_out.forward(&ctx), self.dropout, dropout) + x));
         let i = self.intermediate.forward(&a);
         let i = match self.act.as_str() {
             "relu" => i.relu(),
@@ -168,12 +192,14 @@ impl Layer {
             _ => i.gelu("none"),
         };
         self.out_norm
-            .forward(&(self.output.forward(&i).dropout(self.dropout, train) + a))
+            .forward(&(drop(&self.output.forward(&i), self.dropout, dropout) + a))
     }
 }
 
 /// `BertForSequenceClassification`.
 pub struct Bert {
+    /// The dropout masks of training (see [`Bert::seed_dropout`]).
+    masks: Masks,
     embeddings: Embeddings,
     layers: Vec<Layer>,
     pooler: nn::Linear,
@@ -186,6 +212,7 @@ impl Bert {
     pub fn new(root: &nn::Path, c: &BertConfig, num_labels: i64) -> Self {
         let b = root / "bert";
         Bert {
+            masks: Masks::new(0),
             embeddings: Embeddings::new(&b / "embeddings", c),
             layers: (0..c.num_hidden_layers)
                 .map(|i| Layer::new(&b / "encoder" / "layer" / i, c))
@@ -196,9 +223,15 @@ impl Bert {
         }
     }
 
+    /// Seed the dropout masks of training (on the CPU: see [`Masks`]).
+    pub fn seed_dropout(&mut self, seed: u64) {
+        self.masks = Masks::new(seed);
+    }
+
     /// The encoder's last hidden state `[B, L, hidden]`.
     pub fn encode(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Tensor {
-        let x = self.embeddings.forward(ids, train);
+        let dropout = train.then_some(&self.masks);
+        let x = self.embeddings.forward(ids, dropout);
         // Additive mask [B, 1, 1, L]: 0 where attended, the dtype's minimum where padded.
         let mask = (mask.to_kind(x.kind()).ones_like() - mask.to_kind(x.kind()))
             .multiply_scalar(f32::MIN as f64)
@@ -206,14 +239,15 @@ impl Bert {
             .unsqueeze(1);
         self.layers
             .iter()
-            .fold(x, |x, l| l.forward(&x, &mask, train))
+            .fold(x, |x, l| l.forward(&x, &mask, dropout))
     }
 
     /// Logits `[B, num_labels]`.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Tensor {
         let h = self.encode(ids, mask, train);
         let pooled = self.pooler.forward(&h.select(1, 0)).tanh();
+        let dropout = train.then_some(&self.masks);
         self.classifier
-            .forward(&pooled.dropout(self.classifier_dropout, train))
+            .forward(&drop(&pooled, self.classifier_dropout, dropout))
     }
 }

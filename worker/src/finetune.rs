@@ -180,7 +180,7 @@ pub fn run_in(
     let encoder = Encoder::load(model_dir, w.max_len)?;
     let train_ids = encoder.encode(&train.sentences)?;
     let test_ids = encoder.encode(&test.sentences)?;
-    let ck = Checkpoint::load(model_dir, w.num_labels, device)
+    let mut ck = Checkpoint::load(model_dir, w.num_labels, device)
         .with_context(|| format!("cannot load the model in {}", model_dir.display()))?;
     if w.max_len as i64 > ck.config.max_position_embeddings {
         bail!(
@@ -189,6 +189,8 @@ pub fn run_in(
             ck.config.max_position_embeddings
         );
     }
+    // Every rank the same masks, as every rank has the same torch seed.
+    ck.model.seed_dropout(w.seed);
     let on = if device.is_cuda() {
         ResolvedDevice::Cuda
     } else {

@@ -7,6 +7,7 @@ pub mod bert;
 pub mod checkpoint;
 pub mod data;
 pub mod dist;
+pub mod dropout;
 pub mod fast;
 pub mod finetune;
 pub mod optim;
