@@ -20,9 +20,9 @@ stages:
   finetune:
     kind: finetune
     inputs: {model: model, data: data}
-    # seed 2: a recipe that classifies all 4 test rows at 20 and 21 epochs
-    # (finetune v4 draws every epoch's batches up front).
-    with: {epochs: "${params.epochs}", batch_size: 16, lr: 3e-3, max_len: 16, threads: 1, seed: 2}
+    # seed 1: a recipe that classifies all 4 test rows at 20 and 21 epochs
+    # (finetune v6's dropout masks; seeds 1 and 4 to 11 do, 2 and 3 do not).
+    with: {epochs: "${params.epochs}", batch_size: 16, lr: 3e-3, max_len: 16, threads: 1, seed: 1}
   trace:
     kind: trace
     inputs: {model: "finetune:"}
