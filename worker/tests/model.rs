@@ -320,14 +320,22 @@ fn traced_model_works_at_every_shape() {
             tch::no_grad(|| half.forward(&[ids.shallow_clone(), mask.shallow_clone()])).unwrap();
         assert_eq!(low.kind(), tch::Kind::Float);
         assert_eq!(low.size(), vec![b, 2]);
-        // bf16 keeps 8 bits of mantissa: near, not equal.
+        // bf16 keeps 8 bits of mantissa: near, not equal (within 5% of
+        // the logits' scale).
+        let scale = eager.abs().max().double_value(&[]).max(1.0);
         let d = max_diff(&low, &eager);
-        assert!(d > 0.0 && d <= 5e-2, "bf16, shape [{b}, {l}]: {d}");
+        assert!(
+            d > 0.0 && d <= 5e-2 * scale,
+            "bf16, shape [{b}, {l}]: {d} (scale {scale})"
+        );
         let q =
             tch::no_grad(|| int8.forward(&[ids.shallow_clone(), mask.shallow_clone()])).unwrap();
         assert_eq!(q.size(), vec![b, 2]);
         let d = max_diff(&q, &eager);
-        assert!(d > 0.0 && d <= 5e-2, "int8, shape [{b}, {l}]: {d}");
+        assert!(
+            d > 0.0 && d <= 5e-2 * scale,
+            "int8, shape [{b}, {l}]: {d} (scale {scale})"
+        );
     }
     // Tracing twice gives the same bytes.
     let again = t.path().join("again");
