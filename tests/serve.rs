@@ -130,6 +130,20 @@ impl Drop for Server {
     }
 }
 
+/// `n` sentences of 1 to 13 of the tiny model's words, the `k`-th word of
+/// sentence `i` being word `i + k * stride`.
+fn sentences(n: usize, stride: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let w = tiny_bert::WORDS;
+            (0..1 + (i * 5) % 13)
+                .map(|k| w[(i + k * stride) % 16])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
 fn logits(v: &Value) -> Vec<Vec<f64>> {
     serde_json::from_value(v.clone()).unwrap()
 }
@@ -215,15 +229,7 @@ fn concurrent_requests_are_batched_and_answered_correctly() {
     // Two workers sharing the queue; sentences of 1 to 13 words, so that
     // batches run in several length groups.
     let s = Server::start(&["--max-delay-ms", "20", "--workers", "2"]);
-    let sentences: Vec<String> = (0..200)
-        .map(|i| {
-            let w = tiny_bert::WORDS;
-            (0..1 + (i * 5) % 13)
-                .map(|k| w[(i + k * 7) % 16])
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect();
+    let sentences = sentences(200, 7);
     // Unbatched answers, one request at a time.
     let alone: Vec<Vec<f64>> = sentences
         .iter()
@@ -648,15 +654,7 @@ fn a_failing_sentence_fails_only_its_own_request() {
 /// fp32 model's (the same class, logits close).
 #[test]
 fn int8_linear_layers_answer_like_fp32() {
-    let sentences: Vec<String> = (0..60)
-        .map(|i| {
-            let w = tiny_bert::WORDS;
-            (0..1 + (i * 5) % 13)
-                .map(|k| w[(i + k * 3) % 16])
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect();
+    let sentences = sentences(60, 3);
     let answers = |args: &[&str]| {
         let s = Server::start(args);
         let (status, v) = s.json(json!(sentences));

@@ -267,24 +267,22 @@ stages:
     inputs: {model: "trace:"}
 "#;
 
-/// The tiny-model finetune → trace → package through Slurm: the same bytes as
-/// a local run, with the worker's figures and log coming back from the job.
-#[test]
-fn finetune_trace_package_through_slurm_equal_a_local_run() {
-    let workspace = || common::tiny_bert::workspace(TINY_CHAIN);
-    let cluster = Cluster::start();
-    let (local, remote) = (workspace(), workspace());
-    let local_doc = local.run_json(&[]);
-    let out = pipe(&remote, &cluster, &["run", "pipe.yaml", "-v"])
-        .env("PIPE_EXECUTOR", "slurm")
-        .output()
-        .unwrap();
+/// Runs `cmd` (`pipe run … -v` of the tiny chain in `ws`) and checks it
+/// against a local run of the same: 3 jobs, the job's progress at the
+/// reporter, cached after, the same bytes. Returns the second run's document.
+fn chain_equals_a_local_run(
+    cluster: &Cluster,
+    ws: &TestWorkspace,
+    mut cmd: Command,
+) -> serde_json::Value {
+    let local_doc = common::tiny_bert::workspace(TINY_CHAIN).run_json(&[]);
+    let out = cmd.output().unwrap();
     let err = stderr(&out);
     assert!(out.status.success(), "{err}\n{}", cluster.logs());
     // The job's progress reaches the reporter.
     assert!(err.contains("[finetune] epoch 1/4: evaluating"), "{err}");
     assert_eq!(cluster.jobs_submitted(), 3);
-    let doc = remote.run_json(&[]);
+    let doc = ws.run_json(&[]);
     assert!(stages(&doc).iter().all(|(_, s)| s == "cached"), "{doc}");
     for stage in ["finetune", "trace", "package"] {
         assert_eq!(
@@ -293,13 +291,25 @@ fn finetune_trace_package_through_slurm_equal_a_local_run() {
             "{stage}"
         );
     }
+    let log = ws.read(".pipe/logs/m/finetune.log");
+    assert!(log.contains("Train Epoch: 1 [0/96 (0%)] Loss: "), "{log}");
+    doc
+}
+
+/// The tiny-model finetune → trace → package through Slurm: the same bytes as
+/// a local run, with the worker's figures and log coming back from the job.
+#[test]
+fn finetune_trace_package_through_slurm_equal_a_local_run() {
+    let cluster = Cluster::start();
+    let ws = common::tiny_bert::workspace(TINY_CHAIN);
+    let mut cmd = pipe(&ws, &cluster, &["run", "pipe.yaml", "-v"]);
+    cmd.env("PIPE_EXECUTOR", "slurm");
+    let doc = chain_equals_a_local_run(&cluster, &ws, cmd);
     let finetune = &doc["stages"][0];
     assert!(
         finetune["stats"].as_object().is_some_and(|s| !s.is_empty()),
         "the worker's figures reach the run record: {finetune}"
     );
-    let log = remote.read(".pipe/logs/m/finetune.log");
-    assert!(log.contains("Train Epoch: 1 [0/96 (0%)] Loss: "), "{log}");
 }
 
 /// A Slurm cluster whose nodes do not see the workspace
@@ -444,30 +454,9 @@ fn without_a_shared_filesystem_a_killed_pipe_leaves_no_job_and_no_files() {
 fn finetune_trace_package_without_a_shared_filesystem_equal_a_local_run() {
     let cluster = Cluster::start();
     let remote = NoSharedFs::new();
-    let (local, ws) = (
-        common::tiny_bert::workspace(TINY_CHAIN),
-        common::tiny_bert::workspace(TINY_CHAIN),
-    );
-    let local_doc = local.run_json(&[]);
-    let out = remote
-        .pipe(&ws, &cluster, &["run", "pipe.yaml", "-v"])
-        .output()
-        .unwrap();
-    let err = stderr(&out);
-    assert!(out.status.success(), "{err}\n{}", cluster.logs());
-    assert!(err.contains("[finetune] epoch 1/4: evaluating"), "{err}");
-    assert_eq!(cluster.jobs_submitted(), 3);
-    let doc = ws.run_json(&[]);
-    assert!(stages(&doc).iter().all(|(_, s)| s == "cached"), "{doc}");
-    for stage in ["finetune", "trace", "package"] {
-        assert_eq!(
-            output_hash(&local_doc, stage),
-            output_hash(&doc, stage),
-            "{stage}"
-        );
-    }
-    let log = ws.read(".pipe/logs/m/finetune.log");
-    assert!(log.contains("Train Epoch: 1 [0/96 (0%)] Loss: "), "{log}");
+    let ws = common::tiny_bert::workspace(TINY_CHAIN);
+    let cmd = remote.pipe(&ws, &cluster, &["run", "pipe.yaml", "-v"]);
+    chain_equals_a_local_run(&cluster, &ws, cmd);
     assert_eq!(remote.job_files(), Vec::<String>::new());
 }
 
@@ -558,14 +547,11 @@ fn bench_slurm_overhead() {
     }
 }
 
-/// The data-parallel fine-tune of the data-parallel issue through Slurm: two
-/// tasks through `srun`, each a `pipe-worker` rank that joins the group from
-/// `SLURM_PROCID`/`SLURM_NTASKS`; the same output as two local ranks.
-#[test]
-fn a_two_task_data_parallel_finetune_equals_two_local_ranks() {
-    let manifest = |resources: &str| {
-        format!(
-            r#"version: 1
+/// The tiny model's 2-rank data-parallel fine-tune, with `resources`
+/// (stage-level lines) after it.
+fn data_parallel(resources: &str) -> String {
+    format!(
+        r#"version: 1
 name: m
 stages:
   finetune:
@@ -573,70 +559,65 @@ stages:
     inputs: {{model: model, data: data}}
     with: {{epochs: 1, batch_size: 16, lr: 3e-3, threads: 1, nproc_per_node: 2}}
 {resources}"#
-        )
-    };
-    let workspace = common::tiny_bert::workspace;
-    let cluster = Cluster::start();
-    let local = workspace(&manifest(""));
-    let local_doc = local.run_json(&[]);
-    let remote = workspace(&manifest(
-        "    executor: slurm\n    resources: {tasks_per_node: 2}\n",
-    ));
-    // The test node's name is not in DNS: the ranks meet on loopback (the
-    // job inherits the submitter's environment).
-    let out = pipe(&remote, &cluster, &["run", "pipe.yaml"])
-        .env("MASTER_ADDR", "127.0.0.1")
+    )
+}
+
+/// Runs `cmd` (`pipe run` of a data-parallel stage) with its ranks meeting
+/// on loopback: the test node's name is not in DNS (the job inherits the
+/// submitter's environment).
+fn ranks_meet(mut cmd: Command) -> std::process::Output {
+    cmd.env("MASTER_ADDR", "127.0.0.1")
         .env("PIPE_DIST_TIMEOUT", "60")
         .output()
-        .unwrap();
-    assert!(out.status.success(), "{}\n{}", stderr(&out), cluster.logs());
-    assert_eq!(cluster.jobs_submitted(), 1);
-    let doc = remote.run_json(&[]);
+        .unwrap()
+}
+
+/// `ws`'s fine-tune succeeded as 2 gloo ranks, with the output of `local_doc`.
+fn same_as_two_local_ranks(
+    cluster: &Cluster,
+    out: &std::process::Output,
+    ws: &TestWorkspace,
+    local_doc: &serde_json::Value,
+) {
+    assert!(out.status.success(), "{}\n{}", stderr(out), cluster.logs());
+    let doc = ws.run_json(&[]);
     assert_eq!(
-        output_hash(&local_doc, "finetune"),
+        output_hash(local_doc, "finetune"),
         output_hash(&doc, "finetune")
     );
-    let log = remote.read(".pipe/logs/m/finetune.log");
+    let log = ws.read(".pipe/logs/m/finetune.log");
     assert!(
         log.contains("data parallel: 2 ranks, gloo backend"),
         "{log}"
     );
+}
+
+/// The data-parallel fine-tune of the data-parallel issue through Slurm: two
+/// tasks through `srun`, each a `pipe-worker` rank that joins the group from
+/// `SLURM_PROCID`/`SLURM_NTASKS`; the same output as two local ranks.
+#[test]
+fn a_two_task_data_parallel_finetune_equals_two_local_ranks() {
+    let workspace = common::tiny_bert::workspace;
+    let cluster = Cluster::start();
+    let local_doc = workspace(&data_parallel("")).run_json(&[]);
+    let two_tasks = "    executor: slurm\n    resources: {tasks_per_node: 2}\n";
+    let remote = workspace(&data_parallel(two_tasks));
+    let out = ranks_meet(pipe(&remote, &cluster, &["run", "pipe.yaml"]));
+    same_as_two_local_ranks(&cluster, &out, &remote, &local_doc);
+    assert_eq!(cluster.jobs_submitted(), 1);
 
     // The same on nodes that do not share the workspace: each rank fetches
     // the inputs into a scratch dir of its own; rank 0 pushes the output.
     let no_shared_fs = NoSharedFs::new();
-    let apart = workspace(&manifest(
-        "    executor: slurm\n    resources: {tasks_per_node: 2}\n",
-    ));
-    let out = no_shared_fs
-        .pipe(&apart, &cluster, &["run", "pipe.yaml"])
-        .env("MASTER_ADDR", "127.0.0.1")
-        .env("PIPE_DIST_TIMEOUT", "60")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}\n{}", stderr(&out), cluster.logs());
-    let doc = apart.run_json(&[]);
-    assert_eq!(
-        output_hash(&local_doc, "finetune"),
-        output_hash(&doc, "finetune")
-    );
-    let log = apart.read(".pipe/logs/m/finetune.log");
-    assert!(
-        log.contains("data parallel: 2 ranks, gloo backend"),
-        "{log}"
-    );
+    let apart = workspace(&data_parallel(two_tasks));
+    let out = ranks_meet(no_shared_fs.pipe(&apart, &cluster, &["run", "pipe.yaml"]));
+    same_as_two_local_ranks(&cluster, &out, &apart, &local_doc);
 
     // A launcher's group that is not the stage's nproc_per_node is refused:
     // the key records the world size.
-    let three = workspace(
-        &manifest("    executor: slurm\n    resources: {tasks_per_node: 2}\n")
-            .replace("nproc_per_node: 2", "nproc_per_node: 3"),
-    );
-    let out = pipe(&three, &cluster, &["run", "pipe.yaml"])
-        .env("MASTER_ADDR", "127.0.0.1")
-        .env("PIPE_DIST_TIMEOUT", "60")
-        .output()
-        .unwrap();
+    let three =
+        workspace(&data_parallel(two_tasks).replace("nproc_per_node: 2", "nproc_per_node: 3"));
+    let out = ranks_meet(pipe(&three, &cluster, &["run", "pipe.yaml"]));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let log = three.read(".pipe/logs/m/finetune.log");
     assert!(
@@ -652,55 +633,27 @@ stages:
 /// as two local ranks.
 #[test]
 fn two_node_data_parallel_finetunes_equal_two_local_ranks() {
-    let manifest = |resources: &str| {
-        format!(
-            "version: 1\nname: m\nstages:\n  finetune:\n    kind: finetune\n    inputs: {{model: model, data: data}}\n    with: {{epochs: 1, batch_size: 16, lr: 3e-3, threads: 1, nproc_per_node: 2}}\n{resources}"
-        )
-    };
+    let workspace = common::tiny_bert::workspace;
     let cluster = Cluster::with_nodes(2);
     let no_shared_fs = NoSharedFs::new();
-    let local = common::tiny_bert::workspace(&manifest(""));
-    let local_doc = local.run_json(&[]);
-    let ws =
-        common::tiny_bert::workspace(&manifest("    resources: {nodes: 2, tasks_per_node: 1}\n"));
-    let out = no_shared_fs
-        .pipe(&ws, &cluster, &["run", "pipe.yaml"])
-        .env("MASTER_ADDR", "127.0.0.1")
-        .env("PIPE_DIST_TIMEOUT", "60")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}\n{}", stderr(&out), cluster.logs());
+    let local_doc = workspace(&data_parallel("")).run_json(&[]);
+    let ws = workspace(&data_parallel(
+        "    resources: {nodes: 2, tasks_per_node: 1}\n",
+    ));
+    let out = ranks_meet(no_shared_fs.pipe(&ws, &cluster, &["run", "pipe.yaml"]));
+    same_as_two_local_ranks(&cluster, &out, &ws, &local_doc);
     let job = cluster.job("1");
     assert!(
         job.contains("NodeList=pipe[0-1]") && job.contains("NumNodes=2"),
         "{job}"
     );
-    let doc = ws.run_json(&[]);
-    assert_eq!(
-        output_hash(&local_doc, "finetune"),
-        output_hash(&doc, "finetune")
-    );
-    let log = ws.read(".pipe/logs/m/finetune.log");
-    assert!(
-        log.contains("data parallel: 2 ranks, gloo backend"),
-        "{log}"
-    );
     assert_eq!(no_shared_fs.job_files(), Vec::<String>::new());
 
     // And with the workspace shared by the nodes.
-    let shared = common::tiny_bert::workspace(&manifest(
+    let shared = workspace(&data_parallel(
         "    executor: slurm\n    resources: {nodes: 2, tasks_per_node: 1}\n",
     ));
-    let out = pipe(&shared, &cluster, &["run", "pipe.yaml"])
-        .env("MASTER_ADDR", "127.0.0.1")
-        .env("PIPE_DIST_TIMEOUT", "60")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}\n{}", stderr(&out), cluster.logs());
+    let out = ranks_meet(pipe(&shared, &cluster, &["run", "pipe.yaml"]));
+    same_as_two_local_ranks(&cluster, &out, &shared, &local_doc);
     assert!(cluster.job("2").contains("NodeList=pipe[0-1]"));
-    let doc = shared.run_json(&[]);
-    assert_eq!(
-        output_hash(&local_doc, "finetune"),
-        output_hash(&doc, "finetune")
-    );
 }
