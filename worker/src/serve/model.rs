@@ -19,8 +19,9 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads the module and tokenizer of the package unpacked in `dir`, and
-    /// warms them up; the linear layers in `linears`.
+    /// Loads the module and tokenizer of the package unpacked in `dir`; the
+    /// linear layers in `linears`. Each inference thread warms it up
+    /// ([`Model::warm_up`]) at the thread counts it uses.
     pub fn load(dir: &Path, max_len: usize, linears: Linears) -> Result<Model> {
         let path = dir.join("model.pt");
         let module = FastModule::load(&path, linears)
@@ -32,12 +33,10 @@ impl Model {
                 path.display()
             );
         }
-        let model = Model {
+        Ok(Model {
             module,
             encoder: Encoder::load(dir, max_len)?,
-        };
-        model.warm_up()?;
-        Ok(model)
+        })
     }
 
     /// The first calls of a TorchScript module optimise its graph, and the
