@@ -129,7 +129,8 @@ impl StageKind for Finetune {
     // 4: every epoch's batches drawn before training (data parallel).
     // 5: fused AdamW (its rounding); `bf16` autocasts on the CPU too, in bf16 on CUDA.
     // 6: CPU dropout masks from pipe's own generator (worker/src/dropout.rs).
-    const VERSION: u32 = 6;
+    // 7: the last layer runs from the [CLS] position only (its masks' shapes).
+    const VERSION: u32 = 7;
     const METRICS: &'static [&'static str] = &["metrics.json"];
     const PLOTS: &'static [&'static str] = &["steps.csv", "metrics.json"];
 
@@ -181,7 +182,8 @@ impl StageKind for Finetune {
 
 impl StageKind for Trace {
     const NAME: &'static str = "trace";
-    const VERSION: u32 = 1;
+    // 2: the graph's last layer runs from the [CLS] position only.
+    const VERSION: u32 = 2;
 
     // Tracing runs on the CPU: the artifact is device-independent.
     fn fingerprints(&self) -> Result<BTreeMap<String, String>, StageError> {

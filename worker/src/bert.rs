@@ -159,7 +159,20 @@ impl Layer {
     }
 
     fn forward(&self, x: &Tensor, mask: &Tensor, dropout: Option<&Masks>) -> Tensor {
-        let q = self.split(&self.query.forward(x));
+        self.attend(x, x, mask, dropout)
+    }
+
+    /// The layer's output at the positions `queries` (`x` itself, or some
+    /// of its positions) of the sequence `x`: every position is a key and a
+    /// value, only `queries` go on through the rest of the layer.
+    fn attend(
+        &self,
+        x: &Tensor,
+        queries: &Tensor,
+        mask: &Tensor,
+        dropout: Option<&Masks>,
+    ) -> Tensor {
+        let q = self.split(&self.query.forward(queries));
         let k = self.split(&self.key.forward(x));
         let v = self.split(&self.value.forward(x));
         let ctx = match dropout {
@@ -184,7 +197,7 @@ impl Layer {
         .flatten(2, -1);
         let a = self
             .attn_norm
-            .forward(&(drop(&self.attn_out.forward(&ctx), self.dropout, dropout) + x));
+            .forward(&(drop(&self.attn_out.forward(&ctx), self.dropout, dropout) + queries));
         let i = self.intermediate.forward(&a);
         let i = match self.act.as_str() {
             "relu" => i.relu(),
@@ -228,25 +241,48 @@ impl Bert {
         self.masks = Masks::new(seed);
     }
 
-    /// The encoder's last hidden state `[B, L, hidden]`.
-    pub fn encode(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Tensor {
-        let dropout = train.then_some(&self.masks);
+    /// The embeddings and the additive attention mask `[B, 1, 1, L]` (0
+    /// where attended, the dtype's minimum where padded).
+    fn embed(&self, ids: &Tensor, mask: &Tensor, dropout: Option<&Masks>) -> (Tensor, Tensor) {
         let x = self.embeddings.forward(ids, dropout);
-        // Additive mask [B, 1, 1, L]: 0 where attended, the dtype's minimum where padded.
         let mask = (mask.to_kind(x.kind()).ones_like() - mask.to_kind(x.kind()))
             .multiply_scalar(f32::MIN as f64)
             .unsqueeze(1)
             .unsqueeze(1);
+        (x, mask)
+    }
+
+    /// The encoder's last hidden state `[B, L, hidden]`.
+    pub fn encode(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Tensor {
+        let dropout = train.then_some(&self.masks);
+        let (x, mask) = self.embed(ids, mask, dropout);
         self.layers
             .iter()
             .fold(x, |x, l| l.forward(&x, &mask, dropout))
     }
 
+    /// The encoder's last hidden state at the first (`[CLS]`) position,
+    /// `[B, hidden]`: what the classifier reads. The last layer attends
+    /// from that position only (its keys and values are still every
+    /// position's), so its projections and feed-forward run on one token
+    /// of each sequence instead of all of them.
+    fn encode_first(&self, ids: &Tensor, mask: &Tensor, dropout: Option<&Masks>) -> Tensor {
+        let (x, mask) = self.embed(ids, mask, dropout);
+        let Some((last, layers)) = self.layers.split_last() else {
+            return x.select(1, 0);
+        };
+        let x = layers.iter().fold(x, |x, l| l.forward(&x, &mask, dropout));
+        // Contiguous: the int8 serving path's quantized linear layers read
+        // their input as if it were.
+        last.attend(&x, &x.narrow(1, 0, 1).contiguous(), &mask, dropout)
+            .squeeze_dim(1)
+    }
+
     /// Logits `[B, num_labels]`.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Tensor {
-        let h = self.encode(ids, mask, train);
-        let pooled = self.pooler.forward(&h.select(1, 0)).tanh();
         let dropout = train.then_some(&self.masks);
+        let first = self.encode_first(ids, mask, dropout);
+        let pooled = self.pooler.forward(&first).tanh();
         self.classifier
             .forward(&drop(&pooled, self.classifier_dropout, dropout))
     }

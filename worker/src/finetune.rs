@@ -280,7 +280,13 @@ pub fn run_in(
         for (b, idx) in order.iter().enumerate() {
             let (lo, hi) = slice(idx.len(), rank, world);
             let part = &idx[lo..hi];
-            opt.zero_grad()?;
+            if dist.is_some() {
+                // Defined on every rank for the all-reduce, even after an
+                // empty slice.
+                opt.zero_grad()?;
+            } else {
+                opt.drop_grad()?;
+            }
             let mut loss = if part.is_empty() {
                 Tensor::zeros([], (Kind::Float, device))
             } else {
@@ -422,11 +428,18 @@ pub fn run_in(
 /// The matrix-product FLOPs of one training step (forward and backward,
 /// about three forwards) over `batch` sequences padded to `len`: per token
 /// and layer, the Q/K/V/output and feed-forward projections and attention's
-/// two products with every other position.
+/// two products with every other position; the last layer does that for
+/// the first position only, and projects every token to keys and values.
 pub fn train_flops(c: &crate::bert::BertConfig, batch: usize, len: usize) -> f64 {
     let (h, i, l) = (c.hidden_size as f64, c.intermediate_size as f64, len as f64);
     let per_token_layer = 2.0 * (4.0 * h * h + 2.0 * h * i) + 4.0 * l * h;
-    3.0 * batch as f64 * l * c.num_hidden_layers as f64 * per_token_layer
+    let layers = c.num_hidden_layers as f64;
+    let last = if layers > 0.0 {
+        per_token_layer + 2.0 * 2.0 * h * h * (l - 1.0)
+    } else {
+        0.0
+    };
+    3.0 * batch as f64 * ((layers - 1.0).max(0.0) * l * per_token_layer + last)
 }
 
 /// A hash of every variable's name and bytes.

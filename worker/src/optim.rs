@@ -23,6 +23,7 @@ extern "C" {
     ) -> *mut c_void;
     fn pipe_adamw_free(state: *mut c_void);
     fn pipe_adamw_zero_grad(state: *mut c_void) -> *mut c_char;
+    fn pipe_adamw_drop_grad(state: *mut c_void) -> *mut c_char;
     fn pipe_adamw_clip_grad_norm(state: *mut c_void, max_norm: f64) -> *mut c_char;
     fn pipe_adamw_step(state: *mut c_void, lr: f64) -> *mut c_char;
 }
@@ -75,6 +76,15 @@ impl AdamW {
     pub fn zero_grad(&mut self) -> Result<()> {
         // SAFETY: `state` is live until drop.
         check(unsafe { pipe_adamw_zero_grad(self.state) })
+    }
+
+    /// Drops every gradient, so that the next backward pass stores each
+    /// one instead of adding it to zeros: no pass over the parameters to
+    /// zero them and none to add. Every parameter the loss reaches has a
+    /// gradient again after it.
+    pub fn drop_grad(&mut self) -> Result<()> {
+        // SAFETY: as above.
+        check(unsafe { pipe_adamw_drop_grad(self.state) })
     }
 
     /// Scales the gradients down so that their global L2 norm is at most
@@ -132,22 +142,50 @@ mod tests {
         p.into_iter().map(|x| x as f32).collect()
     }
 
+    /// The parameters after AdamW steps on `grads`, the gradients zeroed or
+    /// dropped before each backward pass.
+    fn steps(start: &[f32], grads: &[Vec<f32>], drop: bool) -> Vec<f32> {
+        let p = Tensor::from_slice(start).set_requires_grad(true);
+        let mut opt = AdamW::new(std::slice::from_ref(&p), C).unwrap();
+        for g in grads {
+            let loss = (&p * Tensor::from_slice(g)).sum(Kind::Float);
+            if drop {
+                opt.drop_grad().unwrap();
+            } else {
+                opt.zero_grad().unwrap();
+            }
+            loss.backward();
+            opt.step(0.1).unwrap();
+        }
+        Vec::<f32>::try_from(&p.detach()).unwrap()
+    }
+
     #[test]
     fn steps_match_the_written_out_adamw() {
         let start = [0.5f32, -1.0, 2.0];
         let grads = [vec![0.1f32, -0.2, 0.3], vec![-0.4, 0.5, 0.0]];
-        let p = Tensor::from_slice(&start).set_requires_grad(true);
-        let mut opt = AdamW::new(std::slice::from_ref(&p), C).unwrap();
-        for g in &grads {
-            let loss = (&p * Tensor::from_slice(g)).sum(Kind::Float);
-            opt.zero_grad().unwrap();
-            loss.backward();
-            opt.step(0.1).unwrap();
-        }
-        let got = Vec::<f32>::try_from(&p.detach()).unwrap();
+        let got = steps(&start, &grads, false);
         for (a, b) in got.iter().zip(reference(&start, &grads, 0.1)) {
             assert!((a - b).abs() < 1e-6, "{got:?} vs {b}");
         }
+        let dropped = steps(&start, &grads, true);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&dropped),
+            bits(&got),
+            "dropping gradients changed a step"
+        );
+    }
+
+    #[test]
+    fn a_step_after_dropping_the_gradients_needs_a_backward_pass() {
+        let p = Tensor::zeros([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let mut opt = AdamW::new(std::slice::from_ref(&p), C).unwrap();
+        (&p * 2.0).sum(Kind::Float).backward();
+        opt.drop_grad().unwrap();
+        assert!(!p.grad().defined());
+        let e = opt.step(0.1).unwrap_err();
+        assert!(e.to_string().contains("no gradient"), "{e}");
     }
 
     #[test]

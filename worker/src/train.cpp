@@ -123,6 +123,19 @@ char *pipe_adamw_zero_grad(void *state) {
   }
 }
 
+// Drops every gradient (`zero_grad(set_to_none=True)`): the next backward
+// hands each parameter its gradient instead of adding it to zeros.
+char *pipe_adamw_drop_grad(void *state) {
+  try {
+    for (auto &p : static_cast<AdamW *>(state)->params) {
+      p.mutable_grad().reset();
+    }
+    return nullptr;
+  } catch (const std::exception &e) {
+    return error(e.what());
+  }
+}
+
 // Scales the gradients so that their global L2 norm is at most `max_norm`,
 // without reading the norm back.
 char *pipe_adamw_clip_grad_norm(void *state, double max_norm) {
