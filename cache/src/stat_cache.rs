@@ -14,11 +14,20 @@
 //! checks that the records are whole and strictly sorted. What a run adds or
 //! forgets goes to a small map beside it, merged on [`StatCache::save`].
 //!
-//! The file (`stat-cache-v2.bin`) is [`MAGIC`] followed by records sorted by
+//! It also remembers folders' listings: adding, removing or renaming an
+//! entry of a folder moves its mtime, so a folder whose stat is as recorded
+//! (and was not racily clean then) holds the names it was listed with, and a
+//! no-op run does not list it again (`getdents` and sorting its names were
+//! a fifth of the work). Its files are still stated one by one.
+//!
+//! The file (`stat-cache-v3.bin`) is [`MAGIC`] followed by records sorted by
 //! path: the path's length (u32), the path's bytes, then the fixed fields of
-//! [`StatEntry`] (little endian). A missing, foreign or damaged file reads as
-//! an empty cache: it only costs re-hashing.
+//! [`StatEntry`] (little endian). A folder's record has its path and a `/`
+//! (no file's path ends in one), and its names follow the fixed fields: their
+//! length in bytes (u32), then each name and a NUL, sorted. A missing,
+//! foreign or damaged file reads as an empty cache: it only costs re-hashing.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::ffi::OsStrExt;
@@ -36,7 +45,7 @@ use crate::{Digest, FileStat};
 const RACY_NS: i128 = 2_000_000_000;
 
 /// The first bytes of a stat cache file; bump the version with any change.
-const MAGIC: &[u8] = b"pipe-stat-cache-v2\n";
+const MAGIC: &[u8] = b"pipe-stat-cache-v3\n";
 
 /// Bytes of a record after its path.
 const FIXED: usize = 8 + 16 + 16 + 8 + 8 + 16 + 32;
@@ -87,6 +96,21 @@ impl StatEntry {
     }
 }
 
+/// The key of the folder at `path`'s record.
+fn folder_key(path: &Path) -> Vec<u8> {
+    let mut key = path.as_os_str().as_bytes().to_vec();
+    key.push(b'/');
+    key
+}
+
+/// What a run recorded for a path: a file's entry, or a folder's and the
+/// names it was listed with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Record {
+    entry: StatEntry,
+    names: Option<Box<[u8]>>,
+}
+
 /// Takes fixed-size arrays off the front of a byte slice.
 struct Reader<'a>(&'a [u8]);
 
@@ -113,7 +137,7 @@ thread_local! {
 
 /// The file as loaded: its bytes, and the range of each record's path in
 /// them, in (strictly increasing) path order; the record's [`FIXED`] bytes
-/// follow its path.
+/// follow its path (and a folder's names follow those).
 #[derive(Default)]
 struct Loaded {
     bytes: MappedFile,
@@ -137,6 +161,10 @@ impl Loaded {
             let end = start.checked_add(usize::try_from(len).ok()?)?;
             at = end.checked_add(FIXED)?;
             let path = bytes.get(start..end)?;
+            if path.ends_with(b"/") {
+                let len = u32::from_le_bytes(*bytes.get(at..)?.first_chunk::<4>()?);
+                at = at.checked_add(4)?.checked_add(usize::try_from(len).ok()?)?;
+            }
             if at > bytes.len() || last.is_some_and(|last| last >= path) {
                 return None;
             }
@@ -154,7 +182,16 @@ impl Loaded {
         StatEntry::decode(self.bytes.bytes().get(end..)?)
     }
 
-    fn get(&self, path: &[u8]) -> Option<StatEntry> {
+    /// The names of a folder's record (`parse` checked they are there).
+    fn names(&self, (_, end): (usize, usize)) -> Option<&[u8]> {
+        let at = end.checked_add(FIXED)?;
+        let bytes = self.bytes.bytes();
+        let len = u32::from_le_bytes(*bytes.get(at..)?.first_chunk::<4>()?);
+        bytes.get(at + 4..(at + 4).checked_add(usize::try_from(len).ok()?)?)
+    }
+
+    /// The index of the record of `path`.
+    fn find(&self, path: &[u8]) -> Option<usize> {
         // A folder's files are looked up in path order (each thread taking a
         // run of them), so the record after this thread's last find is tried
         // before a binary search: one comparison, on memory just read.
@@ -168,13 +205,29 @@ impl Loaded {
             return None;
         }
         NEXT.set(i + 1);
-        self.entry(r)
+        Some(i)
     }
 
-    fn iter(&self) -> impl Iterator<Item = (&[u8], StatEntry)> {
-        self.paths
-            .iter()
-            .filter_map(|&r| Some((self.path(r), self.entry(r)?)))
+    fn get(&self, path: &[u8]) -> Option<StatEntry> {
+        self.entry(*self.paths.get(self.find(path)?)?)
+    }
+
+    /// A folder's entry and names.
+    fn folder(&self, key: &[u8]) -> Option<(StatEntry, &[u8])> {
+        let r = *self.paths.get(self.find(key)?)?;
+        Some((self.entry(r)?, self.names(r)?))
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&[u8], StatEntry, Option<&[u8]>)> {
+        self.paths.iter().filter_map(|&r| {
+            let path = self.path(r);
+            let names = if path.ends_with(b"/") {
+                Some(self.names(r)?)
+            } else {
+                None
+            };
+            Some((path, self.entry(r)?, names))
+        })
     }
 }
 
@@ -187,7 +240,7 @@ pub struct StatCache {
     loaded: OnceLock<Loaded>,
     /// Entries recorded (`Some`) or forgotten (`None`) since loading; they
     /// override `loaded`.
-    changes: Mutex<HashMap<Box<[u8]>, Option<StatEntry>>>,
+    changes: Mutex<HashMap<Box<[u8]>, Option<Record>>>,
     /// Whether `changes` is not empty (read without its lock).
     dirty: AtomicBool,
     /// Whether `changes` holds anything not yet saved.
@@ -222,25 +275,36 @@ impl StatCache {
             return Ok(());
         }
         let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-        let mut merged: BTreeMap<&[u8], StatEntry> = self
+        let mut merged: BTreeMap<&[u8], (StatEntry, Option<&[u8]>)> = self
             .loaded()
             .iter()
-            .filter(|(path, _)| !changes.contains_key(*path))
+            .filter(|(path, _, _)| !changes.contains_key(*path))
+            .map(|(path, entry, names)| (path, (entry, names)))
             .collect();
-        for (path, entry) in changes.iter() {
-            if let Some(entry) = entry {
-                merged.insert(path, *entry);
+        for (path, record) in changes.iter() {
+            if let Some(r) = record {
+                merged.insert(path, (r.entry, r.names.as_deref()));
             }
         }
         let mut bytes = MAGIC.to_vec();
-        for (path, entry) in merged {
-            // A path longer than 4 GiB cannot exist; leave it out rather than fail.
+        for (path, (entry, names)) in merged {
+            // A path (or listing) over 4 GiB cannot exist; leave it out
+            // rather than fail.
             let Ok(len) = u32::try_from(path.len()) else {
                 continue;
+            };
+            let names = match names.map(|n| u32::try_from(n.len()).map(|len| (len, n))) {
+                Some(Err(_)) => continue,
+                Some(Ok(names)) => Some(names),
+                None => None,
             };
             bytes.extend_from_slice(&len.to_le_bytes());
             bytes.extend_from_slice(path);
             entry.encode(&mut bytes);
+            if let Some((len, names)) = names {
+                bytes.extend_from_slice(&len.to_le_bytes());
+                bytes.extend_from_slice(names);
+            }
         }
         write_atomic(&self.file, &bytes)
             .inspect_err(|_| self.unsaved.store(true, Ordering::Release))
@@ -266,8 +330,8 @@ impl StatCache {
             if let Some(change) = changes.get(key) {
                 return change
                     .as_ref()
-                    .filter(|e| e.matches(stat))
-                    .map(|e| e.sha256);
+                    .filter(|r| r.entry.matches(stat))
+                    .map(|r| r.entry.sha256);
             }
         }
         self.loaded()
@@ -301,11 +365,49 @@ impl FileHasher for StatCache {
             self.changes
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(key.into(), Some(entry));
+                .insert(key.into(), Some(Record { entry, names: None }));
             self.dirty.store(true, Ordering::Release);
             self.unsaved.store(true, Ordering::Release);
         }
         Ok(sha256)
+    }
+
+    fn listing(&self, path: &Path, stat: &FileStat) -> Option<Cow<'_, [u8]>> {
+        let key = folder_key(path);
+        if self.dirty.load(Ordering::Acquire) {
+            let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(change) = changes.get(key.as_slice()) {
+                let r = change.as_ref().filter(|r| r.entry.matches(stat))?;
+                return r.names.as_deref().map(|n| Cow::Owned(n.to_vec()));
+            }
+        }
+        let (entry, names) = self.loaded().folder(&key)?;
+        entry.matches(stat).then_some(Cow::Borrowed(names))
+    }
+
+    fn listed(&self, path: &Path, stat: &FileStat, names: &[u8]) {
+        let recorded_ns = now_ns();
+        if recorded_ns - stat.mtime_ns < RACY_NS {
+            // It would not be trusted.
+            return;
+        }
+        let key = folder_key(path);
+        let entry = StatEntry {
+            size: stat.size,
+            mtime_ns: stat.mtime_ns,
+            ctime_ns: stat.ctime_ns,
+            ino: stat.ino,
+            dev: stat.dev,
+            recorded_ns,
+            sha256: Digest([0; 32]),
+        };
+        let names = Some(names.into());
+        self.changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.into(), Some(Record { entry, names }));
+        self.dirty.store(true, Ordering::Release);
+        self.unsaved.store(true, Ordering::Release);
     }
 }
 

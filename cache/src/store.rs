@@ -76,7 +76,7 @@ impl Store {
             fs::create_dir_all(&d).ctx("create directory", &d)?;
         }
         Ok(Store {
-            stat: StatCache::load(pipe_dir.join("stat-cache-v2.bin")),
+            stat: StatCache::load(pipe_dir.join("stat-cache-v3.bin")),
             cas,
         })
     }

@@ -7,12 +7,13 @@
 //! may itself be a file, so a single input file and a whole directory are hashed
 //! the same way.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::ffi::{CStr, OsStr};
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 
 use rayon::prelude::*;
@@ -54,6 +55,17 @@ pub struct Tree {
 /// How a tree scan hashes one file: plain hashing, or a stat cache.
 pub trait FileHasher: Sync {
     fn hash(&self, path: &Path, stat: &FileStat) -> Result<Digest>;
+
+    /// The names in the folder at `path` (each followed by a NUL, sorted)
+    /// as [`FileHasher::listed`] was told them, if the folder's `stat`
+    /// says no entry was added, removed or renamed in it since.
+    fn listing(&self, _path: &Path, _stat: &FileStat) -> Option<Cow<'_, [u8]>> {
+        None
+    }
+
+    /// The folder at `path`, stated as `stat` before it was listed, holds
+    /// `names` (each followed by a NUL, sorted).
+    fn listed(&self, _path: &Path, _stat: &FileStat, _names: &[u8]) {}
 }
 
 /// Hash every file from scratch.
@@ -278,7 +290,7 @@ impl Hashing<'_> {
             FileType::Symlink => Ok(link_hash(&checked_link_target(self.root, path)?)),
             FileType::Directory => {
                 let dir = open().map_err(io::Error::from).ctx("list", path)?;
-                self.dir(&dir, path)
+                self.dir(&dir, path, stat)
             }
             _ => Err(Error::Special {
                 path: path.to_path_buf(),
@@ -286,27 +298,46 @@ impl Hashing<'_> {
         }
     }
 
-    /// The hash of the directory open as `dir` at `path`.
-    fn dir(&self, dir: &OwnedFd, path: &Path) -> Result<Digest> {
-        let listing = Listing::read(dir).ctx("list", path)?;
-        // One path buffer per rayon job, not one path per child.
+    /// The hash of the directory open as `dir` at `path`, stated as `stat`
+    /// before it was opened.
+    fn dir(&self, dir: &OwnedFd, path: &Path, stat: &FileStat) -> Result<Digest> {
+        let listing = match self
+            .hasher
+            .listing(path, stat)
+            .and_then(Listing::from_names)
+        {
+            Some(listing) => listing,
+            None => {
+                let listing = Listing::read(dir).ctx("list", path)?;
+                self.hasher.listed(path, stat, &listing.sorted_names());
+                listing
+            }
+        };
+        // One path buffer per rayon job, not one path per child: the
+        // folder's path and a `/`, the child's name after it.
+        let base = path.join("");
+        let prefix = base.as_os_str().len();
         let hashes: Vec<Option<Digest>> = listing
             .names
             .par_iter()
-            .map_init(PathBuf::new, |buf, &(start, end)| {
-                let name = listing.name(start, end).ctx("list", path)?;
-                buf.clear();
-                buf.push(path);
-                buf.push(OsStr::from_bytes(name.to_bytes()));
-                if (self.skip)(buf) {
-                    return Ok(None);
-                }
-                let stat = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(io::Error::from)
-                    .ctx("read metadata of", &*buf)?;
-                let open = || rustix::fs::openat(dir, name, DIR_FLAGS, Mode::empty());
-                self.node(buf, &FileStat::from(&stat), open).map(Some)
-            })
+            .map_init(
+                || base.clone(),
+                |buf, &(start, end)| {
+                    let name = listing.name(start, end).ctx("list", path)?;
+                    let mut bytes = std::mem::take(buf).into_os_string().into_vec();
+                    bytes.truncate(prefix);
+                    bytes.extend_from_slice(name.to_bytes());
+                    *buf = PathBuf::from(std::ffi::OsString::from_vec(bytes));
+                    if (self.skip)(buf) {
+                        return Ok(None);
+                    }
+                    let stat = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                        .map_err(io::Error::from)
+                        .ctx("read metadata of", &*buf)?;
+                    let open = || rustix::fs::openat(dir, name, DIR_FLAGS, Mode::empty());
+                    self.node(buf, &FileStat::from(&stat), open).map(Some)
+                },
+            )
             .collect::<Result<_>>()?;
         let mut h = Sha256::new();
         h.update(b"dir\0");
@@ -327,39 +358,73 @@ impl Hashing<'_> {
 /// The names in a directory (`.` and `..` left out), sorted by their bytes:
 /// one buffer of NUL-terminated names and their ranges in it, whatever the
 /// number of entries.
-struct Listing {
-    bytes: Vec<u8>,
+struct Listing<'a> {
+    bytes: Cow<'a, [u8]>,
     /// Each name's range in `bytes`, its NUL included.
     names: Vec<(usize, usize)>,
 }
 
-impl Listing {
+impl<'a> Listing<'a> {
     /// `getdents` into a buffer of this size.
     const READ_BUFFER: usize = 64 << 10;
 
-    fn read(dir: &OwnedFd) -> io::Result<Listing> {
+    fn read(dir: &OwnedFd) -> io::Result<Listing<'static>> {
         let mut buf: Vec<MaybeUninit<u8>> = Vec::with_capacity(Self::READ_BUFFER);
         buf.resize(Self::READ_BUFFER, MaybeUninit::uninit());
         let mut raw = RawDir::new(dir.as_fd(), &mut buf);
-        let mut listing = Listing {
-            bytes: Vec::new(),
-            names: Vec::new(),
-        };
+        let mut bytes = Vec::new();
+        let mut names = Vec::new();
         while let Some(entry) = raw.next() {
             let entry = entry?;
             let name = entry.file_name().to_bytes_with_nul();
             if name == b".\0" || name == b"..\0" {
                 continue;
             }
-            let start = listing.bytes.len();
-            listing.bytes.extend_from_slice(name);
-            listing.names.push((start, listing.bytes.len()));
+            let start = bytes.len();
+            bytes.extend_from_slice(name);
+            names.push((start, bytes.len()));
         }
-        let bytes = &listing.bytes;
-        listing
-            .names
-            .sort_unstable_by(|a, b| bytes[a.0..a.1].cmp(&bytes[b.0..b.1]));
-        Ok(listing)
+        names.sort_unstable_by(|a: &(usize, usize), b| bytes[a.0..a.1].cmp(&bytes[b.0..b.1]));
+        Ok(Listing {
+            bytes: Cow::Owned(bytes),
+            names,
+        })
+    }
+
+    /// A listing of `names` as [`Listing::sorted_names`] gave them; `None`
+    /// unless each is a name (not empty, `.` or `..`, no `/`) followed by a
+    /// NUL, and they are strictly sorted.
+    fn from_names(bytes: Cow<'a, [u8]>) -> Option<Listing<'a>> {
+        let mut names = Vec::new();
+        let mut start = 0;
+        let mut last: &[u8] = &[];
+        for (i, &b) in bytes.iter().enumerate() {
+            match b {
+                b'/' => return None,
+                0 => {
+                    let name = &bytes[start..i];
+                    let first = names.is_empty();
+                    if name.is_empty() || name == b"." || name == b".." || (!first && name <= last)
+                    {
+                        return None;
+                    }
+                    names.push((start, i + 1));
+                    last = name;
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        (start == bytes.len()).then_some(Listing { bytes, names })
+    }
+
+    /// The names, each followed by its NUL, in sorted order.
+    fn sorted_names(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.bytes.len());
+        for &(start, end) in &self.names {
+            out.extend_from_slice(&self.bytes[start..end]);
+        }
+        out
     }
 
     /// The name at `start..end`, as [`Listing::read`] stored it.
@@ -579,5 +644,81 @@ mod tests {
             Tree::hash_path(d.path(), &PlainHasher, &none),
             Err(Error::UnsafeLink { .. })
         ));
+    }
+
+    /// Set the mtime of `path` (a file or a folder) a minute back, so that
+    /// a stat cache trusts what it records of it.
+    fn settle(path: &Path) {
+        fs::File::open(path)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(60))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_remembered_listing_is_used_until_the_folder_changes() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("in");
+        fs::create_dir_all(root.join("sub")).unwrap();
+        for f in ["a", "b", "sub/c"] {
+            fs::write(root.join(f), f).unwrap();
+            settle(&root.join(f));
+        }
+        settle(&root.join("sub"));
+        settle(&root);
+        let file = d.path().join("stat-cache.bin");
+        let none = |_: &Path| false;
+        let cached = |root: &Path| {
+            let cache = crate::StatCache::load(file.clone());
+            let hash = Tree::hash_path(root, &cache, &none).unwrap();
+            cache.save().unwrap();
+            let stat = FileStat::from(&fs::symlink_metadata(root).unwrap());
+            let listing = cache.listing(root, &stat).map(|n| n.into_owned());
+            (hash, listing)
+        };
+        let plain = |root: &Path| scan(root).hash();
+        let (first, _) = cached(&root);
+        assert_eq!(first, plain(&root));
+        // The next run finds the listings of both folders.
+        let (again, listing) = cached(&root);
+        assert_eq!(again, first);
+        assert_eq!(listing.as_deref(), Some(&b"a\0b\0sub\0"[..]));
+
+        // Adding, removing and renaming an entry each move the folder's
+        // stat: the folder is listed again and the hash follows.
+        let changes: [&dyn Fn(); 3] = [
+            &|| fs::write(root.join("sub/new"), "new").unwrap(),
+            &|| fs::remove_file(root.join("a")).unwrap(),
+            &|| fs::rename(root.join("b"), root.join("sub/b")).unwrap(),
+        ];
+        let mut last = first;
+        for change in changes {
+            change();
+            let (hash, _) = cached(&root);
+            assert_eq!(hash, plain(&root));
+            assert_ne!(hash, last);
+            last = hash;
+        }
+        // A folder modified moments ago is racily clean: not remembered.
+        let (_, listing) = cached(&root);
+        assert_eq!(listing, None);
+    }
+
+    #[test]
+    fn only_sorted_plain_names_make_a_listing() {
+        let ok = |b: &[u8]| Listing::from_names(Cow::Borrowed(b)).map(|l| l.names.len());
+        assert_eq!(ok(b""), Some(0));
+        assert_eq!(ok(b"a\0b\0c.d\0"), Some(3));
+        for bad in [
+            &b"b\0a\0"[..],
+            b"a\0a\0",
+            b"a\0\0",
+            b"a/b\0",
+            b".\0",
+            b"..\0",
+            b"a\0b",
+        ] {
+            assert_eq!(ok(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! through the store's stat cache when there is a store).
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use pipe_cache::{InputDigest, RunRecord, Store, Tree};
@@ -109,7 +110,19 @@ fn real_workspace_path(
 /// `NAME.lock` beside a `NAME.yaml`/`NAME.yml` that `pipe run` wrote: another
 /// tool's lock, such as Helm's `Chart.lock`, is data).
 pub(crate) fn is_pipe_state(p: &Pipeline, path: &Path) -> bool {
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+    // Called for every file of an input: the last name is found in the
+    // path's bytes, not by parsing every component (`Path::file_name`).
+    let last = path.as_os_str().as_bytes().rsplit(|&b| b == b'/').next();
+    let name = match last {
+        Some(n) if !n.is_empty() && n != b"." && n != b".." => {
+            if n != b".pipe" && !n.ends_with(b".lock") {
+                return false;
+            }
+            std::str::from_utf8(n).ok()
+        }
+        _ => path.file_name().and_then(|n| n.to_str()),
+    };
+    let Some(name) = name else {
         return false;
     };
     let same = |a: &Path| {
