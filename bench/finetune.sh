@@ -2,7 +2,7 @@
 # Fine-tuning benchmark on the CPU: `pipe`'s finetune stage side by side with
 # the Python (transformers) reference, alternating, each REPEAT times; medians.
 #
-#   PIPE_REF_PYTHON=PY bench/finetune.sh [REPEAT]   (default 3)
+#   PIPE_REF_PYTHON=PY bench/finetune.sh [REPEAT] [MODELS]   (default 3, "minilm base")
 #
 # PIPE_REF_PYTHON: a python with torch 2.11, transformers, scikit-learn and
 # pandas; the reference is bench/ref/train_ref.py (PIPE_REF_BENCH overrides
@@ -15,10 +15,12 @@
 #   bert-base-sized (12 layers, hidden 768, random weights written here), the
 #   blog's recipe (batch 64, lr 2e-5, max_len 64), 960 training rows:
 #     pipe fp32, pipe bf16; py-base-dynamic and py-base-pad64 (15 steps of 64)
+# MODELS picks them ("minilm", "base" or both).
 # Every run prints samples/s, matrix-product GFLOP/s (of the tokens actually
 # processed, padding included) against the cores' peak, and peak RSS.
 set -euo pipefail
 repeat=${1:-3}
+models=${2:-minilm base}
 export PIPE_REF_BENCH=${PIPE_REF_BENCH:-$(cd "$(dirname "$0")" && pwd)/ref}
 . "$(dirname "$0")/common.sh"
 bench_setup finetune <<'YAML'
@@ -93,14 +95,18 @@ PY
 }
 
 for i in $(seq "$repeat"); do
-  pipe_run fp32
-  pipe_run bf16
-  py_run py-careful --model "$model" --dynamic-padding --batch 32 --lr 1e-4 --warmup 0.1 --epochs 3
-  py_run py-blog --model "$model" --max-steps 40 --skip-eval
-  pipe_run base_fp32
-  pipe_run base_bf16
-  py_run py-base-dynamic --model "$work/base" --dynamic-padding --max-steps 15 --skip-eval
-  py_run py-base-pad64 --model "$work/base" --max-steps 15 --skip-eval
+  if [[ " $models " == *" minilm "* ]]; then
+    pipe_run fp32
+    pipe_run bf16
+    py_run py-careful --model "$model" --dynamic-padding --batch 32 --lr 1e-4 --warmup 0.1 --epochs 3
+    py_run py-blog --model "$model" --max-steps 40 --skip-eval
+  fi
+  if [[ " $models " == *" base "* ]]; then
+    pipe_run base_fp32
+    pipe_run base_bf16
+    py_run py-base-dynamic --model "$work/base" --dynamic-padding --max-steps 15 --skip-eval
+    py_run py-base-pad64 --model "$work/base" --max-steps 15 --skip-eval
+  fi
 done
 
 cp "$results" "${PIPE_BENCH_OUT:-/dev/null}" 2>/dev/null || true
@@ -126,6 +132,8 @@ for run in dict.fromkeys(r["run"] for r in rows):
     each = " ".join("%.1f" % x["samples_per_s"] for x in r)
     print(f"{run:<17} {m:>9.1f} {each:>20} {g:>8.1f} {100 * g / peak:>6.1f}% {q('accuracy'):>8.3f} {q('mcc'):>6.3f} {q('rss_mib'):>8.0f}")
 ratio = lambda a, b: f"{med[a] / med[b]:.2f}x"
-print(f"MiniLM: pipe fp32 / py-careful {ratio('pipe-fp32', 'py-careful')}, pipe bf16 / pipe fp32 {ratio('pipe-bf16', 'pipe-fp32')}, pipe fp32 / py-blog {ratio('pipe-fp32', 'py-blog')}")
-print(f"bert-base: pipe fp32 / py dynamic {ratio('pipe-base_fp32', 'py-base-dynamic')}, / py pad64 {ratio('pipe-base_fp32', 'py-base-pad64')}, pipe bf16 / pipe fp32 {ratio('pipe-base_bf16', 'pipe-base_fp32')}")
+if "pipe-fp32" in med:
+  print(f"MiniLM: pipe fp32 / py-careful {ratio('pipe-fp32', 'py-careful')}, pipe bf16 / pipe fp32 {ratio('pipe-bf16', 'pipe-fp32')}, pipe fp32 / py-blog {ratio('pipe-fp32', 'py-blog')}")
+if "pipe-base_fp32" in med:
+  print(f"bert-base: pipe fp32 / py dynamic {ratio('pipe-base_fp32', 'py-base-dynamic')}, / py pad64 {ratio('pipe-base_fp32', 'py-base-pad64')}, pipe bf16 / pipe fp32 {ratio('pipe-base_bf16', 'pipe-base_fp32')}")
 PY
