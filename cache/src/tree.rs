@@ -290,7 +290,7 @@ impl Hashing<'_> {
             FileType::Symlink => Ok(link_hash(&checked_link_target(self.root, path)?)),
             FileType::Directory => {
                 let dir = open().map_err(io::Error::from).ctx("list", path)?;
-                self.dir(&dir, path, stat)
+                self.dir(&dir, path)
             }
             _ => Err(Error::Special {
                 path: path.to_path_buf(),
@@ -298,18 +298,23 @@ impl Hashing<'_> {
         }
     }
 
-    /// The hash of the directory open as `dir` at `path`, stated as `stat`
-    /// before it was opened.
-    fn dir(&self, dir: &OwnedFd, path: &Path, stat: &FileStat) -> Result<Digest> {
+    /// The hash of the directory open as `dir` at `path`.
+    fn dir(&self, dir: &OwnedFd, path: &Path) -> Result<Digest> {
+        // The stat of the folder that is open (not of whatever the path
+        // named before), as the stat cache's listing must be its.
+        let stat = rustix::fs::fstat(dir)
+            .map_err(io::Error::from)
+            .ctx("read metadata of", path)?;
+        let stat = FileStat::from(&stat);
         let listing = match self
             .hasher
-            .listing(path, stat)
+            .listing(path, &stat)
             .and_then(Listing::from_names)
         {
             Some(listing) => listing,
             None => {
                 let listing = Listing::read(dir).ctx("list", path)?;
-                self.hasher.listed(path, stat, &listing.sorted_names());
+                self.hasher.listed(path, &stat, &listing.sorted_names());
                 listing
             }
         };
