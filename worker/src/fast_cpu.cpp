@@ -57,11 +57,6 @@ std::optional<at::Tensor> constant_weight(Value* v) {
   return t;
 }
 
-// `aten::linear(x, W, b)` with a constant W becomes
-// `mkldnn::_linear_pointwise(x, packed W, b, attr, [], algorithm)`; returns how
-// many were rewritten. With `bf16`, W and b are bf16 and the product runs in
-// bf16 (AMX or AVX512-BF16 where the CPU has them): x is cast to bf16 before
-// and the result back to fp32 after, so everything else stays fp32.
 // int8 weights for `quantized::linear_dynamic`: symmetric, one scale per
 // output channel, prepacked for the CPU's quantized engine (FBGEMM: VNNI
 // where the CPU has it). Activations are quantized per call, per tensor.
@@ -115,6 +110,11 @@ int quantize_linears(const std::shared_ptr<Graph>& graph) {
   return rewritten;
 }
 
+// `aten::linear(x, W, b)` with a constant W becomes
+// `mkldnn::_linear_pointwise(x, packed W, b, attr, [], algorithm)`; returns how
+// many were rewritten. With `bf16`, W and b are bf16 and the product runs in
+// bf16 (AMX or AVX512-BF16 where the CPU has them): x is cast to bf16 before
+// and the result back to fp32 after, so everything else stays fp32.
 int pack_linears(const std::shared_ptr<Graph>& graph, int64_t rows, bool bf16) {
   static const auto linear = c10::Symbol::fromQualString("aten::linear");
   static const auto gelu = c10::Symbol::fromQualString("aten::gelu");
