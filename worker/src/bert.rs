@@ -272,9 +272,7 @@ impl Bert {
             return x.select(1, 0);
         };
         let x = layers.iter().fold(x, |x, l| l.forward(&x, &mask, dropout));
-        // Contiguous: the int8 serving path's quantized linear layers read
-        // their input as if it were.
-        last.attend(&x, &x.narrow(1, 0, 1).contiguous(), &mask, dropout)
+        last.attend(&x, &x.narrow(1, 0, 1), &mask, dropout)
             .squeeze_dim(1)
     }
 
