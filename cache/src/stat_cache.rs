@@ -62,6 +62,19 @@ struct StatEntry {
 }
 
 impl StatEntry {
+    /// What a file or folder stated as `stat` looked like at `recorded_ns`.
+    fn of(stat: &FileStat, recorded_ns: i128, sha256: Digest) -> StatEntry {
+        StatEntry {
+            size: stat.size,
+            mtime_ns: stat.mtime_ns,
+            ctime_ns: stat.ctime_ns,
+            ino: stat.ino,
+            dev: stat.dev,
+            recorded_ns,
+            sha256,
+        }
+    }
+
     fn matches(&self, stat: &FileStat) -> bool {
         self.size == stat.size
             && self.mtime_ns == stat.mtime_ns
@@ -323,6 +336,16 @@ impl StatCache {
         }
     }
 
+    /// Remember `record` for `key` (saved with the next [`StatCache::save`]).
+    fn record(&self, key: &[u8], record: Record) {
+        self.changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.into(), Some(record));
+        self.dirty.store(true, Ordering::Release);
+        self.unsaved.store(true, Ordering::Release);
+    }
+
     /// The recorded hash of `path` if `stat` still matches it.
     fn lookup(&self, key: &[u8], stat: &FileStat) -> Option<Digest> {
         if self.dirty.load(Ordering::Acquire) {
@@ -353,21 +376,8 @@ impl FileHasher for StatCache {
         let after = std::fs::metadata(path).ctx("read metadata of", path)?;
         let after = FileStat::from(&after);
         if after.mtime_ns == stat.mtime_ns && after.size == stat.size {
-            let entry = StatEntry {
-                size: stat.size,
-                mtime_ns: stat.mtime_ns,
-                ctime_ns: stat.ctime_ns,
-                ino: stat.ino,
-                dev: stat.dev,
-                recorded_ns,
-                sha256,
-            };
-            self.changes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key.into(), Some(Record { entry, names: None }));
-            self.dirty.store(true, Ordering::Release);
-            self.unsaved.store(true, Ordering::Release);
+            let entry = StatEntry::of(stat, recorded_ns, sha256);
+            self.record(key, Record { entry, names: None });
         }
         Ok(sha256)
     }
@@ -391,23 +401,9 @@ impl FileHasher for StatCache {
             // It would not be trusted.
             return;
         }
-        let key = folder_key(path);
-        let entry = StatEntry {
-            size: stat.size,
-            mtime_ns: stat.mtime_ns,
-            ctime_ns: stat.ctime_ns,
-            ino: stat.ino,
-            dev: stat.dev,
-            recorded_ns,
-            sha256: Digest([0; 32]),
-        };
+        let entry = StatEntry::of(stat, recorded_ns, Digest([0; 32]));
         let names = Some(names.into());
-        self.changes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.into(), Some(Record { entry, names }));
-        self.dirty.store(true, Ordering::Release);
-        self.unsaved.store(true, Ordering::Release);
+        self.record(&folder_key(path), Record { entry, names });
     }
 }
 

@@ -320,8 +320,8 @@ impl Hashing<'_> {
         };
         // One path buffer per rayon job, not one path per child: the
         // folder's path and a `/`, the child's name after it.
-        let base = path.join("");
-        let prefix = base.as_os_str().len();
+        let base = path.join("").into_os_string().into_vec();
+        let prefix = base.len();
         let hashes: Vec<Option<Digest>> = listing
             .names
             .par_iter()
@@ -329,18 +329,17 @@ impl Hashing<'_> {
                 || base.clone(),
                 |buf, &(start, end)| {
                     let name = listing.name(start, end).ctx("list", path)?;
-                    let mut bytes = std::mem::take(buf).into_os_string().into_vec();
-                    bytes.truncate(prefix);
-                    bytes.extend_from_slice(name.to_bytes());
-                    *buf = PathBuf::from(std::ffi::OsString::from_vec(bytes));
-                    if (self.skip)(buf) {
+                    buf.truncate(prefix);
+                    buf.extend_from_slice(name.to_bytes());
+                    let child = Path::new(OsStr::from_bytes(buf));
+                    if (self.skip)(child) {
                         return Ok(None);
                     }
                     let stat = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
                         .map_err(io::Error::from)
-                        .ctx("read metadata of", &*buf)?;
+                        .ctx("read metadata of", child)?;
                     let open = || rustix::fs::openat(dir, name, DIR_FLAGS, Mode::empty());
-                    self.node(buf, &FileStat::from(&stat), open).map(Some)
+                    self.node(child, &FileStat::from(&stat), open).map(Some)
                 },
             )
             .collect::<Result<_>>()?;
