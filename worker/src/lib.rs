@@ -26,13 +26,18 @@ pub mod trace;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's settings, read before `main`: freed pages stay with the
-/// process for reuse (no decay back to the kernel, no separate arena that
-/// returns allocations over 8 MiB at once). A worker runs one stage or one
-/// server, whose steps free and allocate the same sizes over and over: its
-/// memory stays at its peak, and the peak does not grow. `MALLOC_CONF` in the
-/// environment still applies on top.
+/// process for reuse (no decay back to the kernel, and no separate arena
+/// that returns allocations over 8 MiB at once), and a request may be carved
+/// from a free extent up to 1024 times its size (with jemalloc's default,
+/// 64, freed large extents sat unused beside the new memory mapped for
+/// smaller requests: a 1-epoch MiniLM fp32 run peaked at 3.5 GiB, with
+/// this 0.8 GiB, glibc 1.0). A worker runs one stage or one server, whose
+/// steps free and allocate the same sizes over and over: its memory stays
+/// at its peak, and the peak is lower than with glibc's allocator.
+/// `MALLOC_CONF` in the environment still applies on top.
 #[export_name = "malloc_conf"]
-static MALLOC_CONF: &[u8; 57] = b"dirty_decay_ms:-1,muzzy_decay_ms:-1,oversize_threshold:0\0";
+static MALLOC_CONF: &[u8; 85] =
+    b"dirty_decay_ms:-1,muzzy_decay_ms:-1,oversize_threshold:0,lg_extent_max_active_fit:10\0";
 
 use std::collections::BTreeMap;
 use std::io::Write;
