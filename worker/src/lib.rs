@@ -16,6 +16,11 @@ pub mod serve;
 pub mod tokenize;
 pub mod trace;
 
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use pipe_protocol::Message;
+
 /// jemalloc is the whole process's `malloc`, libtorch's included: libtorch
 /// allocates and frees every activation and gradient of every step, and
 /// glibc's allocator hands the large ones back to the kernel on free, so each
@@ -30,19 +35,14 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// that returns allocations over 8 MiB at once), and a request may be carved
 /// from a free extent up to 1024 times its size (with jemalloc's default,
 /// 64, freed large extents sat unused beside the new memory mapped for
-/// smaller requests: a 1-epoch MiniLM fp32 run peaked at 3.5 GiB, with
-/// this 0.8 GiB, glibc 1.0). A worker runs one stage or one server, whose
-/// steps free and allocate the same sizes over and over: its memory stays
-/// at its peak, and the peak is lower than with glibc's allocator.
+/// smaller requests: a 1-epoch MiniLM fp32 run peaked at 3.5 GiB; with
+/// this, 0.8 GiB; with glibc, 1.0 GiB). A worker runs one stage or one
+/// server, whose steps free and allocate the same sizes over and over: its
+/// memory stays at its peak, and the peak is lower than with glibc's.
 /// `MALLOC_CONF` in the environment still applies on top.
 #[export_name = "malloc_conf"]
 static MALLOC_CONF: &[u8; 85] =
     b"dirty_decay_ms:-1,muzzy_decay_ms:-1,oversize_threshold:0,lg_extent_max_active_fit:10\0";
-
-use std::collections::BTreeMap;
-use std::io::Write;
-
-use pipe_protocol::Message;
 
 /// Where a worker's output goes: its log on stderr (appended to the stage log
 /// by the engine), progress as JSON lines on stdout.
@@ -142,6 +142,10 @@ mod tests {
         assert_eq!(
             mallctl::<isize, ()>(c"opt.muzzy_decay_ms", 0, None),
             (0, -1)
+        );
+        assert_eq!(
+            mallctl::<usize, ()>(c"opt.lg_extent_max_active_fit", 0, None),
+            (0, 10)
         );
         // A tensor's memory is in one of jemalloc's arenas.
         let t = tch::Tensor::zeros([1 << 22], (tch::Kind::Float, tch::Device::Cpu));
