@@ -130,7 +130,9 @@ impl StageKind for Finetune {
     // 5: fused AdamW (its rounding); `bf16` autocasts on the CPU too, in bf16 on CUDA.
     // 6: CPU dropout masks from pipe's own generator (worker/src/dropout.rs).
     // 7: the last layer runs from the [CLS] position only (its masks' shapes).
-    const VERSION: u32 = 7;
+    // 8: on the CPU, gradients clipped by a norm from BLAS dot products (its
+    //    rounding), and not scaled by 1 when within bounds.
+    const VERSION: u32 = 8;
     const METRICS: &'static [&'static str] = &["metrics.json"];
     const PLOTS: &'static [&'static str] = &["steps.csv", "metrics.json"];
 

