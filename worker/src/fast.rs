@@ -59,7 +59,8 @@ pub enum Linears {
 /// A TorchScript module prepared for CPU inference.
 pub struct FastModule {
     module: *mut c_void,
-    /// How many linear layers run on packed weights.
+    /// How many matrix products run on packed weights (linear layers of one
+    /// input are merged into one product first).
     pub packed: usize,
 }
 

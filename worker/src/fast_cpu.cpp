@@ -3,9 +3,11 @@
 // that follows one fused into it). At the small row counts of single-sentence
 // requests the linear layers are most of the time, and plain `aten::linear`
 // re-reads and re-lays out its weights on every call; packed, they are about
-// twice as fast. With `bf16` (`pipe serve --bf16`) the packed weights are
-// bf16 and the products run in bf16 (pack_linears). The file on disk is not
-// changed: model.pt stays portable fp32.
+// twice as fast. Linear layers of one input (a layer's query, key and value)
+// are merged into one first (merge_linears). With `bf16` (`pipe serve
+// --bf16`) the packed weights are bf16 and the products run in bf16
+// (pack_linears). The file on disk is not changed: model.pt stays portable
+// fp32.
 //
 // A C ABI for worker/src/fast.rs. Errors come back as malloc'd strings.
 
@@ -16,9 +18,13 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
 
 namespace {
 
@@ -110,6 +116,83 @@ int quantize_linears(const std::shared_ptr<Graph>& graph) {
   return rewritten;
 }
 
+// The linear layers that read the same input with constant weights (a
+// layer's query, key and value projections) become one: their weights and
+// biases concatenated, each output a slice (`aten::narrow`) of the one
+// product. At one sentence a product's cost is mostly reading its weights
+// and the call itself: one call instead of three, and with bf16 one cast of
+// the input. Returns how many layers were merged into others.
+int merge_linears(const std::shared_ptr<Graph>& graph) {
+  static const auto linear = c10::Symbol::fromQualString("aten::linear");
+  static const auto narrow = c10::Symbol::fromQualString("aten::narrow");
+  // The mergeable linear layers of each input, in graph order.
+  std::vector<std::pair<Value*, std::vector<Node*>>> groups;
+  for (Node* n : graph->nodes()) {
+    if (n->kind() != linear || !constant_weight(n->input(1))) {
+      continue;
+    }
+    auto bias = torch::jit::toIValue(n->input(2));
+    if (!bias || !(bias->isNone() || bias->isTensor())) {
+      continue;
+    }
+    auto same = std::find_if(groups.begin(), groups.end(), [&](const auto& g) {
+      return g.first == n->input(0);
+    });
+    if (same == groups.end()) {
+      groups.push_back({n->input(0), {n}});
+    } else {
+      same->second.push_back(n);
+    }
+  }
+  int merged = 0;
+  for (auto& [x, nodes] : groups) {
+    if (nodes.size() < 2) {
+      continue;
+    }
+    std::vector<at::Tensor> weights, biases;
+    for (Node* n : nodes) {
+      weights.push_back(*constant_weight(n->input(1)));
+      auto bias = torch::jit::toIValue(n->input(2));
+      if (bias->isTensor()) {
+        biases.push_back(bias->toTensor());
+      }
+    }
+    bool same_k = std::all_of(weights.begin(), weights.end(), [&](const at::Tensor& w) {
+      return w.size(1) == weights[0].size(1);
+    });
+    bool biases_fit = biases.empty() || (biases.size() == weights.size() &&
+                                         std::all_of(biases.begin(), biases.end(), [&](const at::Tensor& b) {
+                                           return b.dim() == 1 && b.scalar_type() == at::kFloat;
+                                         }));
+    if (!same_k || !biases_fit) {
+      continue;
+    }
+    // Every layer of the group reads `x`, so the merged one may stand where
+    // the first stood.
+    torch::jit::WithInsertPoint guard(nodes[0]);
+    Value* weight = graph->insertConstant(at::cat(weights, 0));
+    Value* bias = biases.empty() ? graph->insertConstant(c10::IValue())
+                                 : graph->insertConstant(at::cat(biases, 0));
+    Value* out = graph->insert(linear, {NamedValue(x), NamedValue(weight), NamedValue(bias)});
+    int64_t offset = 0;
+    for (size_t i = 0; i < nodes.size(); ++i) {
+      int64_t rows = weights[i].size(0);
+      Value* part = graph->insert(
+          narrow, {NamedValue(out), NamedValue(c10::IValue(int64_t{-1})),
+                   NamedValue(c10::IValue(offset)), NamedValue(c10::IValue(rows))});
+      part->setType(nodes[i]->output()->type());
+      nodes[i]->output()->replaceAllUsesWith(part);
+      offset += rows;
+    }
+    for (Node* n : nodes) {
+      n->destroy();  // after the inserts: the first is their insert point
+    }
+    merged += static_cast<int>(nodes.size()) - 1;
+  }
+  torch::jit::EliminateDeadCode(graph);
+  return merged;
+}
+
 // `aten::linear(x, W, b)` with a constant W becomes
 // `mkldnn::_linear_pointwise(x, packed W, b, attr, [], algorithm)`; returns how
 // many were rewritten. With `bf16`, W and b are bf16 and the product runs in
@@ -133,6 +216,11 @@ int pack_linears(const std::shared_ptr<Graph>& graph, int64_t rows, bool bf16) {
       linears.push_back(n);
     }
   }
+  // With bf16, the bf16 product behind each fp32 result this pass casts back:
+  // a linear layer that reads such a result (the feed-forward's second, after
+  // the first and its GELU) takes the bf16 product itself, not a cast of a
+  // cast (bf16 to fp32 and back is exact).
+  std::unordered_map<Value*, Value*> bf16_of;
   for (Node* n : linears) {
     auto weight = constant_weight(n->input(1));
     if (!weight) {
@@ -166,8 +254,11 @@ int pack_linears(const std::shared_ptr<Graph>& graph, int64_t rows, bool bf16) {
       if (bias_value->isTensor()) {
         bias = graph->insertConstant(bias_value->toTensor().to(at::kBFloat16));
       }
-      x = graph->insert(to, {NamedValue(x), NamedValue(c10::IValue(at::kBFloat16)),
-                             NamedValue(false), NamedValue(false)});
+      auto product = bf16_of.find(x);
+      x = product != bf16_of.end()
+              ? product->second
+              : graph->insert(to, {NamedValue(x), NamedValue(c10::IValue(at::kBFloat16)),
+                                   NamedValue(false), NamedValue(false)});
     }
     // Tensors without storage cannot be `prim::Constant`s; libtorch's own
     // oneDNN freezing pass holds them in this node kind.
@@ -191,8 +282,10 @@ int pack_linears(const std::shared_ptr<Graph>& graph, int64_t rows, bool bf16) {
          NamedValue(algorithm)});
     if (bf16) {
       static const auto to = c10::Symbol::fromQualString("aten::to");
+      Value* product = out;
       out = graph->insert(to, {NamedValue(out), NamedValue(c10::IValue(at::kFloat)),
                                NamedValue(false), NamedValue(false)});
+      bf16_of[out] = product;
     }
     out->setType(n->output()->type());
     if (fused != nullptr) {
@@ -221,6 +314,7 @@ char* pipe_fast_load(const char* path, int64_t rows, int precision,
     m.eval();
     auto frozen = torch::jit::freeze(m);
     auto graph = frozen.get_method("forward").graph();
+    merge_linears(graph);
     *packed = precision == 2 ? quantize_linears(graph)
                              : pack_linears(graph, rows, precision == 1);
     *module = new torch::jit::Module(std::move(frozen));
