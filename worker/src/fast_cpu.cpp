@@ -135,9 +135,8 @@ int merge_linears(const std::shared_ptr<Graph>& graph) {
     if (!bias || !(bias->isNone() || bias->isTensor())) {
       continue;
     }
-    auto same = std::find_if(groups.begin(), groups.end(), [&](const auto& g) {
-      return g.first == n->input(0);
-    });
+    auto same = std::find_if(groups.begin(), groups.end(),
+                             [&](const auto& g) { return g.first == n->input(0); });
     if (same == groups.end()) {
       groups.push_back({n->input(0), {n}});
     } else {
@@ -157,14 +156,17 @@ int merge_linears(const std::shared_ptr<Graph>& graph) {
         biases.push_back(bias->toTensor());
       }
     }
-    bool same_k = std::all_of(weights.begin(), weights.end(), [&](const at::Tensor& w) {
+    auto same_k = [&](const at::Tensor& w) {
       return w.size(1) == weights[0].size(1);
-    });
-    bool biases_fit = biases.empty() || (biases.size() == weights.size() &&
-                                         std::all_of(biases.begin(), biases.end(), [&](const at::Tensor& b) {
-                                           return b.dim() == 1 && b.scalar_type() == at::kFloat;
-                                         }));
-    if (!same_k || !biases_fit) {
+    };
+    auto fits = [](const at::Tensor& b) {
+      return b.dim() == 1 && b.scalar_type() == at::kFloat;
+    };
+    // Biases on all of them or none.
+    bool biases_fit =
+        biases.empty() || (biases.size() == weights.size() &&
+                           std::all_of(biases.begin(), biases.end(), fits));
+    if (!std::all_of(weights.begin(), weights.end(), same_k) || !biases_fit) {
       continue;
     }
     // Every layer of the group reads `x`, so the merged one may stand where
@@ -173,13 +175,15 @@ int merge_linears(const std::shared_ptr<Graph>& graph) {
     Value* weight = graph->insertConstant(at::cat(weights, 0));
     Value* bias = biases.empty() ? graph->insertConstant(c10::IValue())
                                  : graph->insertConstant(at::cat(biases, 0));
-    Value* out = graph->insert(linear, {NamedValue(x), NamedValue(weight), NamedValue(bias)});
+    Value* out = graph->insert(
+        linear, {NamedValue(x), NamedValue(weight), NamedValue(bias)});
     int64_t offset = 0;
     for (size_t i = 0; i < nodes.size(); ++i) {
       int64_t rows = weights[i].size(0);
       Value* part = graph->insert(
           narrow, {NamedValue(out), NamedValue(c10::IValue(int64_t{-1})),
-                   NamedValue(c10::IValue(offset)), NamedValue(c10::IValue(rows))});
+                   NamedValue(c10::IValue(offset)),
+                   NamedValue(c10::IValue(rows))});
       part->setType(nodes[i]->output()->type());
       nodes[i]->output()->replaceAllUsesWith(part);
       offset += rows;
@@ -257,7 +261,8 @@ int pack_linears(const std::shared_ptr<Graph>& graph, int64_t rows, bool bf16) {
       auto product = bf16_of.find(x);
       x = product != bf16_of.end()
               ? product->second
-              : graph->insert(to, {NamedValue(x), NamedValue(c10::IValue(at::kBFloat16)),
+              : graph->insert(to, {NamedValue(x),
+                                   NamedValue(c10::IValue(at::kBFloat16)),
                                    NamedValue(false), NamedValue(false)});
     }
     // Tensors without storage cannot be `prim::Constant`s; libtorch's own
