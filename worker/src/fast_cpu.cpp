@@ -63,6 +63,28 @@ std::optional<at::Tensor> constant_weight(Value* v) {
   return t;
 }
 
+// A linear layer's bias when it is a constant: a tensor, or None.
+std::optional<c10::IValue> constant_bias(Value* v) {
+  auto iv = torch::jit::toIValue(v);
+  if (!iv || !(iv->isNone() || iv->isTensor())) {
+    return std::nullopt;
+  }
+  return iv;
+}
+
+// The graph's `aten::linear` nodes in order, copied out: the passes rewrite
+// them as they go.
+std::vector<Node*> linear_nodes(const std::shared_ptr<Graph>& graph) {
+  static const auto linear = c10::Symbol::fromQualString("aten::linear");
+  std::vector<Node*> linears;
+  for (Node* n : graph->nodes()) {
+    if (n->kind() == linear) {
+      linears.push_back(n);
+    }
+  }
+  return linears;
+}
+
 // int8 weights for `quantized::linear_dynamic`: symmetric, one scale per
 // output channel, prepacked for the CPU's quantized engine (FBGEMM: VNNI
 // where the CPU has it). Activations are quantized per call, per tensor.
@@ -82,24 +104,17 @@ c10::IValue prepack_int8(const at::Tensor& weight, const c10::IValue& bias) {
 // Rewrites every `aten::linear` with a constant fp32 weight into
 // `quantized::linear_dynamic` on int8 weights. Returns how many.
 int quantize_linears(const std::shared_ptr<Graph>& graph) {
-  static const auto linear = c10::Symbol::fromQualString("aten::linear");
   static const auto dynamic =
       c10::Symbol::fromQualString("quantized::linear_dynamic");
   if (!c10::Dispatcher::singleton().findSchema({"quantized::linear_prepack", ""}) ||
       !c10::Dispatcher::singleton().findSchema({"quantized::linear_dynamic", ""})) {
     return 0;
   }
-  std::vector<Node*> linears;
-  for (Node* n : graph->nodes()) {
-    if (n->kind() == linear) {
-      linears.push_back(n);
-    }
-  }
   int rewritten = 0;
-  for (Node* n : linears) {
+  for (Node* n : linear_nodes(graph)) {
     auto weight = constant_weight(n->input(1));
-    auto bias = torch::jit::toIValue(n->input(2));
-    if (!weight || !bias || !(bias->isNone() || bias->isTensor())) {
+    auto bias = constant_bias(n->input(2));
+    if (!weight || !bias) {
       continue;
     }
     torch::jit::WithInsertPoint guard(n);
@@ -121,29 +136,25 @@ int quantize_linears(const std::shared_ptr<Graph>& graph) {
 // biases concatenated, each output a slice (`aten::narrow`) of the one
 // product. At one sentence a product's cost is mostly reading its weights
 // and the call itself: one call instead of three, and with bf16 one cast of
-// the input. Returns how many layers were merged into others.
-int merge_linears(const std::shared_ptr<Graph>& graph) {
+// the input.
+void merge_linears(const std::shared_ptr<Graph>& graph) {
   static const auto linear = c10::Symbol::fromQualString("aten::linear");
   static const auto narrow = c10::Symbol::fromQualString("aten::narrow");
   // The mergeable linear layers of each input, in graph order.
   std::vector<std::pair<Value*, std::vector<Node*>>> groups;
-  for (Node* n : graph->nodes()) {
-    if (n->kind() != linear || !constant_weight(n->input(1))) {
+  for (Node* n : linear_nodes(graph)) {
+    if (!constant_weight(n->input(1)) || !constant_bias(n->input(2))) {
       continue;
     }
-    auto bias = torch::jit::toIValue(n->input(2));
-    if (!bias || !(bias->isNone() || bias->isTensor())) {
-      continue;
-    }
-    auto same = std::find_if(groups.begin(), groups.end(),
-                             [&](const auto& g) { return g.first == n->input(0); });
+    auto same = std::find_if(groups.begin(), groups.end(), [&](const auto& g) {
+      return g.first == n->input(0);
+    });
     if (same == groups.end()) {
       groups.push_back({n->input(0), {n}});
     } else {
       same->second.push_back(n);
     }
   }
-  int merged = 0;
   for (auto& [x, nodes] : groups) {
     if (nodes.size() < 2) {
       continue;
@@ -151,7 +162,7 @@ int merge_linears(const std::shared_ptr<Graph>& graph) {
     std::vector<at::Tensor> weights, biases;
     for (Node* n : nodes) {
       weights.push_back(*constant_weight(n->input(1)));
-      auto bias = torch::jit::toIValue(n->input(2));
+      auto bias = constant_bias(n->input(2));
       if (bias->isTensor()) {
         biases.push_back(bias->toTensor());
       }
@@ -191,10 +202,8 @@ int merge_linears(const std::shared_ptr<Graph>& graph) {
     for (Node* n : nodes) {
       n->destroy();  // after the inserts: the first is their insert point
     }
-    merged += static_cast<int>(nodes.size()) - 1;
   }
   torch::jit::EliminateDeadCode(graph);
-  return merged;
 }
 
 // `aten::linear(x, W, b)` with a constant W becomes
@@ -203,7 +212,6 @@ int merge_linears(const std::shared_ptr<Graph>& graph) {
 // bf16 (AMX or AVX512-BF16 where the CPU has them): x is cast to bf16 before
 // and the result back to fp32 after, so everything else stays fp32.
 int pack_linears(const std::shared_ptr<Graph>& graph, int64_t rows, bool bf16) {
-  static const auto linear = c10::Symbol::fromQualString("aten::linear");
   static const auto gelu = c10::Symbol::fromQualString("aten::gelu");
   static const auto pointwise =
       c10::Symbol::fromQualString("mkldnn::_linear_pointwise");
@@ -214,18 +222,12 @@ int pack_linears(const std::shared_ptr<Graph>& graph, int64_t rows, bool bf16) {
           {"mkldnn::_reorder_linear_weight", ""})) {
     return rewritten;  // a libtorch without oneDNN: plain frozen module
   }
-  std::vector<Node*> linears;
-  for (Node* n : graph->nodes()) {
-    if (n->kind() == linear) {
-      linears.push_back(n);
-    }
-  }
   // With bf16, the bf16 product behind each fp32 result this pass casts back:
   // a linear layer that reads such a result (the feed-forward's second, after
   // the first and its GELU) takes the bf16 product itself, not a cast of a
   // cast (bf16 to fp32 and back is exact).
   std::unordered_map<Value*, Value*> bf16_of;
-  for (Node* n : linears) {
+  for (Node* n : linear_nodes(graph)) {
     auto weight = constant_weight(n->input(1));
     if (!weight) {
       continue;
@@ -250,8 +252,8 @@ int pack_linears(const std::shared_ptr<Graph>& graph, int64_t rows, bool bf16) {
     Value* bias = n->input(2);
     if (bf16) {
       static const auto to = c10::Symbol::fromQualString("aten::to");
-      auto bias_value = torch::jit::toIValue(bias);
-      if (!bias_value || !(bias_value->isNone() || bias_value->isTensor())) {
+      auto bias_value = constant_bias(bias);
+      if (!bias_value) {
         continue;  // a bias computed at run time: leave this one fp32
       }
       weight = weight->to(at::kBFloat16);

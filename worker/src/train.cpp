@@ -152,7 +152,6 @@ char *pipe_adamw_clip_grad_norm(void *state, double max_norm) {
       return nullptr;
     }
     if (grads[0].device().is_cpu()) {
-      at::NoGradGuard no_grad;
       double squares = 0.0;
       for (const auto &g : grads) {
         auto flat = g.reshape(-1);
