@@ -59,8 +59,7 @@ pub enum Linears {
 /// A TorchScript module prepared for CPU inference.
 pub struct FastModule {
     module: *mut c_void,
-    /// How many matrix products run on packed weights (linear layers of one
-    /// input are merged into one product first).
+    /// How many linear layers run on packed weights.
     pub packed: usize,
 }
 

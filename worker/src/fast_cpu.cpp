@@ -3,11 +3,9 @@
 // that follows one fused into it). At the small row counts of single-sentence
 // requests the linear layers are most of the time, and plain `aten::linear`
 // re-reads and re-lays out its weights on every call; packed, they are about
-// twice as fast. Linear layers of one input (a layer's query, key and value)
-// are merged into one first (merge_linears). With `bf16` (`pipe serve
-// --bf16`) the packed weights are bf16 and the products run in bf16
-// (pack_linears). The file on disk is not changed: model.pt stays portable
-// fp32.
+// twice as fast. With `bf16` (`pipe serve --bf16`) the packed weights are
+// bf16 and the products run in bf16 (pack_linears). The file on disk is not
+// changed: model.pt stays portable fp32.
 //
 // A C ABI for worker/src/fast.rs. Errors come back as malloc'd strings.
 
@@ -18,7 +16,6 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/InferenceMode.h>
 
-#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -129,81 +126,6 @@ int quantize_linears(const std::shared_ptr<Graph>& graph) {
   }
   torch::jit::EliminateDeadCode(graph);
   return rewritten;
-}
-
-// The linear layers that read the same input with constant weights (a
-// layer's query, key and value projections) become one: their weights and
-// biases concatenated, each output a slice (`aten::narrow`) of the one
-// product. At one sentence a product's cost is mostly reading its weights
-// and the call itself: one call instead of three, and with bf16 one cast of
-// the input.
-void merge_linears(const std::shared_ptr<Graph>& graph) {
-  static const auto linear = c10::Symbol::fromQualString("aten::linear");
-  static const auto narrow = c10::Symbol::fromQualString("aten::narrow");
-  // The mergeable linear layers of each input, in graph order.
-  std::vector<std::pair<Value*, std::vector<Node*>>> groups;
-  for (Node* n : linear_nodes(graph)) {
-    if (!constant_weight(n->input(1)) || !constant_bias(n->input(2))) {
-      continue;
-    }
-    auto same = std::find_if(groups.begin(), groups.end(), [&](const auto& g) {
-      return g.first == n->input(0);
-    });
-    if (same == groups.end()) {
-      groups.push_back({n->input(0), {n}});
-    } else {
-      same->second.push_back(n);
-    }
-  }
-  for (auto& [x, nodes] : groups) {
-    if (nodes.size() < 2) {
-      continue;
-    }
-    std::vector<at::Tensor> weights, biases;
-    for (Node* n : nodes) {
-      weights.push_back(*constant_weight(n->input(1)));
-      auto bias = constant_bias(n->input(2));
-      if (bias->isTensor()) {
-        biases.push_back(bias->toTensor());
-      }
-    }
-    auto same_k = [&](const at::Tensor& w) {
-      return w.size(1) == weights[0].size(1);
-    };
-    auto fits = [](const at::Tensor& b) {
-      return b.dim() == 1 && b.scalar_type() == at::kFloat;
-    };
-    // Biases on all of them or none.
-    bool biases_fit =
-        biases.empty() || (biases.size() == weights.size() &&
-                           std::all_of(biases.begin(), biases.end(), fits));
-    if (!std::all_of(weights.begin(), weights.end(), same_k) || !biases_fit) {
-      continue;
-    }
-    // Every layer of the group reads `x`, so the merged one may stand where
-    // the first stood.
-    torch::jit::WithInsertPoint guard(nodes[0]);
-    Value* weight = graph->insertConstant(at::cat(weights, 0));
-    Value* bias = biases.empty() ? graph->insertConstant(c10::IValue())
-                                 : graph->insertConstant(at::cat(biases, 0));
-    Value* out = graph->insert(
-        linear, {NamedValue(x), NamedValue(weight), NamedValue(bias)});
-    int64_t offset = 0;
-    for (size_t i = 0; i < nodes.size(); ++i) {
-      int64_t rows = weights[i].size(0);
-      Value* part = graph->insert(
-          narrow, {NamedValue(out), NamedValue(c10::IValue(int64_t{-1})),
-                   NamedValue(c10::IValue(offset)),
-                   NamedValue(c10::IValue(rows))});
-      part->setType(nodes[i]->output()->type());
-      nodes[i]->output()->replaceAllUsesWith(part);
-      offset += rows;
-    }
-    for (Node* n : nodes) {
-      n->destroy();  // after the inserts: the first is their insert point
-    }
-  }
-  torch::jit::EliminateDeadCode(graph);
 }
 
 // `aten::linear(x, W, b)` with a constant W becomes
@@ -321,7 +243,6 @@ char* pipe_fast_load(const char* path, int64_t rows, int precision,
     m.eval();
     auto frozen = torch::jit::freeze(m);
     auto graph = frozen.get_method("forward").graph();
-    merge_linears(graph);
     *packed = precision == 2 ? quantize_linears(graph)
                              : pack_linears(graph, rows, precision == 1);
     *module = new torch::jit::Module(std::move(frozen));

@@ -291,17 +291,15 @@ fn traced_model_works_at_every_shape() {
     let traced = tch::CModule::load(out.join("model.pt")).unwrap();
     // The server's module: frozen, linear layers on packed oneDNN weights.
     let fast = FastModule::load(&out.join("model.pt"), Linears::Fp32).unwrap();
-    // 2 layers × (output, intermediate, output) + pooler + classifier, and
-    // the products of the attention inputs: the first layer's query, key
-    // and value merged into one, the last layer's key and value into one
-    // (its query reads the [CLS] position alone).
-    assert_eq!(fast.packed, 11);
+    // 2 layers × (query, key, value, output, intermediate, output) + pooler
+    // + classifier.
+    assert_eq!(fast.packed, 14);
     // The same with bf16 linear layers (emulated where the CPU lacks bf16).
     let half = FastModule::load(&out.join("model.pt"), Linears::Bf16).unwrap();
-    assert_eq!(half.packed, 11);
+    assert_eq!(half.packed, 14);
     // And with int8 linear layers (dynamic quantization).
     let int8 = FastModule::load(&out.join("model.pt"), Linears::Int8).unwrap();
-    assert_eq!(int8.packed, 11);
+    assert_eq!(int8.packed, 14);
     let ck = Checkpoint::load(&model, 2, Device::Cpu).unwrap();
     for (b, l) in [(1, 3), (5, 11), (2, 64), (7, 2)] {
         let ids = Tensor::randint_low(5, 20, [b, l], (tch::Kind::Int64, Device::Cpu));
