@@ -137,6 +137,11 @@ int pack_linears(const std::shared_ptr<Graph>& graph, int64_t rows, bool bf16) {
   static const auto gelu = c10::Symbol::fromQualString("aten::gelu");
   static const auto pointwise =
       c10::Symbol::fromQualString("mkldnn::_linear_pointwise");
+  static const auto to = c10::Symbol::fromQualString("aten::to");
+  auto cast = [&](Value* v, at::ScalarType dtype) {
+    return graph->insert(to, {NamedValue(v), NamedValue(c10::IValue(dtype)),
+                              NamedValue(false), NamedValue(false)});
+  };
   int rewritten = 0;
   if (!at::hasMKLDNN() ||
       !c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""}) ||
@@ -173,7 +178,6 @@ int pack_linears(const std::shared_ptr<Graph>& graph, int64_t rows, bool bf16) {
     Value* x = n->input(0);
     Value* bias = n->input(2);
     if (bf16) {
-      static const auto to = c10::Symbol::fromQualString("aten::to");
       auto bias_value = constant_bias(bias);
       if (!bias_value) {
         continue;  // a bias computed at run time: leave this one fp32
@@ -183,11 +187,7 @@ int pack_linears(const std::shared_ptr<Graph>& graph, int64_t rows, bool bf16) {
         bias = graph->insertConstant(bias_value->toTensor().to(at::kBFloat16));
       }
       auto product = bf16_of.find(x);
-      x = product != bf16_of.end()
-              ? product->second
-              : graph->insert(to, {NamedValue(x),
-                                   NamedValue(c10::IValue(at::kBFloat16)),
-                                   NamedValue(false), NamedValue(false)});
+      x = product != bf16_of.end() ? product->second : cast(x, at::kBFloat16);
     }
     // Tensors without storage cannot be `prim::Constant`s; libtorch's own
     // oneDNN freezing pass holds them in this node kind.
@@ -210,10 +210,8 @@ int pack_linears(const std::shared_ptr<Graph>& graph, int64_t rows, bool bf16) {
          NamedValue(scalars),
          NamedValue(algorithm)});
     if (bf16) {
-      static const auto to = c10::Symbol::fromQualString("aten::to");
       Value* product = out;
-      out = graph->insert(to, {NamedValue(out), NamedValue(c10::IValue(at::kFloat)),
-                               NamedValue(false), NamedValue(false)});
+      out = cast(out, at::kFloat);
       bf16_of[out] = product;
     }
     out->setType(n->output()->type());
